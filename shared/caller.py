@@ -1,0 +1,110 @@
+"""Workflow-side helpers for calling any team's tool service over Nexus.
+
+Runs inside the workflow sandbox: no I/O, only Temporal workflow APIs. Failures are turned into a
+`ToolOutcome` the caller can hand back to a model, so a bad argument or a team's outage is data,
+never a failed workflow task.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any, Literal
+
+import nexusrpc
+from pydantic import BaseModel
+from temporalio import workflow
+from temporalio.exceptions import (
+    ApplicationError,
+    CancelledError,
+    NexusOperationError,
+    TimeoutError,
+)
+
+with workflow.unsafe.imports_passed_through():
+    from shared.contract import ListToolsRequest, ToolService
+    from shared.tools import ToolCall, ToolCatalog
+
+ToolErrorKind = Literal[
+    "bad_request", "not_found", "unauthenticated", "unavailable", "failed", "cancelled"
+]
+
+
+class ToolOutcome(BaseModel):
+    call_id: str
+    tool: str
+    endpoint: str
+    ok: bool
+    output: Any = None
+    error_kind: ToolErrorKind | None = None
+    error: str | None = None
+
+
+async def list_tools(endpoint: str, *, timeout: timedelta) -> ToolCatalog:
+    client = workflow.create_nexus_client(service=ToolService, endpoint=endpoint)
+    return await client.execute_operation(
+        ToolService.list_tools,
+        ListToolsRequest(caller=workflow.info().namespace),
+        schedule_to_close_timeout=timeout,
+    )
+
+
+async def execute_tool(
+    endpoint: str,
+    call: ToolCall,
+    *,
+    timeout: timedelta,
+    headers: dict[str, str] | None = None,
+) -> ToolOutcome:
+    client = workflow.create_nexus_client(service=ToolService, endpoint=endpoint)
+    try:
+        result = await client.execute_operation(
+            ToolService.execute_tool,
+            call,
+            schedule_to_close_timeout=timeout,
+            headers=headers,
+            summary=call.tool,
+        )
+    except NexusOperationError as err:
+        kind, message = classify_nexus_error(err)
+        return ToolOutcome(
+            call_id=call.call_id,
+            tool=call.tool,
+            endpoint=endpoint,
+            ok=False,
+            error_kind=kind,
+            error=message,
+        )
+    return ToolOutcome(
+        call_id=call.call_id, tool=call.tool, endpoint=endpoint, ok=True, output=result.output
+    )
+
+
+def classify_nexus_error(err: NexusOperationError) -> tuple[ToolErrorKind, str]:
+    cause = err.cause
+    if isinstance(cause, nexusrpc.HandlerError):
+        handler_kinds: dict[nexusrpc.HandlerErrorType, ToolErrorKind] = {
+            nexusrpc.HandlerErrorType.BAD_REQUEST: "bad_request",
+            nexusrpc.HandlerErrorType.NOT_FOUND: "not_found",
+            nexusrpc.HandlerErrorType.UNAUTHENTICATED: "unauthenticated",
+            nexusrpc.HandlerErrorType.UNAUTHORIZED: "unauthenticated",
+        }
+        return handler_kinds.get(cause.type, "unavailable"), _root_message(cause)
+    if isinstance(cause, TimeoutError):
+        return "unavailable", f"service unavailable: no answer within the timeout ({cause})"
+    if isinstance(cause, CancelledError):
+        return "cancelled", "the tool call was cancelled"
+    if isinstance(cause, ApplicationError):
+        return "failed", _root_message(cause)
+    return "failed", _root_message(err)
+
+
+def _root_message(error: BaseException) -> str:
+    """The innermost useful message: handler and application errors wrap the real reason."""
+    message = str(error)
+    current: BaseException | None = error
+    while current is not None:
+        text = current.message if isinstance(current, ApplicationError) else str(current)
+        if text:
+            message = text
+        current = current.__cause__ or getattr(current, "cause", None)
+    return message

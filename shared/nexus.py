@@ -1,0 +1,156 @@
+"""The generic Nexus handler that serves any team's tool registry.
+
+`execute_tool` always runs the tool as a durable workflow in the team's namespace. It has a fast
+path: the handler starts the workflow, then waits a short budget for its result. A tool that
+finishes within the budget is answered synchronously, which skips the callback round trip that
+makes a workflow-backed operation cost ~10x a sync one. A slower tool falls back to the ordinary
+asynchronous workflow-run operation: the handler re-issues the start with the Nexus completion
+callback attached to the already-running workflow (USE_EXISTING), and returns its token.
+
+Idempotency comes from the workflow id, which is derived from the call id, with REJECT_DUPLICATE:
+a call whose workflow already closed is answered from that run's result instead of running again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Any
+
+import nexusrpc
+import nexusrpc.handler
+from nexusrpc import HandlerError, HandlerErrorType, OperationError, OperationErrorState
+from temporalio.client import WorkflowFailureError, WorkflowHandle
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
+from temporalio.nexus import (
+    TemporalNexusClient,
+    TemporalOperationHandler,
+    TemporalOperationResult,
+    TemporalStartOperationContext,
+)
+
+from shared.contract import ListToolsRequest, ToolService
+from shared.log import bound_context, get_logger
+from shared.tool_workflow import ToolWorkflow
+from shared.tools import (
+    ToolArgumentsError,
+    ToolCall,
+    ToolCatalog,
+    ToolRegistry,
+    ToolResult,
+    ToolWorkflowInput,
+)
+
+log = get_logger(__name__)
+
+DEFAULT_FAST_PATH_BUDGET = timedelta(milliseconds=500)
+
+
+class ExecuteToolHandler(TemporalOperationHandler[ToolCall, ToolResult]):
+    def __init__(
+        self, registry: ToolRegistry, task_queue: str, fast_path_budget: timedelta
+    ) -> None:
+        self._registry = registry
+        self._task_queue = task_queue
+        self._budget = fast_path_budget.total_seconds()
+
+    async def start_operation(
+        self,
+        ctx: TemporalStartOperationContext,
+        client: TemporalNexusClient,
+        input: ToolCall,
+    ) -> TemporalOperationResult[ToolResult]:
+        call = input
+        with bound_context(
+            namespace=client.client.namespace,
+            conversation_id=call.conversation_id,
+            workflow_id=call.workflow_id,
+            tool=call.tool,
+        ):
+            request = self._validated_request(call)
+            start_options: dict[str, Any] = {
+                "id": call.workflow_id,
+                "task_queue": self._task_queue,
+                "id_reuse_policy": WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                "id_conflict_policy": WorkflowIDConflictPolicy.USE_EXISTING,
+                "static_summary": f"{call.tool} for {call.conversation_id or 'unknown caller'}",
+            }
+            if self._budget > 0:
+                try:
+                    handle = await client.client.start_workflow(
+                        ToolWorkflow.run, request, **start_options
+                    )
+                except WorkflowAlreadyStartedError:
+                    return TemporalOperationResult.sync(await self._closed_run_result(client, call))
+                try:
+                    result = await asyncio.wait_for(_result(handle), timeout=self._budget)
+                    log.info("tool answered on the fast path")
+                    return TemporalOperationResult.sync(result)
+                except TimeoutError:
+                    log.info("tool outlived the fast-path budget; completing asynchronously")
+            try:
+                started = await client.start_workflow(ToolWorkflow.run, request, **start_options)
+            except WorkflowAlreadyStartedError:
+                # Closed between the budget running out and the callback being attached.
+                return TemporalOperationResult.sync(await self._closed_run_result(client, call))
+            return started
+
+    def _validated_request(self, call: ToolCall) -> ToolWorkflowInput:
+        registered = self._registry.get(call.tool)
+        if registered is None:
+            known = ", ".join(sorted(self._registry.names())) or "none"
+            raise HandlerError(
+                f"unknown tool '{call.tool}' in service '{self._registry.service}' "
+                f"(available: {known})",
+                type=HandlerErrorType.NOT_FOUND,
+            )
+        try:
+            registered.validate_arguments(call.args)
+        except ToolArgumentsError as err:
+            log.info("rejected tool arguments", error=str(err))
+            raise HandlerError(str(err), type=HandlerErrorType.BAD_REQUEST) from None
+        return ToolWorkflowInput(
+            call=call,
+            service=self._registry.service,
+            timeout_seconds=registered.spec.timeout_seconds,
+            max_attempts=registered.max_attempts,
+        )
+
+    async def _closed_run_result(self, client: TemporalNexusClient, call: ToolCall) -> ToolResult:
+        handle = client.client.get_workflow_handle_for(ToolWorkflow.run, call.workflow_id)
+        log.info("call already executed; answering from its recorded result")
+        return await _result(handle)
+
+
+async def _result(handle: WorkflowHandle[Any, ToolResult]) -> ToolResult:
+    try:
+        return await handle.result()
+    except WorkflowFailureError as err:
+        cause = err.cause
+        message = cause.message if isinstance(cause, ApplicationError) else str(cause or err)
+        raise OperationError(message, state=OperationErrorState.FAILED) from None
+
+
+@nexusrpc.handler.service_handler(service=ToolService)
+class ToolServiceHandler:
+    """Serves `list_tools` and `execute_tool` for one team's registry."""
+
+    def __init__(
+        self,
+        registry: ToolRegistry,
+        task_queue: str,
+        fast_path_budget: timedelta = DEFAULT_FAST_PATH_BUDGET,
+    ) -> None:
+        self._registry = registry
+        self._execute_tool = ExecuteToolHandler(registry, task_queue, fast_path_budget)
+
+    @nexusrpc.handler.sync_operation
+    async def list_tools(
+        self, ctx: nexusrpc.handler.StartOperationContext, input: ListToolsRequest
+    ) -> ToolCatalog:
+        return self._registry.catalog()
+
+    @nexusrpc.handler.operation_handler
+    def execute_tool(self) -> nexusrpc.handler.OperationHandler[ToolCall, ToolResult]:
+        return self._execute_tool

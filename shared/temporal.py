@@ -1,0 +1,38 @@
+"""One client factory for every process: data converter, TLS and API key in one place."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from temporalio.client import Client, Interceptor, TLSConfig
+from temporalio.contrib.pydantic import pydantic_data_converter
+
+from shared.config import TemporalSettings
+
+
+async def connect(
+    settings: TemporalSettings,
+    *,
+    namespace: str | None = None,
+    interceptors: Sequence[Interceptor] = (),
+) -> Client:
+    tls: TLSConfig | bool = False
+    if settings.tls_enabled:
+        tls = TLSConfig(
+            server_root_ca_cert=_read(settings.tls_server_ca_path),
+            client_cert=_read(settings.tls_cert_path),
+            client_private_key=_read(settings.tls_key_path),
+        )
+    return await Client.connect(
+        settings.address,
+        namespace=namespace or settings.namespace,
+        api_key=settings.api_key,
+        tls=tls,
+        data_converter=pydantic_data_converter,
+        interceptors=interceptors,
+    )
+
+
+def _read(path: Path | None) -> bytes | None:
+    return path.read_bytes() if path is not None else None

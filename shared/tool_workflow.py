@@ -1,0 +1,53 @@
+"""The generic tool workflow each team runs in its own namespace: one workflow per tool call.
+
+The workflow id comes from the call id, so a repeated start of the same call finds this run
+instead of starting a second one. The tool itself runs in an activity under a retry policy.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from shared.tools import ToolResult, ToolWorkflowInput
+
+TOOL_WORKFLOW_NAME = "ToolWorkflow"
+RUN_TOOL_ACTIVITY = "run_tool"
+# Error types a retry cannot fix; the activity raises them with non_retryable=True as well.
+NON_RETRYABLE_TOOL_ERRORS = ["ToolError", "ToolArgumentsError"]
+
+
+@workflow.defn(name=TOOL_WORKFLOW_NAME)
+class ToolWorkflow:
+    @workflow.run
+    async def run(self, request: ToolWorkflowInput) -> ToolResult:
+        try:
+            output = await workflow.execute_activity(
+                RUN_TOOL_ACTIVITY,
+                request.call,
+                start_to_close_timeout=timedelta(seconds=request.timeout_seconds),
+                retry_policy=RetryPolicy(
+                    initial_interval=timedelta(milliseconds=200),
+                    backoff_coefficient=2.0,
+                    maximum_interval=timedelta(seconds=5),
+                    maximum_attempts=request.max_attempts,
+                    non_retryable_error_types=NON_RETRYABLE_TOOL_ERRORS,
+                ),
+                summary=request.call.tool,
+            )
+        except ActivityError as err:
+            # Surface the tool's own message, not the activity wrapper, to the caller.
+            cause = err.cause
+            message = cause.message if isinstance(cause, ApplicationError) else str(cause or err)
+            error_type = cause.type if isinstance(cause, ApplicationError) else "ToolFailed"
+            raise ApplicationError(message, type=error_type, non_retryable=True) from None
+        return ToolResult(
+            call_id=request.call.call_id,
+            tool=request.call.tool,
+            service=request.service,
+            output=output,
+        )

