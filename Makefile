@@ -1,0 +1,48 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Everything else is optional.
+SHELL := /bin/bash
+PYTHON ?= python3
+UV := $(shell command -v uv 2>/dev/null)
+ifeq ($(UV),)
+UV := $(PYTHON) -m uv
+endif
+RUN := $(UV) run --frozen
+
+.DEFAULT_GOAL := help
+.PHONY: help install up down status test lint format bench demo chat clean
+
+help: ## Show the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+install: .venv/.installed ## Install uv (if missing) and the locked dependencies
+
+.venv/.installed: pyproject.toml uv.lock
+	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
+	$(UV) sync --frozen
+	@touch $@
+
+up: install ## Start the embedded stack: dev server, namespaces, Nexus endpoints, workers
+	@$(RUN) python -m infrastructure.devstack up
+
+down: install ## Stop exactly the processes `make up` started
+	@$(RUN) python -m infrastructure.devstack down
+
+status: install ## Show which stack processes are running
+	@$(RUN) python -m infrastructure.devstack status
+
+lint: install ## Ruff (lint + format check) and mypy
+	$(RUN) ruff check .
+	$(RUN) ruff format --check .
+	$(RUN) mypy shared
+
+format: install ## Apply ruff fixes and formatting
+	$(RUN) ruff check --fix .
+	$(RUN) ruff format .
+
+test: install lint ## Lint, then the test suite against a real dev server
+	$(RUN) pytest
+
+bench: install ## Latency figures (see bench/README.md)
+	$(RUN) python -m bench.nexus_roundtrip
+
+clean: down ## Stop the stack and delete its database and logs
+	rm -rf .run
