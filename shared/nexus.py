@@ -78,8 +78,9 @@ class ExecuteToolHandler(TemporalOperationHandler[ToolCall, ToolResult]):
             }
             if self._budget > 0:
                 try:
+                    # Eager start hands the first workflow task straight to this worker.
                     handle = await client.client.start_workflow(
-                        ToolWorkflow.run, request, **start_options
+                        ToolWorkflow.run, request, request_eager_start=True, **start_options
                     )
                 except WorkflowAlreadyStartedError:
                     return TemporalOperationResult.sync(await self._closed_run_result(client, call))

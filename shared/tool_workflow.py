@@ -19,26 +19,41 @@ TOOL_WORKFLOW_NAME = "ToolWorkflow"
 RUN_TOOL_ACTIVITY = "run_tool"
 # Error types a retry cannot fix; the activity raises them with non_retryable=True as well.
 NON_RETRYABLE_TOOL_ERRORS = ["ToolError", "ToolArgumentsError"]
+# Longer tools run as regular activities: they get their own task, timeouts and heartbeats.
+LOCAL_ACTIVITY_MAX_TIMEOUT = timedelta(seconds=10)
 
 
 @workflow.defn(name=TOOL_WORKFLOW_NAME)
 class ToolWorkflow:
     @workflow.run
     async def run(self, request: ToolWorkflowInput) -> ToolResult:
+        timeout = timedelta(seconds=request.timeout_seconds)
+        retry_policy = RetryPolicy(
+            initial_interval=timedelta(milliseconds=200),
+            backoff_coefficient=2.0,
+            maximum_interval=timedelta(seconds=5),
+            maximum_attempts=request.max_attempts,
+            non_retryable_error_types=NON_RETRYABLE_TOOL_ERRORS,
+        )
         try:
-            output = await workflow.execute_activity(
-                RUN_TOOL_ACTIVITY,
-                request.call,
-                start_to_close_timeout=timedelta(seconds=request.timeout_seconds),
-                retry_policy=RetryPolicy(
-                    initial_interval=timedelta(milliseconds=200),
-                    backoff_coefficient=2.0,
-                    maximum_interval=timedelta(seconds=5),
-                    maximum_attempts=request.max_attempts,
-                    non_retryable_error_types=NON_RETRYABLE_TOOL_ERRORS,
-                ),
-                summary=request.call.tool,
-            )
+            if timeout <= LOCAL_ACTIVITY_MAX_TIMEOUT:
+                # A short tool runs as a local activity: the whole workflow then completes in one
+                # workflow task, which is what lets the handler's fast path answer synchronously.
+                output = await workflow.execute_local_activity(
+                    RUN_TOOL_ACTIVITY,
+                    request.call,
+                    start_to_close_timeout=timeout,
+                    retry_policy=retry_policy,
+                    summary=request.call.tool,
+                )
+            else:
+                output = await workflow.execute_activity(
+                    RUN_TOOL_ACTIVITY,
+                    request.call,
+                    start_to_close_timeout=timeout,
+                    retry_policy=retry_policy,
+                    summary=request.call.tool,
+                )
         except ActivityError as err:
             # Surface the tool's own message, not the activity wrapper, to the caller.
             cause = err.cause

@@ -1,0 +1,100 @@
+"""Shared bench plumbing: an embedded dev server with both team services, and percentile maths."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from finance_service.tools import registry as finance_registry
+from infrastructure.devstack import temporal_binary
+from infrastructure.setup import EndpointDefinition, StackSettings, ensure_stack
+from it_service.tools import registry as it_registry
+from it_service.workflows import ITSessionWorkflow
+from shared.worker import build_team_worker
+
+RESULTS_DIR = Path(__file__).parent / "results"
+FAST_PATH_BUDGET = timedelta(milliseconds=500)
+
+
+@asynccontextmanager
+async def bench_stack(
+    extra_endpoints: list[EndpointDefinition] = (),  # type: ignore[assignment]
+) -> AsyncIterator[tuple[dict[str, Client], AsyncExitStack]]:
+    """A dev server with namespaces, endpoints, and the IT and Finance workers running in-process.
+
+    Yields per-namespace clients and the exit stack, so a bench can add workers of its own.
+    """
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    async with AsyncExitStack() as exit_stack:
+        env = await WorkflowEnvironment.start_local(
+            dev_server_existing_path=temporal_binary(),
+            data_converter=pydantic_data_converter,
+            dev_server_log_level="error",
+        )
+        exit_stack.push_async_callback(env.shutdown)
+        settings = StackSettings()
+        settings.endpoints.extend(extra_endpoints)
+        await ensure_stack(env.client, settings)
+        clients = {
+            ns: Client(
+                env.client.service_client, namespace=ns, data_converter=pydantic_data_converter
+            )
+            for ns in settings.namespaces
+        }
+        for worker in (
+            build_team_worker(
+                clients["it"],
+                it_registry,
+                task_queue="it-tools",
+                fast_path_budget=FAST_PATH_BUDGET,
+                workflows=[ITSessionWorkflow],
+            ),
+            build_team_worker(
+                clients["finance"],
+                finance_registry,
+                task_queue="finance-tools",
+                fast_path_budget=FAST_PATH_BUDGET,
+            ),
+        ):
+            await exit_stack.enter_async_context(worker)
+        yield clients, exit_stack
+
+
+async def start_worker(exit_stack: AsyncExitStack, worker: Worker) -> None:
+    await exit_stack.enter_async_context(worker)
+
+
+def percentile(samples: list[float], pct: float) -> float:
+    ordered = sorted(samples)
+    if not ordered:
+        return float("nan")
+    k = (len(ordered) - 1) * pct / 100
+    lower, upper = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lower] + (ordered[upper] - ordered[lower]) * (k - lower)
+
+
+def summarise(samples: list[float]) -> dict[str, float]:
+    return {
+        "n": len(samples),
+        "p50_ms": round(percentile(samples, 50), 1),
+        "p95_ms": round(percentile(samples, 95), 1),
+        "mean_ms": round(statistics.fmean(samples), 1) if samples else float("nan"),
+    }
+
+
+def save(name: str, payload: dict[str, Any]) -> Path:
+    RESULTS_DIR.mkdir(exist_ok=True)
+    path = RESULTS_DIR / f"{name}.json"
+    path.write_text(json.dumps(payload, indent=2))
+    return path

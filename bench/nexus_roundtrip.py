@@ -1,0 +1,115 @@
+"""`make bench`: p50/p95 of an `execute_tool` round trip from a caller workflow, three ways.
+
+- fast path: the team handler answers synchronously when the tool workflow finishes in budget;
+- workflow-run: the same handler with the fast path off (plain async workflow-run operation);
+- sync op: a bare sync Nexus operation (`list_tools`), the structural floor.
+All three run on the same server, interleaved in rounds so drift hits them equally.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import uuid
+from datetime import timedelta
+
+from temporalio.worker import Worker
+
+from bench.common import bench_stack, save, start_worker, summarise
+from finance_service.tools import registry as finance_registry
+from infrastructure.probe import (
+    PROBE_TASK_QUEUE,
+    ExecuteToolProbe,
+    ExecuteToolProbeInput,
+    ListToolsProbe,
+    ListToolsProbeInput,
+)
+from infrastructure.setup import EndpointDefinition
+from shared.tools import ToolCall
+from shared.worker import build_team_worker
+
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
+CALLS_PER_ROUND = int(os.environ.get("BENCH_CALLS", "20"))
+PLAIN_ENDPOINT = "finance-tools-plain"
+
+
+def _calls(n: int) -> list[ToolCall]:
+    return [
+        ToolCall(
+            call_id=f"bench-{uuid.uuid4()}",
+            tool="calculate_roi",
+            args={"principal": "1000", "rate": "5", "years": 10},
+            conversation_id="bench",
+        )
+        for _ in range(n)
+    ]
+
+
+async def main() -> int:
+    plain = EndpointDefinition(name=PLAIN_ENDPOINT, namespace="finance", task_queue=PLAIN_ENDPOINT)
+    async with bench_stack([plain]) as (clients, exit_stack):
+        await start_worker(
+            exit_stack,
+            build_team_worker(
+                clients["finance"],
+                finance_registry,
+                task_queue=PLAIN_ENDPOINT,
+                fast_path_budget=timedelta(0),
+            ),
+        )
+        await start_worker(
+            exit_stack,
+            Worker(
+                clients["orchestrator"],
+                task_queue=PROBE_TASK_QUEUE,
+                workflows=[ExecuteToolProbe, ListToolsProbe],
+            ),
+        )
+        caller = clients["orchestrator"]
+
+        async def execute(endpoint: str, n: int) -> list[float]:
+            result = await caller.execute_workflow(
+                ExecuteToolProbe.run,
+                ExecuteToolProbeInput(endpoint=endpoint, calls=_calls(n)),
+                id=f"bench-{uuid.uuid4()}",
+                task_queue=PROBE_TASK_QUEUE,
+            )
+            assert all(o.ok for o in result.outcomes), result.outcomes[0].error
+            return result.durations_ms
+
+        async def sync_op(n: int) -> list[float]:
+            result = await caller.execute_workflow(
+                ListToolsProbe.run,
+                ListToolsProbeInput(endpoints=["finance-tools"], repeat=n),
+                id=f"bench-{uuid.uuid4()}",
+                task_queue=PROBE_TASK_QUEUE,
+            )
+            return result.durations_ms
+
+        # Warm-up: first calls pay for connections, caches and sandbox imports.
+        await execute("finance-tools", 5)
+        await execute(PLAIN_ENDPOINT, 5)
+        await sync_op(5)
+
+        samples: dict[str, list[float]] = {"fast_path": [], "workflow_run": [], "sync_op": []}
+        for _ in range(ROUNDS):
+            samples["fast_path"] += await execute("finance-tools", CALLS_PER_ROUND)
+            samples["workflow_run"] += await execute(PLAIN_ENDPOINT, CALLS_PER_ROUND)
+            samples["sync_op"] += await sync_op(CALLS_PER_ROUND)
+
+    figures = {form: summarise(values) for form, values in samples.items()}
+    ratio = figures["fast_path"]["p50_ms"] / figures["workflow_run"]["p50_ms"]
+    print("execute_tool round trip from a caller workflow (ms, same dev server, same run)")
+    print(f"{'form':14} {'n':>5} {'p50':>8} {'p95':>8}")
+    for form, figure in figures.items():
+        print(f"{form:14} {figure['n']:>5} {figure['p50_ms']:>8.1f} {figure['p95_ms']:>8.1f}")
+    verdict = "meets" if ratio <= 0.5 else "MISSES"
+    print(f"fast-path p50 / workflow-run p50 = {ratio:.2f} ({verdict} the <= 0.5 goal)")
+    path = save("nexus_roundtrip", {"figures": figures, "fast_over_workflow_run_p50": ratio})
+    print(f"saved {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
