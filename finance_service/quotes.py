@@ -52,15 +52,17 @@ async def fetch_quote(ticker: str, settings: QuoteSettings) -> StockQuote:
         headers[settings.key_header] = settings.key.get_secret_value()
     async with httpx.AsyncClient(timeout=settings.timeout_seconds, headers=headers) as client:
         body = await request_json(
-            client, "GET", settings.url.format(ticker=ticker), upstream="the quote API"
+            client, "GET", settings.url.replace("{ticker}", ticker), upstream="the quote API"
         )
     raw_price = _dig(body, settings.price_field)
     try:
         price = Decimal(str(raw_price))
     except (InvalidOperation, ValueError):
+        price = None
+    if price is None or not price.is_finite():
         raise ToolError(
             f"the quote API answer has no numeric '{settings.price_field}' for {ticker}"
-        ) from None
+        )
     currency = _dig(body, settings.currency_field)
     return StockQuote(
         ticker=ticker,

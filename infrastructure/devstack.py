@@ -93,6 +93,7 @@ class DevStack:
         self.run_dir = settings.run_dir.resolve()
         self.pid_dir = self.run_dir / "pids"
         self.log_dir = self.run_dir / "logs"
+        self._children: dict[str, subprocess.Popen[bytes]] = {}
 
     # ---- process records -------------------------------------------------------------------
     def _record_path(self, name: str) -> Path:
@@ -114,6 +115,14 @@ class DevStack:
         if _cmdline(pid) != record["cmdline"] or not record["cmdline"]:
             return None
         return pid
+
+    def _exited(self, name: str) -> bool:
+        """For a process started by this invocation: has it exited? (Right after fork, /proc
+        still shows the parent's command line, so the record check would misfire.)"""
+        child = self._children.get(name)
+        if child is not None:
+            return child.poll() is not None
+        return self._alive(name) is None
 
     def running(self) -> dict[str, int | None]:
         names = ["temporal", *(w.name for w in WORKERS)]
@@ -175,6 +184,7 @@ class DevStack:
             start_new_session=True,  # survives `make`, and gets its own process group
         )
         self._record(name, process, argv)
+        self._children[name] = process
         log.info("started", process=name, pid=process.pid, log=str(self.log_dir / f"{name}.log"))
 
     def _start_server(self) -> None:
@@ -212,7 +222,7 @@ class DevStack:
         settings = TemporalSettings(address=self.settings.address, namespace="default")
         deadline = time.monotonic() + self.settings.start_timeout_seconds
         while True:
-            if not self._alive("temporal"):
+            if self._exited("temporal"):
                 raise StartError(f"the Temporal server exited; see {self.log_dir / 'temporal.log'}")
             try:
                 return await connect(settings)
@@ -226,7 +236,7 @@ class DevStack:
         waiting = list(WORKERS)
         while waiting:
             worker = waiting[0]
-            if not self._alive(worker.name):
+            if self._exited(worker.name):
                 raise StartError(
                     f"worker '{worker.name}' exited; see {self.log_dir / (worker.name + '.log')}"
                 )

@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field, HttpUrl, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.http import request_json
+from shared.tools import ToolError
 
 DEMO_LABEL = "demo data: set JIRA_BASE_URL, JIRA_EMAIL and JIRA_API_TOKEN for live Jira metrics"
 
@@ -63,7 +64,10 @@ async def fetch_metrics(project: str, settings: JiraSettings) -> JiraMetrics:
                 upstream="Jira",
                 json={"jql": jql.format(project=f'"{project}"')},
             )
-            counts[metric] = int(body.get("count", 0)) if isinstance(body, dict) else 0
+            count = body.get("count") if isinstance(body, dict) else None
+            if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+                raise ToolError(f"Jira answered without a numeric 'count' for {metric}")
+            counts[metric] = count
     return JiraMetrics(project=project, source="jira", **counts)
 
 

@@ -10,7 +10,7 @@ import os
 import shutil
 import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -36,11 +36,15 @@ from infrastructure.probe import (
 from infrastructure.setup import EndpointDefinition, StackSettings, ensure_stack
 from it_service.tools import registry as it_registry
 from it_service.workflows import ITSessionWorkflow
+from orchestrator.client import ConversationClient
+from orchestrator.config import LLMSettings, OrchestratorSettings
+from orchestrator.worker import build_orchestrator_worker
 from shared.caller import ToolOutcome
 from shared.log import configure_logging
 from shared.tools import ToolCall, ToolRegistry
 from shared.worker import build_team_worker
 from tests.support.canary import canary_registry
+from tests.support.fake_llm import FakeModelServer
 
 IT_ENDPOINT = "it-tools"
 FINANCE_ENDPOINT = "finance-tools"
@@ -133,6 +137,65 @@ async def stack() -> AsyncIterator[Stack]:
         for worker in workers:
             await exit_stack.enter_async_context(worker)
         yield result
+
+
+ORCHESTRATOR_TASK_QUEUE = "orchestrator-test"
+
+
+def orchestrator_settings() -> OrchestratorSettings:
+    return OrchestratorSettings(
+        tool_endpoints=[IT_ENDPOINT, FINANCE_ENDPOINT],
+        discovery_timeout_seconds=5,
+        tool_timeout_seconds=20,
+        max_steps=5,
+        max_message_chars=2000,
+    )
+
+
+def fake_llm_settings(server: FakeModelServer) -> LLMSettings:
+    return LLMSettings(
+        model="openai/fake-model",
+        api_base=f"{server.url}/v1",
+        api_key="sk-fake",  # type: ignore[arg-type]
+        timeout_seconds=3,
+        temperature=0,
+    )
+
+
+@pytest.fixture(scope="session")
+def fake_model_server() -> Iterator[FakeModelServer]:
+    server = FakeModelServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def fake_model(fake_model_server: FakeModelServer) -> FakeModelServer:
+    fake_model_server.reset()
+    return fake_model_server
+
+
+@dataclass
+class Orchestrator:
+    conversations: ConversationClient
+    worker: Worker
+
+
+@pytest.fixture(scope="session")
+async def orchestrator(
+    stack: Stack, fake_model_server: FakeModelServer
+) -> AsyncIterator[Orchestrator]:
+    client = stack.client("orchestrator")
+    worker = build_orchestrator_worker(
+        client,
+        task_queue=ORCHESTRATOR_TASK_QUEUE,
+        settings=orchestrator_settings(),
+        llm_settings=fake_llm_settings(fake_model_server),
+    )
+    async with worker:
+        yield Orchestrator(ConversationClient(client, ORCHESTRATOR_TASK_QUEUE), worker)
 
 
 def _team_worker(

@@ -78,8 +78,7 @@ class FakeHttpServer:
 
     @property
     def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{HOST}:{self._server.server_port}"
 
     @property
     def requests(self) -> list[RecordedRequest]:

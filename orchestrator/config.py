@@ -1,0 +1,60 @@
+"""Orchestrator and LLM settings (pydantic-settings, from the environment or `.env`)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from orchestrator.models import OFFLINE_MODEL
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are an operations assistant. Use the tools you are given when they help; several "
+    "independent tools may be called at once. If a tool reports an error, fix the arguments and "
+    "try again, or explain the problem. Answer concisely."
+)
+
+
+class LLMSettings(BaseSettings):
+    """Which model answers. Provider variables LiteLLM reads itself (OPENAI_API_KEY, ...) also work."""
+
+    model_config = SettingsConfigDict(env_prefix="LLM_", env_file=".env", extra="ignore")
+
+    model: str | None = Field(
+        default=None,
+        description="LiteLLM model name, e.g. openai/gpt-4o-mini. Unset: the offline model.",
+    )
+    api_base: str | None = None
+    api_key: SecretStr | None = None
+    timeout_seconds: float = Field(default=60.0, gt=0, le=600)
+    temperature: float = Field(default=0.2, ge=0, le=2)
+
+    @property
+    def resolved_model(self) -> str:
+        return self.model or OFFLINE_MODEL
+
+    @property
+    def offline(self) -> bool:
+        return self.resolved_model == OFFLINE_MODEL
+
+
+class OrchestratorSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ORCHESTRATOR_", env_file=".env", extra="ignore")
+
+    tool_endpoints: Annotated[list[str], NoDecode] = Field(
+        default=["it-tools", "finance-tools"],
+        description="Comma-separated Nexus endpoint names to discover tools on.",
+    )
+    discovery_timeout_seconds: float = Field(default=5.0, gt=0, le=120)
+    tool_timeout_seconds: float = Field(default=60.0, gt=0, le=3600)
+    max_steps: int = Field(default=8, ge=1, le=50)
+    max_message_chars: int = Field(default=8000, ge=1, le=1_000_000)
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+
+    @field_validator("tool_endpoints", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value

@@ -1,0 +1,116 @@
+"""Data that crosses the orchestrator's boundaries: workflow input, updates, queries, activities.
+
+Imported by workflow code and by the CLI, so it must stay free of I/O and of litellm.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+CONVERSATION_WORKFLOW = "ConversationWorkflow"
+SEND_MESSAGE_UPDATE = "send_message"
+END_UPDATE = "end"
+REFRESH_TOOLS_UPDATE = "refresh_tools"
+STATUS_QUERY = "status"
+TRANSCRIPT_QUERY = "transcript"
+USAGE_QUERY = "usage"
+OFFLINE_MODEL = "offline/keyword-router"
+
+
+class LlmToolCall(BaseModel):
+    """A tool call as the model asked for it (OpenAI shape: arguments are a JSON string)."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+class ChatMessage(BaseModel):
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str | None = None
+    tool_calls: list[LlmToolCall] = Field(default_factory=list)
+    tool_call_id: str | None = None
+    name: str | None = None
+
+
+class Usage(BaseModel):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+
+    def add(self, other: Usage) -> Usage:
+        return Usage(
+            prompt_tokens=self.prompt_tokens + other.prompt_tokens,
+            completion_tokens=self.completion_tokens + other.completion_tokens,
+            cost_usd=round(self.cost_usd + other.cost_usd, 8),
+        )
+
+
+class ToolCallRecord(BaseModel):
+    """One executed tool call, as the CLI's `--json` shows it."""
+
+    name: str
+    service: str
+    args: dict[str, Any] | str
+    ok: bool
+    result: Any = None
+
+
+class TurnResult(BaseModel):
+    conversation_id: str
+    answer: str
+    tool_calls: list[ToolCallRecord] = Field(default_factory=list)
+    usage: Usage = Field(default_factory=Usage)
+    ok: bool = True
+    error: str | None = None
+    notes: list[str] = Field(default_factory=list)
+
+
+class RunningTool(BaseModel):
+    name: str
+    service: str
+
+
+class ConversationStatus(BaseModel):
+    conversation_id: str
+    state: Literal["starting", "idle", "thinking", "running_tools", "ended"]
+    running: list[RunningTool] = Field(default_factory=list)
+    turns: int = 0
+    model: str = ""
+    offline_model: bool = False
+    tools: list[str] = Field(default_factory=list)
+    unavailable_endpoints: list[str] = Field(default_factory=list)
+
+
+class ConversationInput(BaseModel):
+    conversation_id: str
+
+
+class AgentConfig(BaseModel):
+    """The worker's settings, read once per run by a local activity so replay sees the same."""
+
+    tool_endpoints: list[str]
+    missing_endpoints: list[str] = Field(default_factory=list)
+    discovery_timeout_seconds: float
+    tool_timeout_seconds: float
+    max_steps: int
+    max_message_chars: int
+    model: str
+    offline_model: bool
+    llm_timeout_seconds: float
+    system_prompt: str
+
+
+class LlmRequest(BaseModel):
+    conversation_id: str
+    messages: list[ChatMessage]
+    tools: list[dict[str, Any]]
+
+
+class LlmStepResult(BaseModel):
+    content: str | None = None
+    tool_calls: list[LlmToolCall] = Field(default_factory=list)
+    usage: Usage = Field(default_factory=Usage)
+    model: str = ""

@@ -1,0 +1,75 @@
+"""`python -m orchestrator.worker`: the conversation workflows and their activities."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from orchestrator.activities import OrchestratorActivities
+from orchestrator.config import LLMSettings, OrchestratorSettings
+from orchestrator.workflows import ConversationWorkflow
+from shared.config import ConfigError, OrchestratorTemporalSettings, load_settings
+from shared.log import bind_context, configure_logging, get_logger
+from shared.temporal import connect
+from shared.worker import run_until_signalled
+
+log = get_logger(__name__)
+
+
+def build_orchestrator_worker(
+    client: Client,
+    *,
+    task_queue: str,
+    settings: OrchestratorSettings,
+    llm_settings: LLMSettings,
+) -> Worker:
+    activities = OrchestratorActivities(client, settings, llm_settings)
+    return Worker(
+        client,
+        task_queue=task_queue,
+        workflows=[ConversationWorkflow],
+        activities=[
+            activities.load_agent_config,
+            activities.llm_step,
+            activities.run_local_tool,
+        ],
+    )
+
+
+def main() -> int:
+    configure_logging()
+    try:
+        temporal = load_settings(OrchestratorTemporalSettings)
+        settings = load_settings(OrchestratorSettings)
+        llm_settings = load_settings(LLMSettings)
+    except ConfigError as err:
+        log.error(str(err))
+        return 2
+
+    async def serve() -> None:
+        bind_context(namespace=temporal.namespace, task_queue=temporal.task_queue)
+        client = await connect(temporal)
+        worker = build_orchestrator_worker(
+            client, task_queue=temporal.task_queue, settings=settings, llm_settings=llm_settings
+        )
+        log.info(
+            "orchestrator worker started",
+            model=llm_settings.resolved_model,
+            offline_model=llm_settings.offline,
+            tool_endpoints=settings.tool_endpoints,
+        )
+        await run_until_signalled(worker)
+
+    try:
+        asyncio.run(serve())
+    except RuntimeError as err:
+        log.error("worker stopped", error=str(err))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,426 @@
+"""ConversationWorkflow: one durable agent loop per conversation (workflow id = conversation id).
+
+Each user message is the `send_message` update. A turn asks the model (an activity), runs every
+tool call of a step in parallel (remote tools over Nexus in the owning team's namespace, local tools
+as activities), feeds the results back, and stops at a final answer or the step limit.
+The workflow never names a remote tool: everything it knows about them came from `list_tools`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import timedelta
+from typing import Any
+
+from pydantic import BaseModel
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError, NexusOperationError
+
+with workflow.unsafe.imports_passed_through():
+    from orchestrator.models import (
+        CONVERSATION_WORKFLOW,
+        END_UPDATE,
+        REFRESH_TOOLS_UPDATE,
+        SEND_MESSAGE_UPDATE,
+        STATUS_QUERY,
+        TRANSCRIPT_QUERY,
+        USAGE_QUERY,
+        AgentConfig,
+        ChatMessage,
+        ConversationInput,
+        ConversationStatus,
+        LlmRequest,
+        LlmStepResult,
+        LlmToolCall,
+        RunningTool,
+        ToolCallRecord,
+        TurnResult,
+        Usage,
+    )
+    from orchestrator.tools import LOCAL_SERVICE, openai_tool
+    from orchestrator.tools import registry as local_registry
+    from shared.caller import ToolOutcome, execute_tool, list_tools
+    from shared.tools import ToolCall, ToolSpec
+
+# Activity names, not imports: the activities module pulls in litellm, which the sandbox must not.
+LOAD_CONFIG_ACTIVITY = "load_agent_config"
+LLM_STEP_ACTIVITY = "llm_step"
+LOCAL_TOOL_ACTIVITY = "run_local_tool"
+NON_RETRYABLE_LLM_ERRORS = ["LlmAuthError", "LlmBadRequest", "LlmContextWindowExceeded"]
+DEFAULT_MAX_MESSAGE_CHARS = 8000
+
+LLM_RETRY_POLICY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=30),
+    maximum_attempts=8,
+    non_retryable_error_types=NON_RETRYABLE_LLM_ERRORS,
+)
+
+
+class ToolRoute(BaseModel):
+    """Where a model-facing tool name leads: a team endpoint, or the local activity."""
+
+    model_name: str
+    spec: ToolSpec
+    endpoint: str | None = None  # None: a local tool
+
+
+@workflow.defn(name=CONVERSATION_WORKFLOW)
+class ConversationWorkflow:
+    @workflow.init
+    def __init__(self, start: ConversationInput) -> None:
+        self._conversation_id = start.conversation_id
+        self._config: AgentConfig | None = None
+        self._messages: list[ChatMessage] = []
+        self._usage = Usage()
+        self._routes: dict[str, ToolRoute] = {}
+        self._unavailable: list[str] = []
+        self._state = "starting"
+        self._running: list[RunningTool] = []
+        self._turns = 0
+        self._busy = False
+        self._ended = False
+
+    @workflow.run
+    async def run(self, start: ConversationInput) -> Usage:
+        self._config = await workflow.execute_local_activity(
+            LOAD_CONFIG_ACTIVITY,
+            result_type=AgentConfig,
+            start_to_close_timeout=timedelta(seconds=30),
+        )
+        self._messages.append(ChatMessage(role="system", content=self._config.system_prompt))
+        await self._discover()
+        self._state = "idle" if not self._ended else "ended"
+        await workflow.wait_condition(lambda: self._ended and workflow.all_handlers_finished())
+        return self._usage
+
+    # ---- updates ------------------------------------------------------------------------------
+    @workflow.update(name=SEND_MESSAGE_UPDATE)
+    async def send_message(self, text: str) -> TurnResult:
+        if self._busy:  # two messages accepted in the same workflow task: validators ran first
+            raise ApplicationError("the previous message is still being answered; wait for it")
+        self._busy = True
+        try:
+            await workflow.wait_condition(lambda: self._state != "starting")
+            return await self._turn(text)
+        finally:
+            self._busy = False
+            self._running = []
+            self._state = "ended" if self._ended else "idle"
+
+    @send_message.validator
+    def _validate_message(self, text: str) -> None:
+        if self._ended:
+            raise ValueError(f"conversation {self._conversation_id} has ended; start a new one")
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError("the message is empty")
+        limit = self._config.max_message_chars if self._config else DEFAULT_MAX_MESSAGE_CHARS
+        if len(text) > limit:
+            raise ValueError(f"the message has {len(text)} characters; the limit is {limit}")
+        if self._busy:
+            raise ValueError("the previous message is still being answered; wait for it")
+
+    @workflow.update(name=REFRESH_TOOLS_UPDATE)
+    async def refresh_tools(self) -> ConversationStatus:
+        await workflow.wait_condition(lambda: self._state != "starting")
+        await self._discover()
+        return self.status()
+
+    @refresh_tools.validator
+    def _validate_refresh(self) -> None:
+        if self._ended:
+            raise ValueError(f"conversation {self._conversation_id} has ended")
+        if self._busy:
+            raise ValueError("a message is being answered; refresh tools after it")
+
+    @workflow.update(name=END_UPDATE)
+    async def end(self) -> Usage:
+        self._ended = True
+        if not self._busy:
+            self._state = "ended"
+        return self._usage
+
+    # ---- queries ------------------------------------------------------------------------------
+    @workflow.query(name=STATUS_QUERY)
+    def status(self) -> ConversationStatus:
+        return ConversationStatus(
+            conversation_id=self._conversation_id,
+            state=self._state,  # type: ignore[arg-type]
+            running=list(self._running),
+            turns=self._turns,
+            model=self._config.model if self._config else "",
+            offline_model=self._config.offline_model if self._config else False,
+            tools=sorted(self._routes),
+            unavailable_endpoints=list(self._unavailable),
+        )
+
+    @workflow.query(name=TRANSCRIPT_QUERY)
+    def transcript(self) -> list[ChatMessage]:
+        return list(self._messages)
+
+    @workflow.query(name=USAGE_QUERY)
+    def usage(self) -> Usage:
+        return self._usage
+
+    # ---- discovery ----------------------------------------------------------------------------
+    async def _discover(self) -> None:
+        """Ask every endpoint for its catalog. A silent endpoint is skipped and reported."""
+        assert self._config is not None
+        timeout = timedelta(seconds=self._config.discovery_timeout_seconds)
+
+        async def catalog_of(endpoint: str) -> tuple[str, list[ToolSpec] | None]:
+            try:
+                return endpoint, (await list_tools(endpoint, timeout=timeout)).tools
+            except NexusOperationError as err:
+                workflow.logger.warning("tool endpoint unavailable: %s (%s)", endpoint, err)
+                return endpoint, None
+
+        results = await asyncio.gather(*(catalog_of(e) for e in self._config.tool_endpoints))
+        sources: list[tuple[str | None, ToolSpec]] = [(None, t.spec) for t in local_registry]
+        for endpoint, specs in results:
+            sources.extend((endpoint, spec) for spec in specs or [])
+        self._unavailable = [e for e, specs in results if specs is None]
+        self._unavailable += self._config.missing_endpoints
+        self._routes = build_routes(sources)
+
+    # ---- the loop -----------------------------------------------------------------------------
+    async def _turn(self, text: str) -> TurnResult:
+        assert self._config is not None
+        self._turns += 1
+        turn = self._turns
+        self._messages.append(ChatMessage(role="user", content=text))
+        records: list[ToolCallRecord] = []
+        notes: list[str] = []
+        turn_usage = Usage()
+        executed: set[str] = set()
+        if self._unavailable:
+            notes.append("tool services unavailable: " + ", ".join(self._unavailable))
+
+        for step in range(1, self._config.max_steps + 1):
+            self._state = "thinking"
+            try:
+                reply = await self._ask_model()
+            except ActivityError as err:
+                message = _failure_message(err)
+                return self._result(turn_usage, records, notes, ok=False, error=message)
+            turn_usage = turn_usage.add(reply.usage)
+            self._usage = self._usage.add(reply.usage)
+            if not reply.tool_calls:
+                answer = reply.content or ""
+                self._messages.append(ChatMessage(role="assistant", content=answer))
+                return self._result(turn_usage, records, notes, answer=answer)
+
+            calls = [
+                call if call.id else call.model_copy(update={"id": f"call-{step}-{i}"})
+                for i, call in enumerate(reply.tool_calls)
+            ]
+            self._messages.append(
+                ChatMessage(role="assistant", content=reply.content, tool_calls=calls)
+            )
+            fresh = [call for call in calls if _signature(call) not in executed]
+            repeated = [call for call in calls if call not in fresh]
+            executed.update(_signature(call) for call in fresh)
+
+            self._state = "running_tools"
+            outcomes = await asyncio.gather(
+                *(self._run_tool(turn, step, index, call) for index, call in enumerate(fresh))
+            )
+            for call, (record, content) in zip(fresh, outcomes, strict=True):
+                records.append(record)
+                self._messages.append(_tool_message(call, content))
+            for call in repeated:
+                self._messages.append(
+                    _tool_message(
+                        call,
+                        {
+                            "error": "repeated_call",
+                            "message": "identical call already made in this turn; use its result",
+                        },
+                    )
+                )
+            if repeated and not fresh:
+                note = (
+                    f"stopped: the model repeated the identical call {repeated[0].name}"
+                    f"({repeated[0].arguments}) instead of answering"
+                )
+                notes.append(note)
+                return self._result(turn_usage, records, notes, answer=note)
+
+        note = f"stopped after {self._config.max_steps} model steps without a final answer"
+        notes.append(note)
+        return self._result(turn_usage, records, notes, answer=note)
+
+    async def _ask_model(self) -> LlmStepResult:
+        assert self._config is not None
+        tools = [
+            openai_tool(
+                route.model_name,
+                route.spec.description
+                if route.model_name == route.spec.name
+                else f"[{route.spec.service}] {route.spec.description}",
+                route.spec.parameters,
+            )
+            for route in self._routes.values()
+        ]
+        return await workflow.execute_activity(
+            LLM_STEP_ACTIVITY,
+            LlmRequest(conversation_id=self._conversation_id, messages=self._messages, tools=tools),
+            result_type=LlmStepResult,
+            start_to_close_timeout=timedelta(seconds=self._config.llm_timeout_seconds + 10),
+            retry_policy=LLM_RETRY_POLICY,
+            summary="model step",
+        )
+
+    async def _run_tool(
+        self, turn: int, step: int, index: int, call: LlmToolCall
+    ) -> tuple[ToolCallRecord, Any]:
+        assert self._config is not None
+        route = self._routes.get(call.name)
+        try:
+            args = json.loads(call.arguments or "{}")
+        except json.JSONDecodeError as err:
+            args = None
+            problem = f"arguments are not valid JSON ({err.msg} at position {err.pos})"
+        else:
+            problem = "" if isinstance(args, dict) else "arguments must be a JSON object"
+        if route is None:
+            known = ", ".join(sorted(self._routes))
+            return _failed(call, "unknown", "not_found", f"unknown tool; available: {known}")
+        service = route.spec.service
+        if problem or not isinstance(args, dict):
+            return _failed(call, service, "bad_request", problem)
+
+        # Stable across retries and replays, unique across turns and across reuse of the id.
+        run_tag = workflow.info().first_execution_run_id[:8]
+        tool_call = ToolCall(
+            call_id=f"{self._conversation_id}-{run_tag}-{turn}-{step}-{index}",
+            tool=route.spec.name,
+            args=args,
+            conversation_id=self._conversation_id,
+        )
+        running = RunningTool(name=route.spec.name, service=service)
+        self._running.append(running)
+        try:
+            if route.endpoint is None:
+                outcome = await self._run_local(tool_call)
+            else:
+                outcome = await execute_tool(
+                    route.endpoint,
+                    tool_call,
+                    timeout=timedelta(seconds=self._config.tool_timeout_seconds),
+                )
+        finally:
+            self._running.remove(running)
+        record = ToolCallRecord(
+            name=route.spec.name,
+            service=service,
+            args=args,
+            ok=outcome.ok,
+            result=outcome.output if outcome.ok else outcome.error,
+        )
+        if outcome.ok:
+            return record, outcome.output
+        return record, {"error": outcome.error_kind, "message": outcome.error}
+
+    async def _run_local(self, call: ToolCall) -> ToolOutcome:
+        spec = local_registry.get(call.tool)
+        timeout = spec.spec.timeout_seconds if spec else 30.0
+        try:
+            output = await workflow.execute_activity(
+                LOCAL_TOOL_ACTIVITY,
+                call,
+                start_to_close_timeout=timedelta(seconds=timeout),
+                retry_policy=RetryPolicy(
+                    maximum_attempts=spec.max_attempts if spec else 3,
+                    non_retryable_error_types=["ToolError", "ToolArgumentsError", "ToolNotFound"],
+                ),
+                summary=call.tool,
+            )
+        except ActivityError as err:
+            cause = err.cause
+            kind = (
+                "bad_request"
+                if isinstance(cause, ApplicationError) and cause.type == "ToolArgumentsError"
+                else "failed"
+            )
+            return ToolOutcome(
+                call_id=call.call_id,
+                tool=call.tool,
+                endpoint=LOCAL_SERVICE,
+                ok=False,
+                error_kind=kind,
+                error=_failure_message(err),
+            )
+        return ToolOutcome(
+            call_id=call.call_id, tool=call.tool, endpoint=LOCAL_SERVICE, ok=True, output=output
+        )
+
+    def _result(
+        self,
+        usage: Usage,
+        records: list[ToolCallRecord],
+        notes: list[str],
+        *,
+        answer: str = "",
+        ok: bool = True,
+        error: str | None = None,
+    ) -> TurnResult:
+        return TurnResult(
+            conversation_id=self._conversation_id,
+            answer=answer,
+            tool_calls=records,
+            usage=usage,
+            ok=ok,
+            error=error,
+            notes=notes,
+        )
+
+
+def build_routes(sources: list[tuple[str | None, ToolSpec]]) -> dict[str, ToolRoute]:
+    """Name each tool for the model; names that collide are qualified by service (`it__status`)."""
+    counts: dict[str, int] = {}
+    for _, spec in sources:
+        counts[spec.name] = counts.get(spec.name, 0) + 1
+    routes: dict[str, ToolRoute] = {}
+    for endpoint, spec in sources:
+        name = spec.name if counts[spec.name] == 1 else f"{spec.service}__{spec.name}"
+        if name not in routes:  # the same service published twice: first endpoint wins
+            routes[name] = ToolRoute(model_name=name, spec=spec, endpoint=endpoint)
+    return routes
+
+
+def _signature(call: LlmToolCall) -> str:
+    try:
+        canonical = json.dumps(json.loads(call.arguments or "{}"), sort_keys=True)
+    except json.JSONDecodeError:
+        canonical = call.arguments
+    return f"{call.name}:{canonical}"
+
+
+def _tool_message(call: LlmToolCall, content: Any) -> ChatMessage:
+    return ChatMessage(
+        role="tool",
+        tool_call_id=call.id,
+        name=call.name,
+        content=json.dumps(content, default=str, ensure_ascii=False),
+    )
+
+
+def _failed(call: LlmToolCall, service: str, kind: str, message: str) -> tuple[ToolCallRecord, Any]:
+    record = ToolCallRecord(
+        name=call.name, service=service, args=call.arguments, ok=False, result=message
+    )
+    return record, {"error": kind, "message": message}
+
+
+def _failure_message(err: BaseException) -> str:
+    cause: BaseException | None = err
+    message = str(err)
+    while cause is not None:
+        if isinstance(cause, ApplicationError) and cause.message:
+            message = cause.message
+        cause = cause.__cause__ or getattr(cause, "cause", None)
+    return message
