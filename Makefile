@@ -41,6 +41,15 @@ format: install ## Apply ruff fixes and formatting
 test: install lint ## Lint, then the test suite against a real dev server
 	$(RUN) pytest
 
+demo: install ## Start the stack and play a scripted conversation (KEEP=1 leaves it running)
+	@$(MAKE) --no-print-directory up
+	@status=0; $(RUN) python -m orchestrator.demo || status=$$?; \
+	if [ "$(KEEP)" = "1" ]; then echo "Stack left running (KEEP=1): try \`make chat\`, stop with \`make down\`."; \
+	else $(MAKE) --no-print-directory down; fi; exit $$status
+
+chat: install ## Interactive chat on the running stack (`make up` first)
+	@$(RUN) agent chat
+
 bench: install ## Latency figures (see bench/README.md)
 	$(RUN) python -m bench.nexus_roundtrip
 

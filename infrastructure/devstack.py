@@ -74,17 +74,14 @@ WORKERS = [
         "finance-tools",
         TaskQueueType.TASK_QUEUE_TYPE_NEXUS,
     ),
+    WorkerProcess(
+        "orchestrator",
+        "orchestrator.worker",
+        "orchestrator",
+        "orchestrator",
+        TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
+    ),
 ]
-if Path(__file__).resolve().parent.parent.joinpath("orchestrator", "worker.py").exists():
-    WORKERS.append(
-        WorkerProcess(
-            "orchestrator",
-            "orchestrator.worker",
-            "orchestrator",
-            "orchestrator",
-            TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
-        )
-    )
 
 
 class DevStack:

@@ -6,6 +6,7 @@ Imports no litellm and no workflow code: it talks to the workflow by name.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import suppress
 
 from temporalio.client import (
     Client,
@@ -22,6 +23,7 @@ from orchestrator.models import (
     SEND_MESSAGE_UPDATE,
     STATUS_QUERY,
     TRANSCRIPT_QUERY,
+    TURNS_QUERY,
     ChatMessage,
     ConversationInput,
     ConversationStatus,
@@ -49,12 +51,18 @@ class ConversationClient:
             # An ended conversation stays ended: its id is not silently reused.
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
         )
-        return await self._client.execute_update_with_start_workflow(
-            SEND_MESSAGE_UPDATE,
-            text,
-            start_workflow_operation=start,
-            result_type=TurnResult,
-        )
+        try:
+            return await self._client.execute_update_with_start_workflow(
+                SEND_MESSAGE_UPDATE,
+                text,
+                start_workflow_operation=start,
+                result_type=TurnResult,
+            )
+        except BaseException:
+            # The start operation holds the same error; collect it so asyncio does not print it.
+            with suppress(BaseException):
+                await start.workflow_handle()
+            raise
 
     async def send_existing(self, conversation_id: str, text: str) -> TurnResult:
         """Send a message to a conversation that must already exist."""
@@ -69,8 +77,11 @@ class ConversationClient:
 
     async def transcript(self, conversation_id: str) -> list[ChatMessage]:
         return await self.handle(conversation_id).query(
-            TRANSCRIPT_QUERY, result_type=list[ChatMessage]
+            TRANSCRIPT_QUERY, TURNS_QUERY, result_type=list[ChatMessage]
         )
+
+    async def turns(self, conversation_id: str) -> list[TurnResult]:
+        return await self.handle(conversation_id).query(TURNS_QUERY, result_type=list[TurnResult])
 
     async def refresh_tools(self, conversation_id: str) -> ConversationStatus:
         return await self.handle(conversation_id).execute_update(

@@ -16,6 +16,7 @@ REFRESH_TOOLS_UPDATE = "refresh_tools"
 STATUS_QUERY = "status"
 TRANSCRIPT_QUERY = "transcript"
 USAGE_QUERY = "usage"
+TURNS_QUERY = "turns"
 OFFLINE_MODEL = "offline/keyword-router"
 
 
@@ -61,6 +62,7 @@ class ToolCallRecord(BaseModel):
 class TurnResult(BaseModel):
     conversation_id: str
     answer: str
+    message: str = Field(default="", description="The user message this turn answered.")
     tool_calls: list[ToolCallRecord] = Field(default_factory=list)
     usage: Usage = Field(default_factory=Usage)
     ok: bool = True

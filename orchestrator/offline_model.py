@@ -389,7 +389,7 @@ def _fill_arguments(tool: _Tool, text: str) -> tuple[dict[str, Any], int]:
     """Arguments for `tool` taken from `text`, and how many required ones were really found."""
     args: dict[str, Any] = {}
     taken: set[str] = set()
-    name_words = {w for w in tool.name_tokens}
+    name_words = set(tool.name_tokens)
 
     def is_name_word(word: str) -> bool:
         return any(_similar(word.lower(), n) for n in name_words)

@@ -26,6 +26,7 @@ with workflow.unsafe.imports_passed_through():
         SEND_MESSAGE_UPDATE,
         STATUS_QUERY,
         TRANSCRIPT_QUERY,
+        TURNS_QUERY,
         USAGE_QUERY,
         AgentConfig,
         ChatMessage,
@@ -81,6 +82,7 @@ class ConversationWorkflow:
         self._state = "starting"
         self._running: list[RunningTool] = []
         self._turns = 0
+        self._turn_results: list[TurnResult] = []
         self._busy = False
         self._ended = False
 
@@ -105,7 +107,14 @@ class ConversationWorkflow:
         self._busy = True
         try:
             await workflow.wait_condition(lambda: self._state != "starting")
-            return await self._turn(text)
+            # The first message of a conversation is validated before the worker's settings are
+            # loaded; check it again against them before it is recorded.
+            problem = self._problem_with(text)
+            if problem:
+                raise ApplicationError(problem, type="InvalidMessage", non_retryable=True)
+            result = await self._turn(text)
+            self._turn_results.append(result.model_copy(update={"message": text}))
+            return result
         finally:
             self._busy = False
             self._running = []
@@ -113,15 +122,21 @@ class ConversationWorkflow:
 
     @send_message.validator
     def _validate_message(self, text: str) -> None:
-        if self._ended:
-            raise ValueError(f"conversation {self._conversation_id} has ended; start a new one")
-        if not isinstance(text, str) or not text.strip():
-            raise ValueError("the message is empty")
-        limit = self._config.max_message_chars if self._config else DEFAULT_MAX_MESSAGE_CHARS
-        if len(text) > limit:
-            raise ValueError(f"the message has {len(text)} characters; the limit is {limit}")
+        problem = self._problem_with(text)
+        if problem:
+            raise ValueError(problem)
         if self._busy:
             raise ValueError("the previous message is still being answered; wait for it")
+
+    def _problem_with(self, text: str) -> str | None:
+        if self._ended:
+            return f"conversation {self._conversation_id} has ended; start a new one"
+        if not isinstance(text, str) or not text.strip():
+            return "the message is empty"
+        limit = self._config.max_message_chars if self._config else DEFAULT_MAX_MESSAGE_CHARS
+        if len(text) > limit:
+            return f"the message has {len(text)} characters; the limit is {limit}"
+        return None
 
     @workflow.update(name=REFRESH_TOOLS_UPDATE)
     async def refresh_tools(self) -> ConversationStatus:
@@ -160,6 +175,10 @@ class ConversationWorkflow:
     @workflow.query(name=TRANSCRIPT_QUERY)
     def transcript(self) -> list[ChatMessage]:
         return list(self._messages)
+
+    @workflow.query(name=TURNS_QUERY)
+    def turns(self) -> list[TurnResult]:
+        return list(self._turn_results)
 
     @workflow.query(name=USAGE_QUERY)
     def usage(self) -> Usage:

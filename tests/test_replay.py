@@ -1,0 +1,62 @@
+"""Replay: conversation histories must replay against the current workflow code.
+
+A recorded history is committed under tests/histories/; a change that makes the workflow
+non-deterministic for it fails here, in CI, before it reaches a running conversation.
+Re-record (after an intentional, versioned change) with RECORD_HISTORIES=1.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+from temporalio.client import WorkflowHistory
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Replayer
+
+from orchestrator.workflows import ConversationWorkflow
+from tests.conftest import Orchestrator
+from tests.support.fake_llm import FakeModelServer, completion
+
+HISTORIES = Path(__file__).parent / "histories"
+
+
+def _replayer() -> Replayer:
+    return Replayer(workflows=[ConversationWorkflow], data_converter=pydantic_data_converter)
+
+
+async def test_live_conversation_replays(
+    orchestrator: Orchestrator, fake_model: FakeModelServer
+) -> None:
+    cid = f"replay-{uuid.uuid4()}"
+    fake_model.script(
+        completion(
+            tool_calls=[
+                ("calculator", {"expression": "2 ** 8"}),
+                ("stock_price", {"ticker": "MSFT"}),
+                ("track_ip", {"ip": "203.0.113.9"}),
+            ]
+        ),
+        completion("256; MSFT quoted; address tracked."),
+        completion(tool_calls=[("get_ip_history", {})]),
+        completion("You tracked 203.0.113.9."),
+    )
+    assert (await orchestrator.conversations.send(cid, "Three things please")).ok
+    assert (await orchestrator.conversations.send(cid, "What did I track?")).ok
+    await orchestrator.conversations.end(cid)
+    await orchestrator.conversations.handle(cid).result()
+    history = await orchestrator.conversations.handle(cid).fetch_history()
+    result = await _replayer().replay_workflow(history)
+    assert result.replay_failure is None
+    if os.environ.get("RECORD_HISTORIES") == "1":
+        HISTORIES.mkdir(exist_ok=True)
+        (HISTORIES / "conversation_tools.json").write_text(history.to_json())
+
+
+@pytest.mark.parametrize("path", sorted(HISTORIES.glob("*.json")), ids=lambda p: p.stem)
+async def test_committed_history_replays(path: Path) -> None:
+    history = WorkflowHistory.from_json(path.stem, path.read_text())
+    result = await _replayer().replay_workflow(history, raise_on_replay_failure=False)
+    assert result.replay_failure is None, f"{path.name}: {result.replay_failure}"
