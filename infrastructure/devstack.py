@@ -8,8 +8,10 @@ every worker is polling. `down` stops exactly the processes `up` recorded, and n
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -63,16 +65,25 @@ class WorkerProcess:
     task_queue: str
     # Which task-queue type proves the worker is serving: Nexus for team services.
     poll_type: int
+    endpoint: str | None = None  # a team's Nexus endpoint: its callers must sign for it
 
 
 WORKERS = [
-    WorkerProcess("it", "it_service.worker", "it", "it-tools", TaskQueueType.TASK_QUEUE_TYPE_NEXUS),
+    WorkerProcess(
+        "it",
+        "it_service.worker",
+        "it",
+        "it-tools",
+        TaskQueueType.TASK_QUEUE_TYPE_NEXUS,
+        endpoint="it-tools",
+    ),
     WorkerProcess(
         "finance",
         "finance_service.worker",
         "finance",
         "finance-tools",
         TaskQueueType.TASK_QUEUE_TYPE_NEXUS,
+        endpoint="finance-tools",
     ),
     WorkerProcess(
         "orchestrator",
@@ -82,6 +93,9 @@ WORKERS = [
         TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
     ),
 ]
+
+
+DEV_KEY_ID = "dev1"
 
 
 class DevStack:
@@ -206,6 +220,18 @@ class DevStack:
         ]
         self._spawn("temporal", argv, dict(os.environ))
 
+    def _team_keys(self) -> dict[str, str]:
+        """One HMAC key per team endpoint, made on first `up` and kept (mode 600) in the run dir."""
+        path = self.run_dir / "nexus-keys.json"
+        keys: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+        for worker in WORKERS:
+            if worker.endpoint and worker.endpoint not in keys:
+                keys[worker.endpoint] = base64.b64encode(secrets.token_bytes(32)).decode()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(json.dumps(keys))
+        return keys
+
     def _start_worker(self, worker: WorkerProcess) -> None:
         env = dict(os.environ)
         env.update(
@@ -213,6 +239,18 @@ class DevStack:
             TEMPORAL_NAMESPACE=worker.namespace,
             TEMPORAL_TASK_QUEUE=worker.task_queue,
         )
+        # The embedded stack runs with caller authentication on, as a deployment should.
+        keys = self._team_keys()
+        if worker.endpoint:
+            env.update(
+                NEXUS_AUTH_AUDIENCE=worker.endpoint,
+                NEXUS_AUTH_VERIFY_KEYS=json.dumps({DEV_KEY_ID: keys[worker.endpoint]}),
+                NEXUS_AUTH_REQUIRED="true",
+            )
+        else:
+            env["NEXUS_AUTH_SIGNING_KEYS"] = json.dumps(
+                {endpoint: f"{DEV_KEY_ID}:{secret}" for endpoint, secret in keys.items()}
+            )
         self._spawn(worker.name, [sys.executable, "-m", worker.module], env)
 
     async def _wait_for_server(self) -> Client:

@@ -33,6 +33,7 @@ class ExecuteToolProbeInput(BaseModel):
     endpoint: str
     calls: list[ToolCall]
     timeout_seconds: float = 30.0
+    headers: dict[str, str] | None = None
 
 
 class ExecuteToolProbeResult(BaseModel):
@@ -70,7 +71,10 @@ class ExecuteToolProbe:
             started = workflow.time()
             outcomes.append(
                 await execute_tool(
-                    probe.endpoint, call, timeout=timedelta(seconds=probe.timeout_seconds)
+                    probe.endpoint,
+                    call,
+                    timeout=timedelta(seconds=probe.timeout_seconds),
+                    headers=probe.headers,
                 )
             )
             durations.append((workflow.time() - started) * 1000)

@@ -8,6 +8,7 @@ endpoints whose target changed.
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import time
 from datetime import timedelta
@@ -161,4 +162,9 @@ async def _main() -> int:
 
 if __name__ == "__main__":
     configure_logging()
-    sys.exit(asyncio.run(_main()))
+    code = asyncio.run(_main())
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Skip interpreter finalisation: the Temporal core runtime's threads can abort it
+    # (PyGILState_Release), turning a successful setup into exit 134.
+    os._exit(code)

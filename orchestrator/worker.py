@@ -11,6 +11,7 @@ from temporalio.worker import Worker
 from orchestrator.activities import OrchestratorActivities
 from orchestrator.config import LLMSettings, OrchestratorSettings
 from orchestrator.workflows import ConversationWorkflow
+from shared.auth import CallerTokenInterceptor, NexusAuthSettings
 from shared.config import ConfigError, OrchestratorTemporalSettings, load_settings
 from shared.log import bind_context, configure_logging, get_logger
 from shared.temporal import connect
@@ -25,8 +26,12 @@ def build_orchestrator_worker(
     task_queue: str,
     settings: OrchestratorSettings,
     llm_settings: LLMSettings,
+    auth: NexusAuthSettings | None = None,
 ) -> Worker:
     activities = OrchestratorActivities(client, settings, llm_settings)
+    interceptors = []
+    if auth is not None and auth.signing_keys:
+        interceptors.append(CallerTokenInterceptor(auth.signing(), auth.caller))
     return Worker(
         client,
         task_queue=task_queue,
@@ -36,6 +41,7 @@ def build_orchestrator_worker(
             activities.llm_step,
             activities.run_local_tool,
         ],
+        interceptors=interceptors,
     )
 
 
@@ -45,6 +51,7 @@ def main() -> int:
         temporal = load_settings(OrchestratorTemporalSettings)
         settings = load_settings(OrchestratorSettings)
         llm_settings = load_settings(LLMSettings)
+        auth = load_settings(NexusAuthSettings)
     except ConfigError as err:
         log.error(str(err))
         return 2
@@ -53,13 +60,18 @@ def main() -> int:
         bind_context(namespace=temporal.namespace, task_queue=temporal.task_queue)
         client = await connect(temporal)
         worker = build_orchestrator_worker(
-            client, task_queue=temporal.task_queue, settings=settings, llm_settings=llm_settings
+            client,
+            task_queue=temporal.task_queue,
+            settings=settings,
+            llm_settings=llm_settings,
+            auth=auth,
         )
         log.info(
             "orchestrator worker started",
             model=llm_settings.resolved_model,
             offline_model=llm_settings.offline,
             tool_endpoints=settings.tool_endpoints,
+            signed_endpoints=sorted(auth.signing_keys),
         )
         await run_until_signalled(worker)
 

@@ -12,8 +12,9 @@ from datetime import timedelta
 from typing import Any
 
 from temporalio.client import Client
-from temporalio.worker import Worker
+from temporalio.worker import Interceptor, Worker
 
+from shared.auth import CallerVerificationInterceptor, NexusAuthSettings
 from shared.config import ConfigError, TemporalSettings, ToolServiceSettings, load_settings
 from shared.log import bind_context, configure_logging, get_logger
 from shared.nexus import ToolServiceHandler
@@ -33,13 +34,20 @@ def build_team_worker(
     fast_path_budget: timedelta,
     workflows: Sequence[type] = (),
     activities: Sequence[Callable[..., Any]] = (),
+    auth: NexusAuthSettings | None = None,
 ) -> Worker:
+    """A team worker. With verify keys in `auth`, every Nexus request must carry a valid token."""
+    interceptors: list[Interceptor] = []
+    if auth is not None and auth.verify_keys:
+        assert auth.audience, "check_team_side() validates this before a worker is built"
+        interceptors.append(CallerVerificationInterceptor(auth.verifying(), auth.audience))
     return Worker(
         client,
         task_queue=task_queue,
         workflows=[ToolWorkflow, *workflows],
         activities=[ToolActivities(registry, client).run_tool, *activities],
         nexus_service_handlers=[ToolServiceHandler(registry, task_queue, fast_path_budget)],
+        interceptors=interceptors,
     )
 
 
@@ -70,9 +78,13 @@ def serve_team(
     try:
         settings = load_settings(settings_type)
         tool_settings = load_settings(ToolServiceSettings)
-    except ConfigError as err:
+        auth = load_settings(NexusAuthSettings)
+        auth.check_team_side(registry.service)
+    except (ConfigError, ValueError) as err:
         log.error(str(err))
         return 2
+    if not auth.verify_keys:
+        log.warning("Nexus caller authentication is OFF: set NEXUS_AUTH_VERIFY_KEYS to require it")
 
     async def main() -> None:
         bind_context(namespace=settings.namespace, task_queue=settings.task_queue)
@@ -84,6 +96,7 @@ def serve_team(
             fast_path_budget=tool_settings.fast_path_budget,
             workflows=workflows,
             activities=activities,
+            auth=auth,
         )
         log.info("worker started", service=registry.service, tools=registry.names())
         await run_until_signalled(worker)

@@ -1,0 +1,29 @@
+# syntax=docker/dockerfile:1
+# One-shot stack setup: namespaces and Nexus endpoints on a self-hosted server (python -m infrastructure.setup).
+# Build from the repository root: docker build -f deploy/setup.Dockerfile .
+# Installs only the core dependencies (no dependency group) from the committed uv.lock.
+# Exits 0 once everything exists; compose starts the workers only after that.
+
+FROM python:3.11-slim AS build
+ENV UV_COMPILE_BYTECODE=1 \
+    UV_LINK_MODE=copy \
+    UV_PYTHON_DOWNLOADS=never \
+    UV_PROJECT_ENVIRONMENT=/opt/venv
+RUN pip install --no-cache-dir uv==0.13.8
+WORKDIR /app
+COPY pyproject.toml uv.lock README.md ./
+# The project itself is not installed: the service runs from its source folders with `python -m`.
+RUN uv sync --frozen --no-default-groups --no-install-project --python /usr/local/bin/python3.11
+
+FROM python:3.11-slim
+RUN useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin app
+WORKDIR /app
+COPY --from=build /opt/venv /opt/venv
+COPY shared/ ./shared/
+COPY infrastructure/ ./infrastructure/
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    LOG_FORMAT=json
+USER app
+CMD ["python", "-m", "infrastructure.setup"]

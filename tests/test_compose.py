@@ -1,0 +1,539 @@
+"""Offline checks of the self-hosted stack: docker-compose.yml, the Dockerfiles and env files in deploy/.
+
+There is no Docker engine here, so the compose file is validated against the compose-spec JSON schema
+and everything it points at is checked to exist and to agree with the services' own defaults.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from functools import cache
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import pytest
+from dotenv import dotenv_values
+from pydantic import BaseModel
+from pydantic_settings import BaseSettings
+from ruamel.yaml import YAML
+
+from finance_service.quotes import QuoteSettings
+from infrastructure.setup import StackSettings
+from it_service.jira import JiraSettings
+from shared.config import (
+    FinanceTemporalSettings,
+    ITTemporalSettings,
+    OrchestratorTemporalSettings,
+    TemporalSettings,
+    ToolServiceSettings,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+DEPLOY = ROOT / "deploy"
+ENV_DIR = DEPLOY / "env"
+TARGETS = ("local", "compose", "cloud")
+
+# service -> (compose service, deploy/<name>.Dockerfile, module it runs, dependency group)
+WORKERS = {
+    "orchestrator": ("orchestrator-worker", "orchestrator", "orchestrator.worker", "orchestrator"),
+    "it": ("it-worker", "it", "it_service.worker", "it"),
+    "finance": ("finance-worker", "finance", "finance_service.worker", "finance"),
+}
+TEMPORAL_SETTINGS: dict[str, type[TemporalSettings]] = {
+    "orchestrator": OrchestratorTemporalSettings,
+    "it": ITTemporalSettings,
+    "finance": FinanceTemporalSettings,
+}
+# Settings classes each service reads, besides TEMPORAL_*; the orchestrator's own settings are
+# listed by name (LLM_*, ORCHESTRATOR_TOOL_ENDPOINTS).
+SERVICE_SETTINGS: dict[str, list[type[BaseSettings]]] = {
+    "orchestrator": [],
+    "it": [ToolServiceSettings, JiraSettings],
+    "finance": [ToolServiceSettings, QuoteSettings],
+}
+ORCHESTRATOR_KEYS = {"ORCHESTRATOR_TOOL_ENDPOINTS", "LLM_MODEL", "LLM_API_BASE", "LLM_API_KEY"}
+LOG_KEYS = {"LOG_FORMAT", "LOG_LEVEL"}
+SettingsT = TypeVar("SettingsT", bound=BaseSettings)
+SECRET_KEY = re.compile(r"(API_KEY|API_TOKEN|PASSWORD|SECRET)$")
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+@cache
+def compose() -> dict[str, Any]:
+    data = YAML(typ="safe").load(COMPOSE_FILE.read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def services() -> dict[str, dict[str, Any]]:
+    return compose()["services"]
+
+
+def depends_on(service: dict[str, Any]) -> dict[str, str]:
+    """depends_on in either short (list) or long (mapping) form, as {target: condition}."""
+    raw = service.get("depends_on", {})
+    if isinstance(raw, list):
+        return dict.fromkeys(raw, "service_started")
+    return {name: spec.get("condition", "service_started") for name, spec in raw.items()}
+
+
+def env_files(service: dict[str, Any]) -> list[tuple[str, bool]]:
+    """env_file entries as (path, required)."""
+    raw = service.get("env_file", [])
+    entries = [raw] if isinstance(raw, str) else raw
+    result = []
+    for entry in entries:
+        if isinstance(entry, str):
+            result.append((entry, True))
+        else:
+            result.append((entry["path"], entry.get("required", True) not in (False, "false")))
+    return result
+
+
+def build_paths(service: dict[str, Any]) -> tuple[Path, Path]:
+    build = service["build"]
+    if isinstance(build, str):
+        context, dockerfile = build, "Dockerfile"
+    else:
+        context, dockerfile = build.get("context", "."), build.get("dockerfile", "Dockerfile")
+    context_dir = (COMPOSE_FILE.parent / context).resolve()
+    return context_dir, context_dir / dockerfile
+
+
+def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, with line continuations joined and comments dropped."""
+    instructions: list[tuple[str, str]] = []
+    pending = ""
+    for line in path.read_text().splitlines():
+        stripped = line.strip()
+        if not pending and (not stripped or stripped.startswith("#")):
+            continue
+        if stripped.endswith("\\"):
+            pending += stripped[:-1] + " "
+            continue
+        full = pending + stripped
+        pending = ""
+        keyword, _, args = full.partition(" ")
+        instructions.append((keyword.upper(), args.strip()))
+    return instructions
+
+
+def copy_sources(path: Path) -> list[str]:
+    sources = []
+    for keyword, args in dockerfile_instructions(path):
+        if keyword not in ("COPY", "ADD"):
+            continue
+        parts = [p for p in args.split() if not p.startswith("--")]
+        if any(p.startswith("--from") for p in args.split()):
+            continue
+        sources.extend(parts[:-1])
+    return sources
+
+
+def uv_sync_lines(path: Path) -> list[str]:
+    return [args for kw, args in dockerfile_instructions(path) if kw == "RUN" and "uv sync" in args]
+
+
+def cmd_module(path: Path) -> str:
+    cmds = [args for kw, args in dockerfile_instructions(path) if kw == "CMD"]
+    assert cmds, f"{path.name} has no CMD"
+    match = re.fullmatch(r'\["python", "-m", "([\w.]+)"\]', cmds[-1])
+    assert match, f"{path.name}: CMD must be the exec form of `python -m <module>`: {cmds[-1]}"
+    return match.group(1)
+
+
+def image_is_pinned(image: str) -> bool:
+    if "@sha256:" in image:
+        return True
+    name, _, tag = image.rpartition(":")
+    if not name or "/" in tag:  # no tag at all (a ':' of a registry port is not a tag)
+        return False
+    return tag != "latest" and any(ch.isdigit() for ch in tag)
+
+
+def group_packages(group: str) -> set[str]:
+    """Package names a dependency group pulls in, following include-group."""
+    groups = tomllib.loads((ROOT / "pyproject.toml").read_text())["dependency-groups"]
+    names: set[str] = set()
+    for item in groups[group]:
+        if isinstance(item, dict):
+            names |= group_packages(item["include-group"])
+        else:
+            names.add(re.split(r"[<>=!~\[; ]", item, maxsplit=1)[0].lower())
+    return names
+
+
+def read_env(target: str, service: str) -> dict[str, str]:
+    values = dotenv_values(ENV_DIR / target / f"{service}.env")
+    assert all(v is not None for v in values.values()), "every line must be KEY=VALUE"
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def settings_keys(settings_type: type[BaseSettings]) -> set[str]:
+    prefix = str(settings_type.model_config.get("env_prefix", ""))
+    return {f"{prefix}{name}".upper() for name in settings_type.model_fields}
+
+
+def settings_from_env(settings_type: type[SettingsT], env: dict[str, str]) -> SettingsT:
+    """Validate the env values with the service's settings class, ignoring the process environment."""
+    prefix = str(settings_type.model_config.get("env_prefix", "")).upper()
+    fields = {
+        key[len(prefix) :].lower(): value
+        for key, value in env.items()
+        if key.startswith(prefix) and key[len(prefix) :].lower() in settings_type.model_fields
+    }
+    return settings_type.model_validate(fields)
+
+
+def default_of(settings_type: type[BaseModel], field: str) -> Any:
+    return settings_type.model_fields[field].default
+
+
+# --- the compose file itself ------------------------------------------------------------------
+
+
+def check_jsonschema() -> str:
+    candidate = Path(sys.executable).parent / "check-jsonschema"
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which("check-jsonschema")
+    assert found, "check-jsonschema is a dev dependency; run `uv sync`"
+    return found
+
+
+def run_compose_schema(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [check_jsonschema(), "--builtin-schema", "vendor.compose-spec", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_compose_file_matches_the_compose_spec() -> None:
+    result = run_compose_schema(COMPOSE_FILE)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_schema_check_rejects_a_broken_compose_file(tmp_path: Path) -> None:
+    """The schema check above must be able to fail: a misspelt healthcheck key is caught."""
+    broken = tmp_path / "docker-compose.yml"
+    text = COMPOSE_FILE.read_text()
+    assert "      interval: 5s\n" in text
+    broken.write_text(text.replace("      interval: 5s\n", "      intervall: 5s\n", 1))
+    assert run_compose_schema(broken).returncode != 0
+
+
+def test_every_depends_on_target_is_a_service_with_a_fitting_condition() -> None:
+    defined = services()
+    for name, service in defined.items():
+        for target, condition in depends_on(service).items():
+            assert target in defined, f"{name} depends on undefined service {target}"
+            assert target != name
+            if condition == "service_healthy":
+                assert "healthcheck" in defined[target], (
+                    f"{name} waits for {target} to be healthy, but {target} has no healthcheck"
+                )
+            if condition == "service_completed_successfully":
+                restart = str(defined[target].get("restart", "no"))
+                assert restart == "no" or restart.startswith("on-failure"), (
+                    f"{target} is waited on to complete, so it must be a one-shot, not restart={restart}"
+                )
+
+
+def test_start_order_has_no_cycle() -> None:
+    graph = {name: set(depends_on(service)) for name, service in services().items()}
+    done: set[str] = set()
+
+    def visit(node: str, path: tuple[str, ...]) -> None:
+        assert node not in path, f"depends_on cycle: {' -> '.join((*path, node))}"
+        if node in done:
+            return
+        for target in graph[node]:
+            visit(target, (*path, node))
+        done.add(node)
+
+    for node in graph:
+        visit(node, ())
+
+
+def test_images_are_pinned() -> None:
+    images = [s["image"] for s in services().values() if "image" in s]
+    assert images, "the stack pulls at least postgres, the Temporal server and the UI"
+    for image in images:
+        assert image_is_pinned(image), f"image {image} must carry a version tag, not latest"
+    for dockerfile in DEPLOY.glob("*.Dockerfile"):
+        stages: set[str] = set()
+        for keyword, args in dockerfile_instructions(dockerfile):
+            if keyword != "FROM":
+                continue
+            parts = [p for p in args.split() if not p.startswith("--")]
+            if parts[0] not in stages:
+                assert image_is_pinned(parts[0]), (
+                    f"{dockerfile.name}: FROM {parts[0]} is not pinned"
+                )
+            if len(parts) == 3 and parts[1].lower() == "as":
+                stages.add(parts[2])
+
+
+def test_image_pin_check_catches_floating_tags() -> None:
+    assert not image_is_pinned("postgres")
+    assert not image_is_pinned("temporalio/server:latest")
+    assert not image_is_pinned("registry:5000/temporalio/ui")
+    assert image_is_pinned("temporalio/server:1.30.1")
+    assert image_is_pinned("python:3.11-slim")
+
+
+def test_build_contexts_dockerfiles_and_copied_files_exist() -> None:
+    built = {name: s for name, s in services().items() if "build" in s}
+    assert built, "the workers and the setup job are built from deploy/"
+    for name, service in built.items():
+        context, dockerfile = build_paths(service)
+        assert context.is_dir(), f"{name}: build context {context} is missing"
+        assert dockerfile.is_file(), f"{name}: {dockerfile} is missing"
+        assert dockerfile.parent == DEPLOY, f"{name}: Dockerfiles live in deploy/"
+        ignore = dockerfile.with_name(dockerfile.name + ".dockerignore")
+        ignore_lines = ignore.read_text().splitlines() if ignore.exists() else []
+        for source in copy_sources(dockerfile):
+            assert (context / source).exists(), f"{dockerfile.name}: COPY {source} does not exist"
+            if "*" in ignore_lines:
+                assert f"!{source.rstrip('/')}" in ignore_lines, (
+                    f"{ignore.name} excludes everything but does not re-include {source}"
+                )
+
+
+def test_env_files_referenced_by_compose_exist() -> None:
+    ignored = [
+        line.strip()
+        for line in (ENV_DIR / ".gitignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    referenced = 0
+    for name, service in services().items():
+        for path, required in env_files(service):
+            referenced += 1
+            if required:
+                assert (COMPOSE_FILE.parent / path).is_file(), f"{name}: env_file {path} is missing"
+            else:  # optional secrets files must never be committed by accident
+                assert any(fnmatch.fnmatch(Path(path).name, pattern) for pattern in ignored), (
+                    f"{name}: optional env_file {path} is not git-ignored by deploy/env/.gitignore"
+                )
+    assert referenced >= len(WORKERS)
+
+
+def test_bind_mounts_and_named_volumes_exist() -> None:
+    declared = set(compose().get("volumes") or {})
+    for name, service in services().items():
+        for volume in service.get("volumes", []):
+            source = volume["source"] if isinstance(volume, dict) else volume.split(":")[0]
+            if source.startswith((".", "/")):
+                assert (COMPOSE_FILE.parent / source).exists(), f"{name}: mount {source} is missing"
+            elif ":" in str(volume) or isinstance(volume, dict):
+                assert source in declared, f"{name}: named volume {source} is not declared"
+
+
+# --- Temporal server and its dynamic config ---------------------------------------------------
+
+
+def temporal_service() -> tuple[str, dict[str, Any]]:
+    matches = [
+        (n, s) for n, s in services().items() if s.get("image", "").startswith("temporalio/server:")
+    ]
+    assert len(matches) == 1, "exactly one Temporal server (temporalio/server:<version>)"
+    return matches[0]
+
+
+def mounted_dynamic_config() -> tuple[Path, dict[str, Any]]:
+    _, server = temporal_service()
+    container_path = server["environment"]["DYNAMIC_CONFIG_FILE_PATH"]
+    for volume in server.get("volumes", []):
+        host, _, rest = volume.partition(":")
+        if rest.split(":")[0] == container_path:
+            path = COMPOSE_FILE.parent / host
+            assert path.is_file() and path.parent == DEPLOY / "temporal"
+            return path, YAML(typ="safe").load(path.read_text())
+    raise AssertionError(f"DYNAMIC_CONFIG_FILE_PATH {container_path} is not a mounted file")
+
+
+def test_dynamic_config_enables_async_nexus_callbacks() -> None:
+    _, server = temporal_service()
+    version = tuple(int(p) for p in server["image"].rpartition(":")[2].split(".")[:2])
+    path, config = mounted_dynamic_config()
+    for key, entries in config.items():
+        assert isinstance(entries, list) and entries, f"{path.name}: {key} needs a list of values"
+        assert all("value" in entry for entry in entries), f"{path.name}: {key} entry lacks value"
+
+    def value(key: str) -> Any:
+        return config[key][0]["value"] if key in config else None
+
+    assert value("system.enableNexus") is not False, "Nexus must not be switched off"
+    if version >= (1, 30):
+        # Worker-targeted endpoints complete through the internal system callback URL.
+        assert value("component.nexusoperations.useSystemCallbackURL") is True
+    template = value("component.nexusoperations.callback.endpoint.template")
+    if version < (1, 30) or template is not None:
+        # The callback URL the template produces must pass the callback allow-list.
+        assert template and "{{.NamespaceName}}" in template
+        callback = urlsplit(template.replace("{{.NamespaceName}}", "orchestrator"))
+        rules = value("component.callbacks.allowedAddresses") or []
+        assert any(
+            fnmatch.fnmatchcase(callback.netloc, rule["Pattern"])
+            and (callback.scheme == "https" or rule.get("AllowInsecure", False))
+            for rule in rules
+        ), f"callback address {callback.netloc} is not allowed by {rules}"
+        assert callback.hostname in services(), "the callback host is the server's service name"
+    if version < (1, 26):
+        assert value("system.enableNexus") is True
+
+
+# --- setup job and workers --------------------------------------------------------------------
+
+
+def test_setup_runs_once_after_the_server_is_healthy() -> None:
+    temporal_name, _ = temporal_service()
+    setup = services()["setup"]
+    _, dockerfile = build_paths(setup)
+    assert cmd_module(dockerfile) == "infrastructure.setup"
+    assert str(setup.get("restart", "no")).startswith("on-failure")
+    assert depends_on(setup).get(temporal_name) == "service_healthy"
+    assert setup["environment"]["TEMPORAL_ADDRESS"] == f"{temporal_name}:7233"
+
+
+@pytest.mark.parametrize("service", sorted(WORKERS))
+def test_worker_container(service: str) -> None:
+    compose_name, dockerfile_name, module, _ = WORKERS[service]
+    worker = services()[compose_name]
+    _, dockerfile = build_paths(worker)
+    assert dockerfile == DEPLOY / f"{dockerfile_name}.Dockerfile"
+    assert cmd_module(dockerfile) == module
+    assert depends_on(worker).get("setup") == "service_completed_successfully"
+    assert "healthcheck" in worker
+    assert module in " ".join(worker["healthcheck"]["test"]), (
+        "the health check looks for the worker"
+    )
+    required = [p for p, req in env_files(worker) if req]
+    assert required == [f"deploy/env/compose/{service}.env"]
+
+
+@pytest.mark.parametrize("service", ["it", "finance"])
+def test_team_images_never_install_the_orchestrator_group(service: str) -> None:
+    dockerfile = DEPLOY / f"{WORKERS[service][1]}.Dockerfile"
+    instructions = dockerfile_instructions(dockerfile)
+    assert not any("litellm" in args for _, args in instructions)
+    syncs = uv_sync_lines(dockerfile)
+    assert syncs, f"{dockerfile.name} installs with uv sync"
+    for sync in syncs:
+        assert "--frozen" in sync, "install exactly what uv.lock says"
+        assert "--no-default-groups" in sync, (
+            "the default dev group includes the orchestrator group"
+        )
+        assert "--all-groups" not in sync
+        groups = re.findall(r"--group[= ](\S+)", sync)
+        assert groups == [service], f"{dockerfile.name} installs groups {groups}"
+        for group in groups:
+            assert "litellm" not in group_packages(group)
+    assert not any(
+        kw == "RUN" and re.search(r"pip install (?!--no-cache-dir uv==)", args)
+        for kw, args in instructions
+    ), "only uv itself is installed with pip"
+    assert "orchestrator" not in " ".join(copy_sources(dockerfile))
+
+
+def test_orchestrator_image_installs_its_group() -> None:
+    dockerfile = DEPLOY / "orchestrator.Dockerfile"
+    groups = [g for s in uv_sync_lines(dockerfile) for g in re.findall(r"--group[= ](\S+)", s)]
+    assert groups == ["orchestrator"]
+    assert "litellm" in group_packages("orchestrator")
+
+
+def test_dockerfiles_copy_the_lockfile_and_sync_frozen() -> None:
+    for dockerfile in DEPLOY.glob("*.Dockerfile"):
+        sources = copy_sources(dockerfile)
+        for needed in ("pyproject.toml", "uv.lock", "README.md"):
+            assert needed in sources, f"{dockerfile.name} does not copy {needed}"
+        assert all("--frozen" in s for s in uv_sync_lines(dockerfile))
+        assert any(kw == "USER" for kw, _ in dockerfile_instructions(dockerfile)), "run as non-root"
+
+
+# --- env files --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("service", sorted(WORKERS))
+def test_env_file_matches_the_service_contract(target: str, service: str) -> None:
+    env = read_env(target, service)
+    settings_type = TEMPORAL_SETTINGS[service]
+
+    known = settings_keys(settings_type) | LOG_KEYS
+    for extra in SERVICE_SETTINGS[service]:
+        known |= settings_keys(extra)
+    if service == "orchestrator":
+        known |= ORCHESTRATOR_KEYS
+    assert set(env) <= known, f"unknown variables: {sorted(set(env) - known)}"
+    assert {"TEMPORAL_ADDRESS", "TEMPORAL_NAMESPACE", "TEMPORAL_TASK_QUEUE"} | LOG_KEYS <= set(env)
+    assert all(value != "" for value in env.values()), "leave unused settings commented out"
+
+    settings = settings_from_env(settings_type, env)
+    assert settings.task_queue == default_of(settings_type, "task_queue")
+    if target == "cloud":
+        assert env["TEMPORAL_TLS"] == "true"
+        assert "TEMPORAL_API_KEY" in env
+    else:
+        assert settings.namespace == default_of(settings_type, "namespace")
+        assert "TEMPORAL_API_KEY" not in env
+    assert env["LOG_FORMAT"] == ("console" if target == "local" else "json")
+
+    for extra in SERVICE_SETTINGS[service]:
+        settings_from_env(extra, env)
+    if service != "orchestrator":
+        assert "TOOL_FAST_PATH_BUDGET_MS" in env
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_env_files_hold_no_secrets(target: str) -> None:
+    for path in (ENV_DIR / target).glob("*.env"):
+        for key, value in (dotenv_values(path) or {}).items():
+            if SECRET_KEY.search(key):
+                assert value and value.startswith("<") and value.endswith(">"), (
+                    f"{path.relative_to(ROOT)}: {key} must be a <placeholder>, not a value"
+                )
+
+
+def test_compose_env_files_point_at_the_compose_server() -> None:
+    temporal_name, server = temporal_service()
+    for service in WORKERS:
+        address = read_env("compose", service)["TEMPORAL_ADDRESS"]
+        host, _, port = address.rpartition(":")
+        assert host == temporal_name, f"{service}: {address} is not the compose server"
+        assert port == "7233"
+    assert "7233:7233" in [str(p) for p in server.get("ports", [])]
+    for service in WORKERS:
+        host = read_env("local", service)["TEMPORAL_ADDRESS"].rpartition(":")[0]
+        assert host in ("localhost", "127.0.0.1")
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_env_files_agree_with_the_setup_endpoints(target: str) -> None:
+    """The orchestrator calls exactly the endpoints setup creates, which target the team queues."""
+    endpoints = default_of(StackSettings, "endpoints")
+    names = read_env(target, "orchestrator")["ORCHESTRATOR_TOOL_ENDPOINTS"].split(",")
+    assert names == [e.name for e in endpoints]
+    namespaces = default_of(StackSettings, "namespaces")
+    for service, settings_type in TEMPORAL_SETTINGS.items():
+        namespace = default_of(settings_type, "namespace")
+        assert namespace in namespaces, f"setup does not create the {service} namespace"
+        if service == "orchestrator":
+            continue
+        served = [e for e in endpoints if e.namespace == namespace]
+        assert len(served) == 1, f"one endpoint targets the {namespace} namespace"
+        assert read_env(target, service)["TEMPORAL_TASK_QUEUE"] == served[0].task_queue
