@@ -26,6 +26,8 @@ from ruamel.yaml import YAML
 from finance_service.quotes import QuoteSettings
 from infrastructure.setup import StackSettings
 from it_service.jira import JiraSettings
+from orchestrator.config import LLMSettings, OrchestratorSettings
+from shared.auth import NexusAuthSettings
 from shared.config import (
     FinanceTemporalSettings,
     ITTemporalSettings,
@@ -51,14 +53,12 @@ TEMPORAL_SETTINGS: dict[str, type[TemporalSettings]] = {
     "it": ITTemporalSettings,
     "finance": FinanceTemporalSettings,
 }
-# Settings classes each service reads, besides TEMPORAL_*; the orchestrator's own settings are
-# listed by name (LLM_*, ORCHESTRATOR_TOOL_ENDPOINTS).
+# Settings classes each service reads, besides TEMPORAL_*.
 SERVICE_SETTINGS: dict[str, list[type[BaseSettings]]] = {
-    "orchestrator": [],
-    "it": [ToolServiceSettings, JiraSettings],
-    "finance": [ToolServiceSettings, QuoteSettings],
+    "orchestrator": [OrchestratorSettings, LLMSettings, NexusAuthSettings],
+    "it": [ToolServiceSettings, JiraSettings, NexusAuthSettings],
+    "finance": [ToolServiceSettings, QuoteSettings, NexusAuthSettings],
 }
-ORCHESTRATOR_KEYS = {"ORCHESTRATOR_TOOL_ENDPOINTS", "LLM_MODEL", "LLM_API_BASE", "LLM_API_KEY"}
 LOG_KEYS = {"LOG_FORMAT", "LOG_LEVEL"}
 SettingsT = TypeVar("SettingsT", bound=BaseSettings)
 SECRET_KEY = re.compile(r"(API_KEY|API_TOKEN|PASSWORD|SECRET)$")
@@ -477,8 +477,6 @@ def test_env_file_matches_the_service_contract(target: str, service: str) -> Non
     known = settings_keys(settings_type) | LOG_KEYS
     for extra in SERVICE_SETTINGS[service]:
         known |= settings_keys(extra)
-    if service == "orchestrator":
-        known |= ORCHESTRATOR_KEYS
     assert set(env) <= known, f"unknown variables: {sorted(set(env) - known)}"
     assert {"TEMPORAL_ADDRESS", "TEMPORAL_NAMESPACE", "TEMPORAL_TASK_QUEUE"} | LOG_KEYS <= set(env)
     assert all(value != "" for value in env.values()), "leave unused settings commented out"
