@@ -14,7 +14,7 @@ from orchestrator.workflows import ConversationWorkflow
 from shared.auth import CallerTokenInterceptor, NexusAuthSettings
 from shared.config import ConfigError, OrchestratorTemporalSettings, load_settings
 from shared.log import bind_context, configure_logging, get_logger
-from shared.temporal import connect
+from shared.temporal import NamespaceMissingError, connect, require_namespace
 from shared.worker import run_until_signalled
 
 log = get_logger(__name__)
@@ -59,6 +59,7 @@ def main() -> int:
     async def serve() -> None:
         bind_context(namespace=temporal.namespace, task_queue=temporal.task_queue)
         client = await connect(temporal)
+        await require_namespace(client)
         worker = build_orchestrator_worker(
             client,
             task_queue=temporal.task_queue,
@@ -77,8 +78,11 @@ def main() -> int:
 
     try:
         asyncio.run(serve())
+    except NamespaceMissingError as err:
+        log.error(str(err))
+        return 2
     except RuntimeError as err:
-        log.error("worker stopped", error=str(err))
+        log.error("worker stopped", error=str(err).splitlines()[0])
         return 1
     return 0
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from pydantic import Field, ValidationError, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 SettingsT = TypeVar("SettingsT", bound=BaseSettings)
 
@@ -95,6 +95,11 @@ def load_settings(settings_type: type[SettingsT]) -> SettingsT:
     """Build settings, turning a validation error into one readable ConfigError."""
     try:
         return settings_type()
+    except SettingsError as err:  # a complex value (list, dict) that is not valid JSON
+        prefix = str(settings_type.model_config.get("env_prefix", "")).upper()
+        field = str(err).split('"')[1] if '"' in str(err) else ""
+        name = f"{prefix}{field.upper()}" if field else settings_type.__name__
+        raise ConfigError(f"invalid configuration: {name}: expected a JSON value") from None
     except ValidationError as err:
         prefix = str(settings_type.model_config.get("env_prefix", ""))
         problems = []

@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
 from temporalio.client import Client, Interceptor, TLSConfig
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.service import RPCError, RPCStatusCode
 
 from shared.config import TemporalSettings
 
@@ -36,3 +38,23 @@ async def connect(
 
 def _read(path: Path | None) -> bytes | None:
     return path.read_bytes() if path is not None else None
+
+
+class NamespaceMissingError(Exception):
+    pass
+
+
+async def require_namespace(client: Client) -> None:
+    """Fail with one clear line when the namespace does not exist (instead of a gRPC dump)."""
+    try:
+        await client.workflow_service.describe_namespace(
+            DescribeNamespaceRequest(namespace=client.namespace)
+        )
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            raise NamespaceMissingError(
+                f"namespace '{client.namespace}' does not exist on this server: create it "
+                "(`make up`, `python -m infrastructure.setup`, or Terraform on Cloud) or fix "
+                "TEMPORAL_NAMESPACE"
+            ) from None
+        raise

@@ -18,7 +18,7 @@ from shared.auth import CallerVerificationInterceptor, NexusAuthSettings
 from shared.config import ConfigError, TemporalSettings, ToolServiceSettings, load_settings
 from shared.log import bind_context, configure_logging, get_logger
 from shared.nexus import ToolServiceHandler
-from shared.temporal import connect
+from shared.temporal import NamespaceMissingError, connect, require_namespace
 from shared.tool_activity import ToolActivities
 from shared.tool_workflow import ToolWorkflow
 from shared.tools import ToolRegistry
@@ -89,6 +89,7 @@ def serve_team(
     async def main() -> None:
         bind_context(namespace=settings.namespace, task_queue=settings.task_queue)
         client = await connect(settings)
+        await require_namespace(client)
         worker = build_team_worker(
             client,
             registry,
@@ -103,7 +104,10 @@ def serve_team(
 
     try:
         asyncio.run(main())
+    except NamespaceMissingError as err:
+        log.error(str(err))
+        return 2
     except RuntimeError as err:  # connection failures surface as RuntimeError from the core SDK
-        log.error("worker stopped", error=str(err))
+        log.error("worker stopped", error=str(err).splitlines()[0])
         return 1
     return 0
