@@ -52,6 +52,7 @@ chat: install ## Interactive chat on the running stack (`make up` first)
 
 bench: install ## Latency figures (see bench/README.md)
 	$(RUN) python -m bench.nexus_roundtrip
+	$(RUN) python -m bench.agent_loop
 
 clean: down ## Stop the stack and delete its database and logs
 	rm -rf .run

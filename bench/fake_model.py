@@ -1,0 +1,181 @@
+"""A 0 ms OpenAI-compatible fake model for the agent-loop bench, run as a separate process.
+
+Stateless: each POST /v1/chat/completions is answered from the request alone.
+- last message from the user: tool calls chosen by a marker in its text
+  ("three tools" -> calculate_roi + stock_price + get_ip, "one tool" -> calculate_roi,
+  no marker -> a final answer);
+- last message a tool result (or anything else): a short final answer.
+
+Stdlib only, so the bench's parent process imports nothing heavy from here. The server runs in its
+own process so it does not compete for the GIL with the Temporal workers under test. Run it with
+`fake_model_server()`, which starts it, waits for its port, and always terminates it. As a second
+bound, the child exits when its stdin closes (the parent died) or after `--max-seconds`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import select
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+HOST = "127.0.0.1"
+ONE_TOOL = "one tool"
+THREE_TOOLS = "three tools"
+ROI_ARGS: dict[str, Any] = {"principal": "1000", "rate": "5", "years": 10}
+STOCK_ARGS: dict[str, Any] = {"ticker": "AAPL"}
+IP_ARGS: dict[str, Any] = {}
+# The real tools the model asks for: calculate_roi and stock_price (Finance), get_ip (IT).
+PLANS: dict[str, list[tuple[str, dict[str, Any]]]] = {
+    ONE_TOOL: [("calculate_roi", ROI_ARGS)],
+    THREE_TOOLS: [("calculate_roi", ROI_ARGS), ("stock_price", STOCK_ARGS), ("get_ip", IP_ARGS)],
+}
+FINAL_ANSWER = "Done: the tool results are above."
+READY_PREFIX = "fake-model listening on port "
+
+
+def plan_for(text: str) -> list[tuple[str, dict[str, Any]]]:
+    lowered = text.lower()
+    if (
+        THREE_TOOLS in lowered
+    ):  # checked first: "three tools" never contains "one tool", but be sure
+        return PLANS[THREE_TOOLS]
+    if ONE_TOOL in lowered:
+        return PLANS[ONE_TOOL]
+    return []
+
+
+def answer(request: dict[str, Any]) -> dict[str, Any]:
+    """The chat-completion body for one request (the shape of tests/support/fake_llm.py)."""
+    messages = request.get("messages") or []
+    last = messages[-1] if messages else {}
+    calls: list[tuple[str, dict[str, Any]]] = []
+    if last.get("role") == "user":
+        content = last.get("content")
+        calls = plan_for(content if isinstance(content, str) else json.dumps(content))
+    message: dict[str, Any] = {"role": "assistant", "content": None if calls else FINAL_ANSWER}
+    if calls:
+        message["tool_calls"] = [
+            {
+                "id": f"call_{uuid.uuid4().hex[:16]}",
+                "type": "function",
+                "function": {"name": name, "arguments": json.dumps(args)},
+            }
+            for name, args in calls
+        ]
+    prompt_chars = sum(len(str(m.get("content") or "")) for m in messages)
+    prompt_tokens = max(1, prompt_chars // 4)
+    completion_tokens = 5 + 15 * len(calls)
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex[:16]}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": request.get("model") or "fake-model",
+        "choices": [
+            {
+                "index": 0,
+                "message": message,
+                "finish_reason": "tool_calls" if calls else "stop",
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    }
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive: LiteLLM's HTTP client reuses its connections
+    disable_nagle_algorithm = True  # headers and body are separate writes: no delayed-ACK stall
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        if not self.path.rstrip("/").endswith("/chat/completions"):
+            self._send(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
+            return
+        try:
+            request = json.loads(raw or b"{}")
+        except json.JSONDecodeError as err:
+            self._send(400, {"error": {"message": f"bad JSON: {err}", "type": "bad_request"}})
+            return
+        self._send(200, answer(request))
+
+    def _send(self, status: int, body: dict[str, Any]) -> None:
+        payload = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return  # quiet: one line per request would cost more than the answer
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 512  # 100 conversations connect at once; a backlog of 5 drops SYNs
+
+
+def serve(max_seconds: float) -> int:
+    server = _Server((HOST, 0), _Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    print(f"{READY_PREFIX}{server.server_address[1]}", flush=True)
+    # Bounded: stop when the parent goes away (stdin closes) or the lifetime runs out.
+    watcher = threading.Thread(target=sys.stdin.buffer.read, daemon=True)
+    watcher.start()
+    watcher.join(timeout=max_seconds)
+    server.shutdown()
+    server.server_close()
+    return 0
+
+
+@contextmanager
+def fake_model_server(start_timeout: float = 15.0, max_seconds: float = 900.0) -> Iterator[str]:
+    """Start the fake model in a child process; yield its base URL (`http://127.0.0.1:<port>`)."""
+    process = subprocess.Popen(
+        [sys.executable, str(Path(__file__).resolve()), "--max-seconds", str(max_seconds)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert process.stdout is not None
+        ready, _, _ = select.select([process.stdout], [], [], start_timeout)
+        line = process.stdout.readline() if ready else ""
+        if not line.startswith(READY_PREFIX):
+            raise RuntimeError(
+                f"the fake model did not start within {start_timeout:.0f} s "
+                f"(exit code {process.poll()}, said {line!r})"
+            )
+        yield f"http://{HOST}:{int(line[len(READY_PREFIX) :])}"
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+        for stream in (process.stdin, process.stdout):
+            if stream is not None:
+                stream.close()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--max-seconds", type=float, default=900.0)
+    sys.exit(serve(parser.parse_args().max_seconds))
