@@ -10,6 +10,12 @@ from temporalio.api.operatorservice.v1 import ListNexusEndpointsRequest
 from temporalio.client import Client
 
 from orchestrator.config import LLMSettings, OrchestratorSettings
+from orchestrator.context import (
+    SUMMARY_PROMPT,
+    ContextWindow,
+    build_context,
+    extractive_summary,
+)
 from orchestrator.llm import classify_llm_error, litellm
 from orchestrator.models import (
     AgentConfig,
@@ -17,8 +23,13 @@ from orchestrator.models import (
     LlmRequest,
     LlmStepResult,
     LlmToolCall,
+    ReadConversationInput,
+    RecordTurnInput,
+    StoredMessage,
+    TurnResult,
     Usage,
 )
+from orchestrator.store import ConversationStore, open_store
 from orchestrator.tools import registry as local_registry
 from shared.log import bound_context, get_logger
 from shared.tool_activity import run_registered_tool
@@ -29,15 +40,29 @@ log = get_logger(__name__)
 LOAD_CONFIG_ACTIVITY = "load_agent_config"
 LLM_STEP_ACTIVITY = "llm_step"
 LOCAL_TOOL_ACTIVITY = "run_local_tool"
+RECORD_TURN_ACTIVITY = "record_turn"
+READ_TURNS_ACTIVITY = "read_turns"
 
 
 class OrchestratorActivities:
     def __init__(
-        self, client: Client, settings: OrchestratorSettings, llm_settings: LLMSettings
+        self,
+        client: Client,
+        settings: OrchestratorSettings,
+        llm_settings: LLMSettings,
+        store: ConversationStore | None = None,
     ) -> None:
         self._client = client
         self._settings = settings
         self._llm = llm_settings
+        self._store = store or open_store(settings.store_url)
+        self._window = ContextWindow(
+            model=llm_settings.resolved_model,
+            context_tokens=settings.context_tokens,
+            keep_recent_turns=settings.keep_recent_turns,
+            max_tool_output_chars=settings.max_tool_output_chars,
+            offline=llm_settings.offline,
+        )
         if llm_settings.offline:
             from orchestrator.offline_model import register_offline_model
 
@@ -66,6 +91,7 @@ class OrchestratorActivities:
             offline_model=self._llm.offline,
             llm_timeout_seconds=self._llm.timeout_seconds,
             system_prompt=self._settings.system_prompt,
+            max_turns_per_run=self._settings.max_turns_per_run,
         )
 
     async def _existing_endpoints(self) -> set[str] | None:
@@ -80,6 +106,10 @@ class OrchestratorActivities:
 
     @activity.defn(name=LLM_STEP_ACTIVITY)
     async def llm_step(self, request: LlmRequest) -> LlmStepResult:
+        """Append the step's new messages, build the model's view, ask the model, store its reply.
+
+        Every write is keyed by sequence number, so a retried attempt changes nothing twice.
+        """
         info = activity.info()
         with bound_context(
             namespace=info.namespace,
@@ -87,68 +117,101 @@ class OrchestratorActivities:
             conversation_id=request.conversation_id,
             attempt=info.attempt,
         ):
-            kwargs: dict[str, Any] = {
-                "model": self._llm.resolved_model,
-                "messages": [to_openai_message(m) for m in request.messages],
-                "num_retries": 0,  # Temporal owns retries
-                "timeout": self._llm.timeout_seconds,
-                "temperature": self._llm.temperature,
-            }
-            if request.tools:
-                kwargs["tools"] = request.tools
-            if self._llm.api_base:
-                kwargs["api_base"] = self._llm.api_base
-            if self._llm.api_key is not None:
-                kwargs["api_key"] = self._llm.api_key.get_secret_value()
+            cid = request.conversation_id
             try:
-                response = await litellm.acompletion(**kwargs)
-                result = parse_response(response)
+                await self._store.append(cid, request.new_messages)
+                messages, compacted = await build_context(
+                    self._store, cid, self._window, self._summarise
+                )
+                try:
+                    response = await self._complete(messages, request.tools)
+                except litellm.ContextWindowExceededError:
+                    # The provider's count beat ours: fold older turns away and run the step again.
+                    messages, compacted = await build_context(
+                        self._store, cid, self._window, self._summarise, force_compaction=True
+                    )
+                    response = await self._complete(messages, request.tools)
+                result = parse_response(response, reply_seq=request.reply_seq)
             except Exception as err:
                 failure = classify_llm_error(err)
                 log.warning("model call failed", error=failure.message, kind=failure.type)
                 raise failure from None
+            reply = ChatMessage(
+                role="assistant", content=result.content, tool_calls=result.tool_calls
+            )
+            await self._store.append(cid, [StoredMessage(seq=request.reply_seq, message=reply)])
             log.info(
                 "model answered",
                 tool_calls=[c.name for c in result.tool_calls],
                 prompt_tokens=result.usage.prompt_tokens,
+                compacted=compacted,
             )
-            return result
+            return result.model_copy(update={"compacted": compacted})
+
+    async def _complete(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> Any:
+        kwargs: dict[str, Any] = {
+            "model": self._llm.resolved_model,
+            "messages": messages,
+            "num_retries": 0,  # Temporal owns retries
+            "timeout": self._llm.timeout_seconds,
+            "temperature": self._llm.temperature,
+        }
+        if tools:
+            kwargs["tools"] = tools
+        if self._llm.api_base:
+            kwargs["api_base"] = self._llm.api_base
+        if self._llm.api_key is not None:
+            kwargs["api_key"] = self._llm.api_key.get_secret_value()
+        return await litellm.acompletion(**kwargs)
+
+    async def _summarise(self, older: list[dict[str, Any]], previous: str | None) -> str:
+        if self._llm.offline:
+            return extractive_summary(older, previous)
+        transcript = json.dumps(older, ensure_ascii=False, default=str)
+        prompt = f"Earlier summary:\n{previous}\n\n" if previous else ""
+        response = await self._complete(
+            [
+                {"role": "system", "content": SUMMARY_PROMPT},
+                {"role": "user", "content": f"{prompt}Conversation:\n{transcript}"},
+            ],
+            [],
+        )
+        return str(response.choices[0].message.content or "")
+
+    @activity.defn(name=RECORD_TURN_ACTIVITY)
+    async def record_turn(self, request: RecordTurnInput) -> None:
+        await self._store.put_turn(request.conversation_id, request.turn, request.result)
+
+    @activity.defn(name=READ_TURNS_ACTIVITY)
+    async def read_turns(self, request: ReadConversationInput) -> list[TurnResult]:
+        return await self._store.turns(
+            request.conversation_id, offset=request.offset, limit=request.limit
+        )
 
     @activity.defn(name=LOCAL_TOOL_ACTIVITY)
     async def run_local_tool(self, call: ToolCall) -> Any:
         return await run_registered_tool(local_registry, self._client, call)
 
 
-def to_openai_message(message: ChatMessage) -> dict[str, Any]:
-    payload: dict[str, Any] = {"role": message.role, "content": message.content}
-    if message.tool_calls:
-        payload["tool_calls"] = [
-            {
-                "id": call.id,
-                "type": "function",
-                "function": {"name": call.name, "arguments": call.arguments},
-            }
-            for call in message.tool_calls
-        ]
-    if message.tool_call_id is not None:
-        payload["tool_call_id"] = message.tool_call_id
-    if message.name is not None and message.role == "tool":
-        payload["name"] = message.name
-    return payload
+def parse_response(response: Any, *, reply_seq: int = 0) -> LlmStepResult:
+    """Read a LiteLLM ModelResponse. A reply without choices is malformed (and retryable).
 
-
-def parse_response(response: Any) -> LlmStepResult:
-    """Read a LiteLLM ModelResponse. A reply without choices is malformed (and retryable)."""
+    A tool call without an id gets one derived from its place, so results can refer to it.
+    """
     if not getattr(response, "choices", None):
         raise ValueError("the model's reply has no choices")
     message = response.choices[0].message
     tool_calls = []
-    for call in getattr(message, "tool_calls", None) or []:
+    for index, call in enumerate(getattr(message, "tool_calls", None) or []):
         arguments = call.function.arguments
         if not isinstance(arguments, str):
             arguments = json.dumps(arguments)
         tool_calls.append(
-            LlmToolCall(id=call.id or "", name=call.function.name or "", arguments=arguments or "")
+            LlmToolCall(
+                id=call.id or f"call-{reply_seq}-{index}",
+                name=call.function.name or "",
+                arguments=arguments or "",
+            )
         )
     usage = getattr(response, "usage", None)
     cost = 0.0

@@ -269,7 +269,7 @@ def chat(
         conversations, _ = await _conversations()
         out.print(f"[bold]conversation[/] {conversation_id}  ·  /exit to leave, /end to close it")
         if conversation:
-            turns = await conversations.turns(conversation_id)
+            turns = await conversations.recent_turns(conversation_id)
             for turn in turns[-3:]:
                 out.print(f"[dim]you: {escape(turn.message)}[/]")
                 out.print(f"[dim]agent: {escape(turn.answer or turn.error or '')}[/]")
@@ -313,13 +313,14 @@ def history(
 ) -> None:
     """Show a conversation's turns, tool calls and usage."""
 
-    async def work() -> tuple[list[TurnResult], Usage]:
+    async def work() -> list[TurnResult]:
         conversations, _ = await _conversations()
-        turns = await conversations.turns(conversation_id)
-        usage = await conversations.handle(conversation_id).query("usage", result_type=Usage)
-        return turns, usage
+        return await conversations.turns(conversation_id)
 
-    turns, usage = _run(work)
+    turns = _run(work)
+    usage = Usage()
+    for turn in turns:
+        usage = usage.add(turn.usage)
     if as_json:
         payload = {
             "conversation_id": conversation_id,

@@ -5,6 +5,7 @@ Imports no litellm and no workflow code: it talks to the workflow by name.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import suppress
 
@@ -19,14 +20,14 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from orchestrator.models import (
     CONVERSATION_WORKFLOW,
     END_UPDATE,
+    READ_CONVERSATION_WORKFLOW,
     REFRESH_TOOLS_UPDATE,
     SEND_MESSAGE_UPDATE,
     STATUS_QUERY,
-    TRANSCRIPT_QUERY,
     TURNS_QUERY,
-    ChatMessage,
     ConversationInput,
     ConversationStatus,
+    ReadConversationInput,
     TurnResult,
     Usage,
 )
@@ -75,13 +76,27 @@ class ConversationClient:
             STATUS_QUERY, result_type=ConversationStatus
         )
 
-    async def transcript(self, conversation_id: str) -> list[ChatMessage]:
-        return await self.handle(conversation_id).query(
-            TRANSCRIPT_QUERY, TURNS_QUERY, result_type=list[ChatMessage]
-        )
-
-    async def turns(self, conversation_id: str) -> list[TurnResult]:
+    async def recent_turns(self, conversation_id: str) -> list[TurnResult]:
+        """The last few turns, from the running workflow's state."""
         return await self.handle(conversation_id).query(TURNS_QUERY, result_type=list[TurnResult])
+
+    async def turns(self, conversation_id: str, page_size: int = 500) -> list[TurnResult]:
+        """Every turn of a conversation, read from the store through a `ReadConversation` run."""
+        await self.handle(conversation_id).describe()  # a clear NOT_FOUND for unknown ids
+        turns: list[TurnResult] = []
+        while True:
+            page = await self._client.execute_workflow(
+                READ_CONVERSATION_WORKFLOW,
+                ReadConversationInput(
+                    conversation_id=conversation_id, offset=len(turns), limit=page_size
+                ),
+                id=f"{conversation_id}/read/{uuid.uuid4().hex[:8]}",
+                task_queue=self._task_queue,
+                result_type=list[TurnResult],
+            )
+            turns.extend(page)
+            if len(page) < page_size:
+                return turns
 
     async def refresh_tools(self, conversation_id: str) -> ConversationStatus:
         return await self.handle(conversation_id).execute_update(

@@ -51,6 +51,31 @@ class OrchestratorSettings(BaseSettings):
     max_steps: int = Field(default=8, ge=1, le=50)
     max_message_chars: int = Field(default=8000, ge=1, le=1_000_000)
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    store_url: str = Field(
+        default="sqlite:///.run/conversations.db",
+        description="Where transcripts live: sqlite:///file.db or postgresql://user@host/db.",
+    )
+    context_tokens: int | None = Field(
+        default=None,
+        ge=512,
+        description="Override the model's context window (tokens) used for the compaction budget.",
+    )
+    keep_recent_turns: int = Field(
+        default=4, ge=1, le=100, description="Turns kept verbatim when older ones are summarised."
+    )
+    max_tool_output_chars: int = Field(
+        default=4000, ge=200, description="Longer tool outputs are truncated for the model."
+    )
+    max_turns_per_run: int = Field(
+        default=100, ge=1, le=1000, description="Continue-as-new after this many turns."
+    )
+
+    @field_validator("store_url")
+    @classmethod
+    def _check_store(cls, value: str) -> str:
+        if not value.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            raise ValueError("use sqlite:///path/to/file.db or postgresql://user@host:5432/db")
+        return value
 
     @field_validator("tool_endpoints", mode="before")
     @classmethod

@@ -9,6 +9,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from shared.tools import ToolSpec
+
 CONVERSATION_WORKFLOW = "ConversationWorkflow"
 SEND_MESSAGE_UPDATE = "send_message"
 END_UPDATE = "end"
@@ -17,6 +19,7 @@ STATUS_QUERY = "status"
 TRANSCRIPT_QUERY = "transcript"
 USAGE_QUERY = "usage"
 TURNS_QUERY = "turns"
+READ_CONVERSATION_WORKFLOW = "ReadConversation"
 OFFLINE_MODEL = "offline/keyword-router"
 
 
@@ -86,8 +89,44 @@ class ConversationStatus(BaseModel):
     unavailable_endpoints: list[str] = Field(default_factory=list)
 
 
+class StoredMessage(BaseModel):
+    """A transcript entry: the store's key is (conversation id, seq)."""
+
+    seq: int
+    message: ChatMessage
+
+
+class ToolRoute(BaseModel):
+    """Where a model-facing tool name leads: a team endpoint, or the local activity."""
+
+    model_name: str
+    spec: ToolSpec
+    endpoint: str | None = None  # None: a local tool
+
+
+class CarriedState(BaseModel):
+    """What a conversation hands to its next run at continue-as-new. Small by design: the
+    transcript is in the store, so only counters, totals and the discovered tools travel."""
+
+    usage: Usage
+    turns: int
+    next_seq: int
+    pending: list[StoredMessage]
+    routes: dict[str, ToolRoute]
+    unavailable: list[str]
+    recent_turns: list[TurnResult]
+    run: int = 1
+
+
 class ConversationInput(BaseModel):
     conversation_id: str
+    carried: CarriedState | None = None
+
+
+class ReadConversationInput(BaseModel):
+    conversation_id: str
+    offset: int = 0
+    limit: int = 500
 
 
 class AgentConfig(BaseModel):
@@ -103,11 +142,15 @@ class AgentConfig(BaseModel):
     offline_model: bool
     llm_timeout_seconds: float
     system_prompt: str
+    max_turns_per_run: int = 100
 
 
 class LlmRequest(BaseModel):
+    """One model step: only the messages new since the last step travel; the rest is in the store."""
+
     conversation_id: str
-    messages: list[ChatMessage]
+    new_messages: list[StoredMessage]
+    reply_seq: int = Field(description="Sequence number the model's reply is stored under.")
     tools: list[dict[str, Any]]
 
 
@@ -116,3 +159,10 @@ class LlmStepResult(BaseModel):
     tool_calls: list[LlmToolCall] = Field(default_factory=list)
     usage: Usage = Field(default_factory=Usage)
     model: str = ""
+    compacted: bool = Field(default=False, description="Older turns were summarised this step.")
+
+
+class RecordTurnInput(BaseModel):
+    conversation_id: str
+    turn: int
+    result: TurnResult

@@ -10,7 +10,8 @@ from temporalio.worker import Worker
 
 from orchestrator.activities import OrchestratorActivities
 from orchestrator.config import LLMSettings, OrchestratorSettings
-from orchestrator.workflows import ConversationWorkflow
+from orchestrator.store import ConversationStore
+from orchestrator.workflows import ConversationWorkflow, ReadConversation
 from shared.auth import CallerTokenInterceptor, NexusAuthSettings
 from shared.config import ConfigError, OrchestratorTemporalSettings, load_settings
 from shared.log import bind_context, configure_logging, get_logger
@@ -27,19 +28,22 @@ def build_orchestrator_worker(
     settings: OrchestratorSettings,
     llm_settings: LLMSettings,
     auth: NexusAuthSettings | None = None,
+    store: ConversationStore | None = None,
 ) -> Worker:
-    activities = OrchestratorActivities(client, settings, llm_settings)
+    activities = OrchestratorActivities(client, settings, llm_settings, store)
     interceptors = []
     if auth is not None and auth.signing_keys:
         interceptors.append(CallerTokenInterceptor(auth.signing(), auth.caller))
     return Worker(
         client,
         task_queue=task_queue,
-        workflows=[ConversationWorkflow],
+        workflows=[ConversationWorkflow, ReadConversation],
         activities=[
             activities.load_agent_config,
             activities.llm_step,
             activities.run_local_tool,
+            activities.record_turn,
+            activities.read_turns,
         ],
         interceptors=interceptors,
     )

@@ -13,7 +13,6 @@ import json
 from datetime import timedelta
 from typing import Any
 
-from pydantic import BaseModel
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, NexusOperationError
@@ -22,21 +21,26 @@ with workflow.unsafe.imports_passed_through():
     from orchestrator.models import (
         CONVERSATION_WORKFLOW,
         END_UPDATE,
+        READ_CONVERSATION_WORKFLOW,
         REFRESH_TOOLS_UPDATE,
         SEND_MESSAGE_UPDATE,
         STATUS_QUERY,
-        TRANSCRIPT_QUERY,
         TURNS_QUERY,
         USAGE_QUERY,
         AgentConfig,
+        CarriedState,
         ChatMessage,
         ConversationInput,
         ConversationStatus,
         LlmRequest,
         LlmStepResult,
         LlmToolCall,
+        ReadConversationInput,
+        RecordTurnInput,
         RunningTool,
+        StoredMessage,
         ToolCallRecord,
+        ToolRoute,
         TurnResult,
         Usage,
     )
@@ -49,6 +53,9 @@ with workflow.unsafe.imports_passed_through():
 LOAD_CONFIG_ACTIVITY = "load_agent_config"
 LLM_STEP_ACTIVITY = "llm_step"
 LOCAL_TOOL_ACTIVITY = "run_local_tool"
+RECORD_TURN_ACTIVITY = "record_turn"
+READ_TURNS_ACTIVITY = "read_turns"
+RECENT_TURNS_KEPT = 10
 NON_RETRYABLE_LLM_ERRORS = ["LlmAuthError", "LlmBadRequest", "LlmContextWindowExceeded"]
 DEFAULT_MAX_MESSAGE_CHARS = 8000
 
@@ -61,28 +68,25 @@ LLM_RETRY_POLICY = RetryPolicy(
 )
 
 
-class ToolRoute(BaseModel):
-    """Where a model-facing tool name leads: a team endpoint, or the local activity."""
-
-    model_name: str
-    spec: ToolSpec
-    endpoint: str | None = None  # None: a local tool
-
-
 @workflow.defn(name=CONVERSATION_WORKFLOW)
 class ConversationWorkflow:
     @workflow.init
     def __init__(self, start: ConversationInput) -> None:
         self._conversation_id = start.conversation_id
         self._config: AgentConfig | None = None
-        self._messages: list[ChatMessage] = []
-        self._usage = Usage()
-        self._routes: dict[str, ToolRoute] = {}
-        self._unavailable: list[str] = []
+        carried = start.carried
+        # The transcript lives in the store; the workflow keeps counters and the unsent delta.
+        self._next_seq = carried.next_seq if carried else 0
+        self._pending: list[StoredMessage] = list(carried.pending) if carried else []
+        self._usage = carried.usage if carried else Usage()
+        self._routes: dict[str, ToolRoute] = dict(carried.routes) if carried else {}
+        self._unavailable: list[str] = list(carried.unavailable) if carried else []
+        self._turns = carried.turns if carried else 0
+        self._recent_turns: list[TurnResult] = list(carried.recent_turns) if carried else []
+        self._run_number = carried.run + 1 if carried else 1
+        self._turns_this_run = 0
         self._state = "starting"
         self._running: list[RunningTool] = []
-        self._turns = 0
-        self._turn_results: list[TurnResult] = []
         self._busy = False
         self._ended = False
 
@@ -93,11 +97,44 @@ class ConversationWorkflow:
             result_type=AgentConfig,
             start_to_close_timeout=timedelta(seconds=30),
         )
-        self._messages.append(ChatMessage(role="system", content=self._config.system_prompt))
-        await self._discover()
-        self._state = "idle" if not self._ended else "ended"
-        await workflow.wait_condition(lambda: self._ended and workflow.all_handlers_finished())
-        return self._usage
+        if start.carried is None:
+            self._stage(ChatMessage(role="system", content=self._config.system_prompt))
+            await self._discover()
+        self._state = "ended" if self._ended else "idle"
+        while True:
+            await workflow.wait_condition(lambda: self._ended or self._continue_as_new_due())
+            # Let every accepted message finish first: none may be lost or answered twice.
+            await workflow.wait_condition(workflow.all_handlers_finished)
+            if self._ended:
+                return self._usage
+            if self._continue_as_new_due():
+                workflow.continue_as_new(
+                    ConversationInput(conversation_id=self._conversation_id, carried=self._carry())
+                )
+
+    def _continue_as_new_due(self) -> bool:
+        assert self._config is not None
+        return not self._busy and (
+            workflow.info().is_continue_as_new_suggested()
+            or self._turns_this_run >= self._config.max_turns_per_run
+        )
+
+    def _carry(self) -> CarriedState:
+        return CarriedState(
+            usage=self._usage,
+            turns=self._turns,
+            next_seq=self._next_seq,
+            pending=self._pending,
+            routes=self._routes,
+            unavailable=self._unavailable,
+            recent_turns=self._recent_turns,
+            run=self._run_number,
+        )
+
+    def _stage(self, message: ChatMessage) -> None:
+        """Give a message the next sequence number; the next model step stores it."""
+        self._pending.append(StoredMessage(seq=self._next_seq, message=message))
+        self._next_seq += 1
 
     # ---- updates ------------------------------------------------------------------------------
     @workflow.update(name=SEND_MESSAGE_UPDATE)
@@ -112,8 +149,15 @@ class ConversationWorkflow:
             problem = self._problem_with(text)
             if problem:
                 raise ApplicationError(problem, type="InvalidMessage", non_retryable=True)
-            result = await self._turn(text)
-            self._turn_results.append(result.model_copy(update={"message": text}))
+            result = (await self._turn(text)).model_copy(update={"message": text})
+            await workflow.execute_local_activity(
+                RECORD_TURN_ACTIVITY,
+                RecordTurnInput(
+                    conversation_id=self._conversation_id, turn=self._turns, result=result
+                ),
+                start_to_close_timeout=timedelta(seconds=30),
+            )
+            self._recent_turns = [*self._recent_turns, result][-RECENT_TURNS_KEPT:]
             return result
         finally:
             self._busy = False
@@ -172,13 +216,10 @@ class ConversationWorkflow:
             unavailable_endpoints=list(self._unavailable),
         )
 
-    @workflow.query(name=TRANSCRIPT_QUERY)
-    def transcript(self) -> list[ChatMessage]:
-        return list(self._messages)
-
     @workflow.query(name=TURNS_QUERY)
     def turns(self) -> list[TurnResult]:
-        return list(self._turn_results)
+        """The most recent turns; the whole conversation is in the store (`ReadConversation`)."""
+        return list(self._recent_turns)
 
     @workflow.query(name=USAGE_QUERY)
     def usage(self) -> Usage:
@@ -209,8 +250,9 @@ class ConversationWorkflow:
     async def _turn(self, text: str) -> TurnResult:
         assert self._config is not None
         self._turns += 1
+        self._turns_this_run += 1
         turn = self._turns
-        self._messages.append(ChatMessage(role="user", content=text))
+        self._stage(ChatMessage(role="user", content=text))
         records: list[ToolCallRecord] = []
         notes: list[str] = []
         turn_usage = Usage()
@@ -227,18 +269,11 @@ class ConversationWorkflow:
                 return self._result(turn_usage, records, notes, ok=False, error=message)
             turn_usage = turn_usage.add(reply.usage)
             self._usage = self._usage.add(reply.usage)
+            if reply.compacted:
+                notes.append("older turns were summarised to fit the model's context window")
             if not reply.tool_calls:
-                answer = reply.content or ""
-                self._messages.append(ChatMessage(role="assistant", content=answer))
-                return self._result(turn_usage, records, notes, answer=answer)
-
-            calls = [
-                call if call.id else call.model_copy(update={"id": f"call-{step}-{i}"})
-                for i, call in enumerate(reply.tool_calls)
-            ]
-            self._messages.append(
-                ChatMessage(role="assistant", content=reply.content, tool_calls=calls)
-            )
+                return self._result(turn_usage, records, notes, answer=reply.content or "")
+            calls = reply.tool_calls
             fresh = [call for call in calls if _signature(call) not in executed]
             repeated = [call for call in calls if call not in fresh]
             executed.update(_signature(call) for call in fresh)
@@ -249,9 +284,9 @@ class ConversationWorkflow:
             )
             for call, (record, content) in zip(fresh, outcomes, strict=True):
                 records.append(record)
-                self._messages.append(_tool_message(call, content))
+                self._stage(_tool_message(call, content))
             for call in repeated:
-                self._messages.append(
+                self._stage(
                     _tool_message(
                         call,
                         {
@@ -284,14 +319,24 @@ class ConversationWorkflow:
             )
             for route in self._routes.values()
         ]
-        return await workflow.execute_activity(
+        reply: LlmStepResult = await workflow.execute_activity(
             LLM_STEP_ACTIVITY,
-            LlmRequest(conversation_id=self._conversation_id, messages=self._messages, tools=tools),
+            LlmRequest(
+                conversation_id=self._conversation_id,
+                new_messages=self._pending,
+                reply_seq=self._next_seq,
+                tools=tools,
+            ),
             result_type=LlmStepResult,
-            start_to_close_timeout=timedelta(seconds=self._config.llm_timeout_seconds + 10),
+            # Compaction may add a summarising model call to the step.
+            start_to_close_timeout=timedelta(seconds=2 * self._config.llm_timeout_seconds + 10),
             retry_policy=LLM_RETRY_POLICY,
             summary="model step",
         )
+        # The activity stored the delta and the reply under these sequence numbers.
+        self._pending = []
+        self._next_seq += 1
+        return reply
 
     async def _run_tool(
         self, turn: int, step: int, index: int, call: LlmToolCall
@@ -395,6 +440,23 @@ class ConversationWorkflow:
             ok=ok,
             error=error,
             notes=notes,
+        )
+
+
+@workflow.defn(name=READ_CONVERSATION_WORKFLOW)
+class ReadConversation:
+    """Reads a page of a conversation's turns from the store, for `agent history`.
+
+    A workflow so that the CLI needs no access to the store, wherever it is deployed.
+    """
+
+    @workflow.run
+    async def run(self, request: ReadConversationInput) -> list[TurnResult]:
+        return await workflow.execute_activity(
+            READ_TURNS_ACTIVITY,
+            request,
+            result_type=list[TurnResult],
+            start_to_close_timeout=timedelta(seconds=30),
         )
 
 

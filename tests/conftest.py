@@ -9,9 +9,10 @@ import asyncio
 import os
 import shutil
 import sys
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -140,16 +141,38 @@ async def stack() -> AsyncIterator[Stack]:
 
 
 ORCHESTRATOR_TASK_QUEUE = "orchestrator-test"
+# One store for the session: a restarted worker must find the transcript its predecessor wrote.
+STORE_URL = f"sqlite:///{tempfile.mkdtemp(prefix='agent-store-')}/conversations.db"
 
 
-def orchestrator_settings() -> OrchestratorSettings:
-    return OrchestratorSettings(
-        tool_endpoints=[IT_ENDPOINT, FINANCE_ENDPOINT],
-        discovery_timeout_seconds=5,
-        tool_timeout_seconds=20,
-        max_steps=5,
-        max_message_chars=2000,
+def orchestrator_settings(**overrides: Any) -> OrchestratorSettings:
+    values: dict[str, Any] = {
+        "tool_endpoints": [IT_ENDPOINT, FINANCE_ENDPOINT],
+        "discovery_timeout_seconds": 5,
+        "tool_timeout_seconds": 20,
+        "max_steps": 5,
+        "max_message_chars": 2000,
+        "store_url": STORE_URL,
+    }
+    values.update(overrides)
+    return OrchestratorSettings(**values)
+
+
+@asynccontextmanager
+async def custom_orchestrator(
+    stack: Stack, fake_model: FakeModelServer, **overrides: Any
+) -> AsyncIterator[ConversationClient]:
+    """An orchestrator worker with its own settings on its own task queue."""
+    client = stack.client("orchestrator")
+    task_queue = f"orchestrator-custom-{uuid.uuid4().hex[:8]}"
+    worker = build_orchestrator_worker(
+        client,
+        task_queue=task_queue,
+        settings=orchestrator_settings(**overrides),
+        llm_settings=fake_llm_settings(fake_model),
     )
+    async with worker:
+        yield ConversationClient(client, task_queue)
 
 
 def fake_llm_settings(server: FakeModelServer) -> LLMSettings:

@@ -1,0 +1,251 @@
+"""The conversation store: the transcript lives here, not in workflow history.
+
+The workflow passes ids, sequence numbers and small deltas; activities append them idempotently
+(keyed by conversation id and sequence number, so a retried activity never duplicates a message)
+and load what the model needs. One URL picks the backend:
+
+- `sqlite:///path/to/file.db` — the embedded default, one orchestrator worker;
+- `postgresql://user:pass@host:5432/db` — shared by several orchestrator workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from orchestrator.models import ChatMessage, StoredMessage, TurnResult
+
+SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS messages (
+        conversation_id TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        body TEXT NOT NULL,
+        PRIMARY KEY (conversation_id, seq))""",
+    """CREATE TABLE IF NOT EXISTS summaries (
+        conversation_id TEXT NOT NULL,
+        upto_seq BIGINT NOT NULL,
+        body TEXT NOT NULL,
+        PRIMARY KEY (conversation_id, upto_seq))""",
+    """CREATE TABLE IF NOT EXISTS turns (
+        conversation_id TEXT NOT NULL,
+        turn BIGINT NOT NULL,
+        body TEXT NOT NULL,
+        PRIMARY KEY (conversation_id, turn))""",
+]
+
+
+class Summary(BaseModel):
+    upto_seq: int
+    text: str
+
+
+class ConversationStore(ABC):
+    @abstractmethod
+    async def append(self, conversation_id: str, messages: list[StoredMessage]) -> None:
+        """Insert messages; a (conversation, seq) already present is left as it is."""
+
+    @abstractmethod
+    async def messages(
+        self, conversation_id: str, *, after_seq: int = -1, limit: int | None = None
+    ) -> list[StoredMessage]: ...
+
+    @abstractmethod
+    async def summary(self, conversation_id: str) -> Summary | None:
+        """The latest summary, if the conversation was ever compacted."""
+
+    @abstractmethod
+    async def put_summary(self, conversation_id: str, summary: Summary) -> None: ...
+
+    @abstractmethod
+    async def put_turn(self, conversation_id: str, turn: int, result: TurnResult) -> None: ...
+
+    @abstractmethod
+    async def turns(
+        self, conversation_id: str, *, offset: int = 0, limit: int = 1000
+    ) -> list[TurnResult]: ...
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+
+def open_store(url: str) -> ConversationStore:
+    if url.startswith("sqlite:///"):
+        return SqliteStore(Path(url.removeprefix("sqlite:///")))
+    if url.startswith(("postgresql://", "postgres://")):
+        return PostgresStore(url)
+    raise ValueError(
+        f"unsupported store URL {url!r}: use sqlite:///path.db or postgresql://user@host/db"
+    )
+
+
+class SqliteStore(ConversationStore):
+    """One file, one connection, calls serialised on a worker thread."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._lock = asyncio.Lock()
+        self._connection: sqlite3.Connection | None = None
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._connection is None:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            connection = sqlite3.connect(self._path, check_same_thread=False, timeout=30)
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=NORMAL")
+            for statement in SCHEMA:
+                connection.execute(statement)
+            connection.commit()
+            self._connection = connection
+        return self._connection
+
+    async def _run(self, sql: str, rows: list[tuple[Any, ...]] | tuple[Any, ...] = ()) -> list[Any]:
+        def work() -> list[Any]:
+            connection = self._connect()
+            if isinstance(rows, list):
+                connection.executemany(sql, rows)
+                connection.commit()
+                return []
+            cursor = connection.execute(sql, rows)
+            result = cursor.fetchall()
+            connection.commit()
+            return result
+
+        async with self._lock:
+            return await asyncio.to_thread(work)
+
+    async def append(self, conversation_id: str, messages: list[StoredMessage]) -> None:
+        if messages:
+            await self._run(
+                "INSERT OR IGNORE INTO messages (conversation_id, seq, body) VALUES (?, ?, ?)",
+                [(conversation_id, m.seq, m.message.model_dump_json()) for m in messages],
+            )
+
+    async def messages(
+        self, conversation_id: str, *, after_seq: int = -1, limit: int | None = None
+    ) -> list[StoredMessage]:
+        rows = await self._run(
+            "SELECT seq, body FROM messages WHERE conversation_id = ? AND seq > ? "
+            "ORDER BY seq LIMIT ?",
+            (conversation_id, after_seq, limit if limit is not None else -1),
+        )
+        return [_message(seq, body) for seq, body in rows]
+
+    async def summary(self, conversation_id: str) -> Summary | None:
+        rows = await self._run(
+            "SELECT upto_seq, body FROM summaries WHERE conversation_id = ? "
+            "ORDER BY upto_seq DESC LIMIT 1",
+            (conversation_id,),
+        )
+        return Summary(upto_seq=rows[0][0], text=rows[0][1]) if rows else None
+
+    async def put_summary(self, conversation_id: str, summary: Summary) -> None:
+        await self._run(
+            "INSERT OR IGNORE INTO summaries (conversation_id, upto_seq, body) VALUES (?, ?, ?)",
+            [(conversation_id, summary.upto_seq, summary.text)],
+        )
+
+    async def put_turn(self, conversation_id: str, turn: int, result: TurnResult) -> None:
+        await self._run(
+            "INSERT OR IGNORE INTO turns (conversation_id, turn, body) VALUES (?, ?, ?)",
+            [(conversation_id, turn, result.model_dump_json())],
+        )
+
+    async def turns(
+        self, conversation_id: str, *, offset: int = 0, limit: int = 1000
+    ) -> list[TurnResult]:
+        rows = await self._run(
+            "SELECT body FROM turns WHERE conversation_id = ? ORDER BY turn LIMIT ? OFFSET ?",
+            (conversation_id, limit, offset),
+        )
+        return [TurnResult.model_validate_json(body) for (body,) in rows]
+
+    async def close(self) -> None:
+        async with self._lock:
+            if self._connection is not None:
+                self._connection.close()
+                self._connection = None
+
+
+class PostgresStore(ConversationStore):
+    """psycopg 3, one connection per call: safe across event loops and worker restarts."""
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._schema_ready = False
+
+    async def _run(self, sql: str, rows: list[tuple[Any, ...]] | tuple[Any, ...] = ()) -> list[Any]:
+        import psycopg  # imported here: only orchestrators configured for PostgreSQL need it
+
+        async with await psycopg.AsyncConnection.connect(self._url, autocommit=True) as conn:
+            if not self._schema_ready:
+                for statement in SCHEMA:
+                    await conn.execute(statement)  # type: ignore[arg-type]
+                self._schema_ready = True
+            async with conn.cursor() as cursor:
+                if isinstance(rows, list):
+                    await cursor.executemany(sql, rows)  # type: ignore[arg-type]
+                    return []
+                await cursor.execute(sql, rows)  # type: ignore[arg-type]
+                return await cursor.fetchall() if cursor.description else []
+
+    async def append(self, conversation_id: str, messages: list[StoredMessage]) -> None:
+        if messages:
+            await self._run(
+                "INSERT INTO messages (conversation_id, seq, body) VALUES (%s, %s, %s) "
+                "ON CONFLICT DO NOTHING",
+                [(conversation_id, m.seq, m.message.model_dump_json()) for m in messages],
+            )
+
+    async def messages(
+        self, conversation_id: str, *, after_seq: int = -1, limit: int | None = None
+    ) -> list[StoredMessage]:
+        rows = await self._run(
+            "SELECT seq, body FROM messages WHERE conversation_id = %s AND seq > %s "
+            "ORDER BY seq LIMIT %s",
+            (conversation_id, after_seq, limit),
+        )
+        return [_message(seq, body) for seq, body in rows]
+
+    async def summary(self, conversation_id: str) -> Summary | None:
+        rows = await self._run(
+            "SELECT upto_seq, body FROM summaries WHERE conversation_id = %s "
+            "ORDER BY upto_seq DESC LIMIT 1",
+            (conversation_id,),
+        )
+        return Summary(upto_seq=rows[0][0], text=rows[0][1]) if rows else None
+
+    async def put_summary(self, conversation_id: str, summary: Summary) -> None:
+        await self._run(
+            "INSERT INTO summaries (conversation_id, upto_seq, body) VALUES (%s, %s, %s) "
+            "ON CONFLICT DO NOTHING",
+            [(conversation_id, summary.upto_seq, summary.text)],
+        )
+
+    async def put_turn(self, conversation_id: str, turn: int, result: TurnResult) -> None:
+        await self._run(
+            "INSERT INTO turns (conversation_id, turn, body) VALUES (%s, %s, %s) "
+            "ON CONFLICT DO NOTHING",
+            [(conversation_id, turn, result.model_dump_json())],
+        )
+
+    async def turns(
+        self, conversation_id: str, *, offset: int = 0, limit: int = 1000
+    ) -> list[TurnResult]:
+        rows = await self._run(
+            "SELECT body FROM turns WHERE conversation_id = %s ORDER BY turn LIMIT %s OFFSET %s",
+            (conversation_id, limit, offset),
+        )
+        return [TurnResult.model_validate_json(body) for (body,) in rows]
+
+    async def close(self) -> None:
+        return None
+
+
+def _message(seq: int, body: str) -> StoredMessage:
+    return StoredMessage(seq=seq, message=ChatMessage.model_validate(json.loads(body)))

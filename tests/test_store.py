@@ -1,0 +1,104 @@
+"""The conversation store suite, run against both backends: SQLite and a real PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from orchestrator.models import ChatMessage, LlmToolCall, TurnResult
+from orchestrator.store import ConversationStore, StoredMessage, Summary, open_store
+from tests.support.postgres import PostgresUnavailable, running_postgres
+
+
+@pytest.fixture(scope="module")
+def postgres_url() -> Iterator[str]:
+    try:
+        with running_postgres() as url:
+            yield url
+    except PostgresUnavailable as err:
+        pytest.skip(str(err))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ConversationStore]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'store.db'}"
+    else:
+        url = request.getfixturevalue("postgres_url")
+    opened = open_store(url)
+    yield opened
+    await opened.close()
+
+
+def _msg(seq: int, text: str, role: str = "user") -> StoredMessage:
+    return StoredMessage(seq=seq, message=ChatMessage(role=role, content=text))  # type: ignore[arg-type]
+
+
+async def test_append_is_idempotent_by_sequence(
+    store: ConversationStore, request: pytest.FixtureRequest
+) -> None:
+    cid = f"c-{request.node.name}"
+    await store.append(cid, [_msg(0, "system", "system"), _msg(1, "hello")])
+    # A retried activity appends the same sequence numbers again, plus one new message.
+    await store.append(cid, [_msg(1, "hello"), _msg(2, "hi there", "assistant")])
+    messages = await store.messages(cid)
+    assert [(m.seq, m.message.content) for m in messages] == [
+        (0, "system"),
+        (1, "hello"),
+        (2, "hi there"),
+    ]
+    assert [m.seq for m in await store.messages(cid, after_seq=0, limit=1)] == [1]
+    assert await store.messages("other") == []
+
+
+async def test_tool_calls_round_trip(
+    store: ConversationStore, request: pytest.FixtureRequest
+) -> None:
+    cid = f"c-{request.node.name}"
+    call = LlmToolCall(id="call_1", name="stock_price", arguments='{"ticker": "AAPL"}')
+    await store.append(
+        cid,
+        [
+            StoredMessage(seq=5, message=ChatMessage(role="assistant", tool_calls=[call])),
+            StoredMessage(
+                seq=6,
+                message=ChatMessage(
+                    role="tool", tool_call_id="call_1", name="stock_price", content="{}"
+                ),
+            ),
+        ],
+    )
+    loaded = await store.messages(cid)
+    assert loaded[0].message.tool_calls == [call]
+    assert loaded[1].message.tool_call_id == "call_1"
+
+
+async def test_summaries_keep_the_latest(
+    store: ConversationStore, request: pytest.FixtureRequest
+) -> None:
+    cid = f"c-{request.node.name}"
+    assert await store.summary(cid) is None
+    await store.put_summary(cid, Summary(upto_seq=10, text="first"))
+    await store.put_summary(cid, Summary(upto_seq=30, text="second"))
+    await store.put_summary(cid, Summary(upto_seq=30, text="retried: ignored"))
+    assert await store.summary(cid) == Summary(upto_seq=30, text="second")
+
+
+async def test_turns_page_in_order(
+    store: ConversationStore, request: pytest.FixtureRequest
+) -> None:
+    cid = f"c-{request.node.name}"
+    for turn in (2, 1, 3):
+        await store.put_turn(
+            cid, turn, TurnResult(conversation_id=cid, answer=f"a{turn}", message=f"m{turn}")
+        )
+    await store.put_turn(cid, 2, TurnResult(conversation_id=cid, answer="duplicate"))
+    assert [t.answer for t in await store.turns(cid)] == ["a1", "a2", "a3"]
+    assert [t.answer for t in await store.turns(cid, offset=1, limit=1)] == ["a2"]
+
+
+def test_unknown_url_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="unsupported store URL"):
+        open_store("mysql://x")
