@@ -8,7 +8,7 @@ endif
 RUN := $(UV) run --frozen
 
 .DEFAULT_GOAL := help
-.PHONY: help install up down status test lint format bench demo chat clean
+.PHONY: help install system-deps up down status test lint format bench bench-long demo chat clean
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -19,6 +19,14 @@ install: .venv/.installed ## Install uv (if missing) and the locked dependencies
 	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
 	$(UV) sync --frozen
 	@touch $@
+
+# The store tests run a real PostgreSQL from Debian's packages; install them when we can.
+system-deps:
+	@if ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || command -v pg_ctl >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "Installing PostgreSQL (Debian packages) for the store tests..."; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	else echo "PostgreSQL server not found and cannot be installed here: its store tests will be skipped"; fi
 
 up: install ## Start the embedded stack: dev server, namespaces, Nexus endpoints, workers
 	@$(RUN) python -m infrastructure.devstack up
@@ -38,7 +46,7 @@ format: install ## Apply ruff fixes and formatting
 	$(RUN) ruff check --fix .
 	$(RUN) ruff format .
 
-test: install lint ## Lint, then the test suite against a real dev server
+test: install system-deps lint ## Lint, then the test suite against a real dev server
 	$(RUN) pytest
 
 demo: install ## Start the stack and play a scripted conversation (KEEP=1 leaves it running)
@@ -53,6 +61,10 @@ chat: install ## Interactive chat on the running stack (`make up` first)
 bench: install ## Latency figures (see bench/README.md)
 	$(RUN) python -m bench.nexus_roundtrip
 	$(RUN) python -m bench.agent_loop
+	$(RUN) python -m bench.long_conversation
+
+bench-long: install ## One 10,000-turn conversation to completion (takes a while)
+	BENCH_LONG_TURNS=10000 $(RUN) python -m bench.long_conversation
 
 clean: down ## Stop the stack and delete its database and logs
 	rm -rf .run
