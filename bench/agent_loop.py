@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -185,7 +186,10 @@ async def main() -> int:
                 build_orchestrator_worker(
                     client,
                     task_queue=ORCHESTRATOR_TASK_QUEUE,
-                    settings=OrchestratorSettings(tool_endpoints=["it-tools", "finance-tools"]),
+                    settings=OrchestratorSettings(
+                        tool_endpoints=["it-tools", "finance-tools"],
+                        store_url=f"sqlite:///{tempfile.mkdtemp(prefix='bench-store-')}/c.db",
+                    ),
                     llm_settings=LLMSettings(
                         model="openai/fake-model",
                         api_base=f"{model_url}/v1",

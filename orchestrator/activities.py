@@ -60,6 +60,7 @@ class OrchestratorActivities:
             model=llm_settings.resolved_model,
             context_tokens=settings.context_tokens,
             keep_recent_turns=settings.keep_recent_turns,
+            compact_after_turns=settings.compact_after_turns,
             max_tool_output_chars=settings.max_tool_output_chars,
             offline=llm_settings.offline,
         )

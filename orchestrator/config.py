@@ -61,7 +61,12 @@ class OrchestratorSettings(BaseSettings):
         description="Override the model's context window (tokens) used for the compaction budget.",
     )
     keep_recent_turns: int = Field(
-        default=4, ge=1, le=100, description="Turns kept verbatim when older ones are summarised."
+        default=6, ge=1, le=100, description="Turns kept verbatim when older ones are summarised."
+    )
+    compact_after_turns: int | None = Field(
+        default=12,
+        ge=1,
+        description="Also summarise once this many turns are unsummarised (unset: budget only).",
     )
     max_tool_output_chars: int = Field(
         default=4000, ge=200, description="Longer tool outputs are truncated for the model."

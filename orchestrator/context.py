@@ -27,8 +27,17 @@ class ContextWindow:
     keep_recent_turns: int
     max_tool_output_chars: int
     offline: bool
+    # Also compact once this many turns sit unsummarised: bounds the per-step cost (LiteLLM's
+    # request handling grows with the message count) even when the token budget is far away.
+    compact_after_turns: int | None = None
+    _budget: int | None = None
 
     def budget(self) -> int:
+        if self._budget is None:
+            self._budget = self._compute_budget()
+        return self._budget
+
+    def _compute_budget(self) -> int:
         window = self.context_tokens
         if window is None:
             try:
@@ -71,7 +80,11 @@ async def build_context(
     start = summary.upto_seq if summary else 0
     recent = await store.messages(conversation_id, after_seq=start)
     messages = _assemble(window, system, summary, recent)
-    if not force_compaction and window.count(messages) <= window.budget():
+    user_turns = sum(1 for m in recent if m.message.role == "user")
+    too_many_turns = (
+        window.compact_after_turns is not None and user_turns > window.compact_after_turns
+    )
+    if not force_compaction and not too_many_turns and window.count(messages) <= window.budget():
         return messages, False
 
     keep_turns = 1 if force_compaction else window.keep_recent_turns
