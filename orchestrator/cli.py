@@ -22,11 +22,12 @@ from temporalio.client import (
     WorkflowUpdateFailedError,
     WorkflowUpdateRPCTimeoutOrCancelledError,
 )
-from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
+from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from orchestrator.client import ConversationClient
 from orchestrator.models import ConversationStatus, TurnResult, Usage
+from shared.caller import innermost_message
 from shared.config import ConfigError, OrchestratorTemporalSettings, load_settings
 from shared.temporal import connect
 
@@ -86,7 +87,7 @@ async def _translate(work: Callable[[], Awaitable[T]]) -> T:
     try:
         return await work()
     except WorkflowUpdateFailedError as error:
-        raise CliError(_cause_message(error)) from None
+        raise CliError(innermost_message(error)) from None
     except WorkflowUpdateRPCTimeoutOrCancelledError:
         raise CliError(
             "the conversation did not answer in time; it keeps working — "
@@ -98,16 +99,6 @@ async def _translate(work: Callable[[], Awaitable[T]]) -> T:
         if error.status == RPCStatusCode.NOT_FOUND:
             raise CliError(f"no such conversation ({_first_line(error)})") from None
         raise CliError(f"Temporal refused the request: {_first_line(error)}") from None
-
-
-def _cause_message(error: BaseException) -> str:
-    message = str(error)
-    current: BaseException | None = error
-    while current is not None:
-        if isinstance(current, ApplicationError) and current.message:
-            message = current.message
-        current = getattr(current, "cause", None) or current.__cause__
-    return message
 
 
 def _first_line(error: BaseException) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 
 from temporalio.client import Client
@@ -15,8 +14,8 @@ from orchestrator.workflows import ConversationWorkflow, ReadConversation
 from shared.auth import CallerTokenInterceptor, NexusAuthSettings
 from shared.config import ConfigError, OrchestratorTemporalSettings, load_settings
 from shared.log import bind_context, configure_logging, get_logger
-from shared.temporal import NamespaceMissingError, connect, require_namespace
-from shared.worker import run_until_signalled
+from shared.temporal import connect, require_namespace
+from shared.worker import run_until_signalled, run_worker_process
 
 log = get_logger(__name__)
 
@@ -80,15 +79,7 @@ def main() -> int:
         )
         await run_until_signalled(worker)
 
-    try:
-        asyncio.run(serve())
-    except NamespaceMissingError as err:
-        log.error(str(err))
-        return 2
-    except RuntimeError as err:
-        log.error("worker stopped", error=str(err).splitlines()[0])
-        return 1
-    return 0
+    return run_worker_process(serve)
 
 
 if __name__ == "__main__":

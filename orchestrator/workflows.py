@@ -46,7 +46,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from orchestrator.tools import LOCAL_SERVICE, openai_tool
     from orchestrator.tools import registry as local_registry
-    from shared.caller import ToolOutcome, execute_tool, list_tools
+    from shared.caller import ToolOutcome, execute_tool, innermost_message, list_tools
     from shared.tools import ToolCall, ToolSpec
 
 # Activity names, not imports: the activities module pulls in litellm, which the sandbox must not.
@@ -265,7 +265,7 @@ class ConversationWorkflow:
             try:
                 reply = await self._ask_model()
             except ActivityError as err:
-                message = _failure_message(err)
+                message = innermost_message(err)
                 return self._result(turn_usage, records, notes, ok=False, error=message)
             turn_usage = turn_usage.add(reply.usage)
             self._usage = self._usage.add(reply.usage)
@@ -416,7 +416,7 @@ class ConversationWorkflow:
                 endpoint=LOCAL_SERVICE,
                 ok=False,
                 error_kind=kind,
-                error=_failure_message(err),
+                error=innermost_message(err),
             )
         return ToolOutcome(
             call_id=call.call_id, tool=call.tool, endpoint=LOCAL_SERVICE, ok=True, output=output
@@ -495,13 +495,3 @@ def _failed(call: LlmToolCall, service: str, kind: str, message: str) -> tuple[T
         name=call.name, service=service, args=call.arguments, ok=False, result=message
     )
     return record, {"error": kind, "message": message}
-
-
-def _failure_message(err: BaseException) -> str:
-    cause: BaseException | None = err
-    message = str(err)
-    while cause is not None:
-        if isinstance(cause, ApplicationError) and cause.message:
-            message = cause.message
-        cause = cause.__cause__ or getattr(cause, "cause", None)
-    return message

@@ -88,23 +88,29 @@ def classify_nexus_error(err: NexusOperationError) -> tuple[ToolErrorKind, str]:
             nexusrpc.HandlerErrorType.UNAUTHENTICATED: "unauthenticated",
             nexusrpc.HandlerErrorType.UNAUTHORIZED: "unauthenticated",
         }
-        return handler_kinds.get(cause.type, "unavailable"), _root_message(cause)
+        return handler_kinds.get(cause.type, "unavailable"), innermost_message(cause)
     if isinstance(cause, TimeoutError):
         return "unavailable", f"service unavailable: no answer within the timeout ({cause})"
     if isinstance(cause, CancelledError):
         return "cancelled", "the tool call was cancelled"
     if isinstance(cause, ApplicationError):
-        return "failed", _root_message(cause)
-    return "failed", _root_message(err)
+        return "failed", innermost_message(cause)
+    return "failed", innermost_message(err)
 
 
-def _root_message(error: BaseException) -> str:
-    """The innermost useful message: handler and application errors wrap the real reason."""
+def innermost_message(error: BaseException) -> str:
+    """The real reason behind wrapped errors (activity, update, Nexus handler failures).
+
+    The deepest ApplicationError message wins; without one, the deepest non-empty message.
+    """
+    application: str | None = None
     message = str(error)
     current: BaseException | None = error
     while current is not None:
-        text = current.message if isinstance(current, ApplicationError) else str(current)
-        if text:
-            message = text
-        current = current.__cause__ or getattr(current, "cause", None)
-    return message
+        if isinstance(current, ApplicationError):
+            if current.message:
+                application = current.message
+        elif str(current):
+            message = str(current)
+        current = getattr(current, "cause", None) or current.__cause__
+    return application or message

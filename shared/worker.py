@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -102,8 +102,13 @@ def serve_team(
         log.info("worker started", service=registry.service, tools=registry.names())
         await run_until_signalled(worker)
 
+    return run_worker_process(main)
+
+
+def run_worker_process(serve: Callable[[], Coroutine[Any, Any, None]]) -> int:
+    """Run a worker's main coroutine; start-up failures become one log line and an exit code."""
     try:
-        asyncio.run(main())
+        asyncio.run(serve())
     except NamespaceMissingError as err:
         log.error(str(err))
         return 2
