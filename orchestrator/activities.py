@@ -93,6 +93,8 @@ class OrchestratorActivities:
             llm_timeout_seconds=self._llm.timeout_seconds,
             system_prompt=self._settings.system_prompt,
             max_turns_per_run=self._settings.max_turns_per_run,
+            breaker_failures=self._settings.breaker_failures,
+            breaker_cooldown_seconds=self._settings.breaker_cooldown_seconds,
         )
 
     async def _existing_endpoints(self) -> set[str] | None:

@@ -41,8 +41,14 @@ class ConversationClient:
     def handle(self, conversation_id: str) -> WorkflowHandle[object, Usage]:
         return self._client.get_workflow_handle(conversation_id, result_type=Usage)
 
-    async def send(self, conversation_id: str, text: str) -> TurnResult:
-        """Send a message, starting the conversation if it is not running (update-with-start)."""
+    async def send(
+        self, conversation_id: str, text: str, *, message_id: str | None = None
+    ) -> TurnResult:
+        """Send a message, starting the conversation if it is not running (update-with-start).
+
+        With a `message_id`, sending the same message again (after a timeout, a crash, a server
+        restart) returns its answer instead of asking twice.
+        """
         start = WithStartWorkflowOperation(
             CONVERSATION_WORKFLOW,
             ConversationInput(conversation_id=conversation_id),
@@ -58,6 +64,7 @@ class ConversationClient:
                 text,
                 start_workflow_operation=start,
                 result_type=TurnResult,
+                id=message_id,
             )
         except BaseException:
             # The start operation holds the same error; collect it so asyncio does not print it.

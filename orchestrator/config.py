@@ -75,6 +75,13 @@ class OrchestratorSettings(BaseSettings):
         default=100, ge=1, le=1000, description="Continue-as-new after this many turns."
     )
 
+    breaker_failures: int = Field(
+        default=2, ge=1, description="Unavailable calls in a row that open an endpoint's breaker."
+    )
+    breaker_cooldown_seconds: float = Field(
+        default=30.0, gt=0, description="How long an open breaker skips its endpoint."
+    )
+
     @field_validator("store_url")
     @classmethod
     def _check_store(cls, value: str) -> str:

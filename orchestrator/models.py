@@ -104,6 +104,14 @@ class ToolRoute(BaseModel):
     endpoint: str | None = None  # None: a local tool
 
 
+class CircuitBreaker(BaseModel):
+    """Per-endpoint: after `failures` unavailable calls in a row, skip the endpoint until
+    `open_until` (workflow time, epoch seconds), then let one call through to try it again."""
+
+    failures: int = 0
+    open_until: float = 0.0
+
+
 class CarriedState(BaseModel):
     """What a conversation hands to its next run at continue-as-new. Small by design: the
     transcript is in the store, so only counters, totals and the discovered tools travel."""
@@ -116,6 +124,10 @@ class CarriedState(BaseModel):
     unavailable: list[str]
     recent_turns: list[TurnResult]
     run: int = 1
+    breakers: dict[str, CircuitBreaker] = Field(default_factory=dict)
+    answered: dict[str, TurnResult] = Field(
+        default_factory=dict, description="Recent message ids and their answers, for retries."
+    )
 
 
 class ConversationInput(BaseModel):
@@ -143,6 +155,8 @@ class AgentConfig(BaseModel):
     llm_timeout_seconds: float
     system_prompt: str
     max_turns_per_run: int = 100
+    breaker_failures: int = 2
+    breaker_cooldown_seconds: float = 30.0
 
 
 class LlmRequest(BaseModel):

@@ -30,6 +30,7 @@ with workflow.unsafe.imports_passed_through():
         AgentConfig,
         CarriedState,
         ChatMessage,
+        CircuitBreaker,
         ConversationInput,
         ConversationStatus,
         LlmRequest,
@@ -56,6 +57,7 @@ LOCAL_TOOL_ACTIVITY = "run_local_tool"
 RECORD_TURN_ACTIVITY = "record_turn"
 READ_TURNS_ACTIVITY = "read_turns"
 RECENT_TURNS_KEPT = 10
+ANSWERS_KEPT = 20
 NON_RETRYABLE_LLM_ERRORS = ["LlmAuthError", "LlmBadRequest", "LlmContextWindowExceeded"]
 DEFAULT_MAX_MESSAGE_CHARS = 8000
 
@@ -84,6 +86,11 @@ class ConversationWorkflow:
         self._turns = carried.turns if carried else 0
         self._recent_turns: list[TurnResult] = list(carried.recent_turns) if carried else []
         self._run_number = carried.run + 1 if carried else 1
+        self._breakers: dict[str, CircuitBreaker] = dict(carried.breakers) if carried else {}
+        # Answers by message (update) id: a client retrying a message after a failure, or across
+        # a continue-as-new where Temporal's own update-id dedupe does not reach, gets the answer
+        # it missed instead of a second turn.
+        self._answered: dict[str, TurnResult] = dict(carried.answered) if carried else {}
         self._turns_this_run = 0
         self._state = "starting"
         self._running: list[RunningTool] = []
@@ -129,6 +136,8 @@ class ConversationWorkflow:
             unavailable=self._unavailable,
             recent_turns=self._recent_turns,
             run=self._run_number,
+            breakers=self._breakers,
+            answered=self._answered,
         )
 
     def _stage(self, message: ChatMessage) -> None:
@@ -139,6 +148,9 @@ class ConversationWorkflow:
     # ---- updates ------------------------------------------------------------------------------
     @workflow.update(name=SEND_MESSAGE_UPDATE)
     async def send_message(self, text: str) -> TurnResult:
+        message_id = workflow.current_update_info().id  # type: ignore[union-attr]
+        if message_id in self._answered:
+            return self._answered[message_id]
         if self._busy:  # two messages accepted in the same workflow task: validators ran first
             raise ApplicationError("the previous message is still being answered; wait for it")
         self._busy = True
@@ -158,6 +170,9 @@ class ConversationWorkflow:
                 start_to_close_timeout=timedelta(seconds=30),
             )
             self._recent_turns = [*self._recent_turns, result][-RECENT_TURNS_KEPT:]
+            self._answered[message_id] = result
+            while len(self._answered) > ANSWERS_KEPT:
+                self._answered.pop(next(iter(self._answered)))
             return result
         finally:
             self._busy = False
@@ -166,6 +181,9 @@ class ConversationWorkflow:
 
     @send_message.validator
     def _validate_message(self, text: str) -> None:
+        info = workflow.current_update_info()
+        if info is not None and info.id in self._answered:
+            return  # a retry of an answered message: the handler returns the recorded answer
         problem = self._problem_with(text)
         if problem:
             raise ValueError(problem)
@@ -371,11 +389,7 @@ class ConversationWorkflow:
             if route.endpoint is None:
                 outcome = await self._run_local(tool_call)
             else:
-                outcome = await execute_tool(
-                    route.endpoint,
-                    tool_call,
-                    timeout=timedelta(seconds=self._config.tool_timeout_seconds),
-                )
+                outcome = await self._run_remote(route.endpoint, tool_call)
         finally:
             self._running.remove(running)
         record = ToolCallRecord(
@@ -388,6 +402,33 @@ class ConversationWorkflow:
         if outcome.ok:
             return record, outcome.output
         return record, {"error": outcome.error_kind, "message": outcome.error}
+
+    async def _run_remote(self, endpoint: str, call: ToolCall) -> ToolOutcome:
+        """Call a team's tool, unless its endpoint's circuit breaker is open."""
+        assert self._config is not None
+        breaker = self._breakers.setdefault(endpoint, CircuitBreaker())
+        now = workflow.time()
+        if breaker.open_until > now:
+            return ToolOutcome(
+                call_id=call.call_id,
+                tool=call.tool,
+                endpoint=endpoint,
+                ok=False,
+                error_kind="unavailable",
+                error=f"service unavailable: {endpoint} failed {breaker.failures} times in a row; "
+                f"not calling it for another {breaker.open_until - now:.0f} s",
+            )
+        outcome = await execute_tool(
+            endpoint, call, timeout=timedelta(seconds=self._config.tool_timeout_seconds)
+        )
+        if outcome.error_kind == "unavailable":
+            breaker.failures += 1
+            if breaker.failures >= self._config.breaker_failures:
+                breaker.open_until = workflow.time() + self._config.breaker_cooldown_seconds
+        else:  # it answered (even with an error of the call's own): the service is up
+            breaker.failures = 0
+            breaker.open_until = 0.0
+        return outcome
 
     async def _run_local(self, call: ToolCall) -> ToolOutcome:
         spec = local_registry.get(call.tool)
