@@ -36,7 +36,8 @@ async def main() -> int:
     per_turn: list[tuple[str, int, float]] = []  # (run id, history bytes after turn, seconds)
     started = time.perf_counter()
     with ExitStack() as processes:
-        model_url = processes.enter_context(fake_model_server())
+        # The fake model outlives the run: at most a second per turn, never under 15 minutes.
+        model_url = processes.enter_context(fake_model_server(max_seconds=max(900.0, TURNS * 1.0)))
         async with bench_stack() as (clients, exit_stack):
             client = clients["orchestrator"]
             store_dir = tempfile.mkdtemp(prefix="bench-long-store-")
