@@ -8,7 +8,7 @@ endif
 RUN := $(UV) run --frozen
 
 .DEFAULT_GOAL := help
-.PHONY: help install system-deps up down status test lint format bench bench-long demo chat clean
+.PHONY: help install system-deps up down status test lint format bench bench-long chaos demo chat clean
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -62,6 +62,9 @@ bench: install ## Latency figures (see bench/README.md)
 	$(RUN) python -m bench.nexus_roundtrip
 	$(RUN) python -m bench.agent_loop
 	$(RUN) python -m bench.long_conversation
+
+chaos: install ## Kill workers and restart the server under 50 conversations; print the report
+	$(RUN) python -m infrastructure.chaos --conversations $(or $(CONVERSATIONS),50)
 
 bench-long: install ## One 10,000-turn conversation to completion (takes a while)
 	BENCH_LONG_TURNS=10000 $(RUN) python -m bench.long_conversation

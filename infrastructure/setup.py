@@ -28,7 +28,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from shared.config import ConfigError, TemporalSettings, load_settings
 from shared.log import configure_logging, get_logger
-from shared.temporal import connect
+from shared.temporal import connect_when_ready
 
 log = get_logger(__name__)
 
@@ -132,18 +132,6 @@ async def ensure_stack(client: Client, stack: StackSettings) -> None:
         )
 
 
-async def connect_when_ready(settings: TemporalSettings, timeout: float) -> Client:
-    """Connect, waiting for a server that is still starting (compose starts everything at once)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return await connect(settings)
-        except RuntimeError:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(1.0)
-
-
 async def _main() -> int:
     try:
         temporal = load_settings(TemporalSettings)
@@ -152,7 +140,7 @@ async def _main() -> int:
         log.error(str(err))
         return 2
     try:
-        client = await connect_when_ready(temporal, timeout=120)
+        client = await connect_when_ready(temporal, wait_seconds=120)
         await ensure_stack(client, stack)
     except (RuntimeError, RPCError) as err:
         log.error("setup failed", address=temporal.address, error=str(err))

@@ -14,6 +14,7 @@ from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError, RPCStatusCode
 
 from it_service.jira import JiraMetrics, JiraSettings, fetch_metrics
+from it_service.ledger import record_effect
 from it_service.workflows import (
     ITSessionWorkflow,
     SessionStart,
@@ -90,6 +91,7 @@ async def jira_metrics(context: ToolContext, project: JiraProjectKey | None = No
 async def set_jira_project(project: JiraProjectKey, context: ToolContext) -> JiraProjectSet:
     """Remember a Jira project for this conversation, so later jira_metrics calls can omit it."""
     state = await _update_session(context, ITSessionWorkflow.set_jira_project, project)
+    await record_effect(context.call_id, "set_jira_project", context.conversation_id)
     return JiraProjectSet(conversation_id=state.conversation_id, jira_project=project)
 
 
@@ -102,6 +104,7 @@ async def track_ip(
     """Add an IP address to this conversation's tracked-address history."""
     request = TrackAddressRequest(ip=str(ip), label=label, call_id=context.call_id)
     state = await _update_session(context, ITSessionWorkflow.track_address, request)
+    await record_effect(context.call_id, "track_ip", context.conversation_id)
     return IpHistory(conversation_id=state.conversation_id, addresses=state.ip_history)
 
 

@@ -14,7 +14,7 @@ from orchestrator.workflows import ConversationWorkflow, ReadConversation
 from shared.auth import CallerTokenInterceptor, NexusAuthSettings
 from shared.config import ConfigError, OrchestratorTemporalSettings, load_settings
 from shared.log import bind_context, configure_logging, get_logger
-from shared.temporal import connect, require_namespace
+from shared.temporal import connect_when_ready, require_namespace
 from shared.worker import run_until_signalled, run_worker_process
 
 log = get_logger(__name__)
@@ -61,7 +61,7 @@ def main() -> int:
 
     async def serve() -> None:
         bind_context(namespace=temporal.namespace, task_queue=temporal.task_queue)
-        client = await connect(temporal)
+        client = await connect_when_ready(temporal)
         await require_namespace(client)
         worker = build_orchestrator_worker(
             client,

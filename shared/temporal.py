@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -38,6 +40,25 @@ async def connect(
 
 def _read(path: Path | None) -> bytes | None:
     return path.read_bytes() if path is not None else None
+
+
+async def connect_when_ready(
+    settings: TemporalSettings,
+    *,
+    wait_seconds: float = 60.0,
+    interceptors: Sequence[Interceptor] = (),
+) -> Client:
+    """Connect, waiting for a server that is (re)starting: workers outlive server restarts."""
+    deadline = time.monotonic() + wait_seconds
+    delay = 0.5
+    while True:
+        try:
+            return await connect(settings, interceptors=interceptors)
+        except RuntimeError:
+            if time.monotonic() + delay > deadline:
+                raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 class NamespaceMissingError(Exception):

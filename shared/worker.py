@@ -18,7 +18,7 @@ from shared.auth import CallerVerificationInterceptor, NexusAuthSettings
 from shared.config import ConfigError, TemporalSettings, ToolServiceSettings, load_settings
 from shared.log import bind_context, configure_logging, get_logger
 from shared.nexus import ToolServiceHandler
-from shared.temporal import NamespaceMissingError, connect, require_namespace
+from shared.temporal import NamespaceMissingError, connect_when_ready, require_namespace
 from shared.tool_activity import ToolActivities
 from shared.tool_workflow import ToolWorkflow
 from shared.tools import ToolRegistry
@@ -88,7 +88,7 @@ def serve_team(
 
     async def main() -> None:
         bind_context(namespace=settings.namespace, task_queue=settings.task_queue)
-        client = await connect(settings)
+        client = await connect_when_ready(settings)
         await require_namespace(client)
         worker = build_team_worker(
             client,

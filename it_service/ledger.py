@@ -1,0 +1,46 @@
+"""A ledger of side effects keyed by call id, written the way a real effect must be: idempotently.
+
+Temporal runs a tool at least once: a worker killed after the effect but before the result was
+recorded runs it again. Effects therefore carry the call id as an idempotency key (the IT session
+update id is derived from it). The ledger does the same: one row per call id, and an `attempts`
+count of how often the tool got that far, so a chaos run can show re-executions being absorbed.
+Enabled by `TOOL_LEDGER_PATH` (a SQLite file).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import time
+from pathlib import Path
+
+
+def _write(path: Path, call_id: str, tool: str, conversation_id: str) -> None:
+    with sqlite3.connect(path, timeout=30) as connection:
+        connection.execute(
+            "CREATE TABLE IF NOT EXISTS effects (call_id TEXT PRIMARY KEY, tool TEXT, "
+            "conversation_id TEXT, attempts INTEGER NOT NULL, first_at REAL)"
+        )
+        connection.execute(
+            "INSERT INTO effects VALUES (?, ?, ?, 1, ?) "
+            "ON CONFLICT(call_id) DO UPDATE SET attempts = attempts + 1",
+            (call_id, tool, conversation_id, time.time()),
+        )
+
+
+async def record_effect(call_id: str, tool: str, conversation_id: str) -> None:
+    path = os.environ.get("TOOL_LEDGER_PATH")
+    if path:
+        await asyncio.to_thread(_write, Path(path), call_id, tool, conversation_id)
+
+
+def ledger_counts(path: Path) -> tuple[int, int]:
+    """(effects recorded, extra attempts absorbed by the idempotency key)."""
+    if not path.exists():
+        return 0, 0
+    with sqlite3.connect(path) as connection:
+        effects, attempts = connection.execute(
+            "SELECT COUNT(*), COALESCE(SUM(attempts), 0) FROM effects"
+        ).fetchone()
+    return int(effects), int(attempts) - int(effects)
