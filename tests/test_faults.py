@@ -21,6 +21,7 @@ from shared.worker import build_team_worker
 from tests.conftest import IT_ENDPOINT, Orchestrator, Stack, custom_orchestrator
 from tests.support.fake_http import Reply
 from tests.support.fake_llm import FakeModelServer, completion, error
+from tests.support.histories import record_if_requested
 
 FLAKY_ENDPOINT = "finance-tools-flaky"
 
@@ -188,6 +189,7 @@ async def test_tool_service_down_breaker_and_recovery(
     ) as conversations:
         _, ok, message = await _ask_price(conversations, fake_model, cid)
         assert ok, message
+        await record_if_requested(conversations.handle(cid), "conversation_breaker")
 
         await flaky_finance.stop()
         for _ in range(2):  # two timeouts open the breaker
@@ -207,3 +209,4 @@ async def test_tool_service_down_breaker_and_recovery(
         await asyncio.sleep(4.5)  # the cool-down passes; nothing else is restarted
         _, ok, message = await _ask_price(conversations, fake_model, cid)
         assert ok, message
+        await record_if_requested(conversations.handle(cid), "conversation_breaker")

@@ -11,6 +11,7 @@ from orchestrator.models import ChatMessage, Usage
 from tests.conftest import Stack, custom_orchestrator
 from tests.support.fake_http import RecordedRequest, Reply
 from tests.support.fake_llm import FakeModelServer, completion, error
+from tests.support.histories import record_if_requested
 
 
 def _is_summary_request(request: RecordedRequest) -> bool:
@@ -76,6 +77,7 @@ async def test_context_window_error_compacts_and_runs_the_step_again(
 ) -> None:
     cid = f"ctxerr-{uuid.uuid4()}"
     async with custom_orchestrator(stack, fake_model, keep_recent_turns=1) as conversations:
+        handle = conversations.handle(cid)
         fake_model.script(completion("one"), completion("two"))
         await conversations.send(cid, "first")
         await conversations.send(cid, "second")
@@ -89,6 +91,7 @@ async def test_context_window_error_compacts_and_runs_the_step_again(
             completion("three, after compaction"),
         )
         result = await conversations.send(cid, "third")
+        await record_if_requested(handle, "conversation_context_window_error")
     assert result.ok and result.answer == "three, after compaction", result.error
     assert _is_summary_request(fake_model.requests[-2])
     retried = fake_model.requests[-1].json()["messages"]
@@ -131,6 +134,7 @@ async def test_continue_as_new_carries_everything_over(
         status = await conversations.status(cid)
         turns = await conversations.turns(cid)
         usage = await conversations.handle(cid).query("usage", result_type=Usage)
+        await record_if_requested(conversations.handle(cid), "conversation_after_continue_as_new")
     assert description.run_id != first_run, "the conversation continued as new"
     assert status.turns == 6 and len(turns) == 6
     assert "calculator" in status.tools and "jira_metrics" in status.tools

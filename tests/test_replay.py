@@ -7,7 +7,6 @@ Re-record (after an intentional, versioned change) with RECORD_HISTORIES=1.
 
 from __future__ import annotations
 
-import os
 import uuid
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from temporalio.worker import Replayer
 from orchestrator.workflows import ConversationWorkflow
 from tests.conftest import Orchestrator
 from tests.support.fake_llm import FakeModelServer, completion
+from tests.support.histories import record_if_requested
 
 HISTORIES = Path(__file__).parent / "histories"
 
@@ -50,9 +50,7 @@ async def test_live_conversation_replays(
     history = await orchestrator.conversations.handle(cid).fetch_history()
     result = await _replayer().replay_workflow(history)
     assert result.replay_failure is None
-    if os.environ.get("RECORD_HISTORIES") == "1":
-        HISTORIES.mkdir(exist_ok=True)
-        (HISTORIES / "conversation_tools.json").write_text(history.to_json())
+    await record_if_requested(orchestrator.conversations.handle(cid), "conversation_tools")
 
 
 @pytest.mark.parametrize("path", sorted(HISTORIES.glob("*.json")), ids=lambda p: p.stem)
