@@ -2,8 +2,9 @@
 
 The embedded stack runs in a throw-away directory on spare ports. A baseline phase measures turn
 latency undisturbed; then N conversations (local, IT and Finance tools, an IT session tool) run
-while a driver `kill -9`s random workers (orchestrator, IT, Finance) at random moments and
-restarts them, and restarts the Temporal dev server on its persisted database. Clients resend a
+while a driver `kill -9`s random workers (orchestrator, IT, Finance) at random moments (every
+5-10 s, each worker in turn, so a killed orchestrator — ~5 s to start on two busy cores — gets to
+work before its next kill) and restarts them, and restarts the Temporal dev server on its persisted database. Clients resend a
 message after a failure with the same message id, as a real client would.
 
 Report: conversations completed, user messages lost, duplicate tool effects (from the IT ledger,
@@ -157,7 +158,7 @@ class Chaos:
         stack: DevStack,
         report: ChaosReport,
         seed: int,
-        kill_every: tuple[float, float] = (1.5, 4.0),
+        kill_every: tuple[float, float] = (5.0, 10.0),
         max_kills: int | None = None,
     ) -> None:
         self._kill_every = kill_every
@@ -214,8 +215,8 @@ async def run_chaos(
     baseline_n: int,
     seed: int,
     *,
-    kill_every: tuple[float, float] = (1.5, 4.0),
-    restart_server_after: float = 6.0,
+    kill_every: tuple[float, float] = (5.0, 10.0),
+    restart_server_after: float = 20.0,
     max_kills: int | None = None,
 ) -> ChaosReport:
     report = ChaosReport(conversations=conversations_n, turns_per_conversation=turns)
