@@ -108,13 +108,16 @@ def _free_port() -> int:
 async def _send_until_answered(
     conversations: ConversationClient, cid: str, index: int, text: str, report: ChaosReport
 ) -> float:
-    """Send one message, resending it (same message id) through outages. Returns seconds."""
+    """Send one message, resending it (same message id) through outages. Returns seconds.
+
+    Resending early is safe: the message id makes every resend attach to the same answer.
+    """
     started = time.monotonic()
     delay = 0.5
     while True:
         try:
             result = await asyncio.wait_for(
-                conversations.send(cid, text, message_id=f"{cid}-m{index}"), timeout=60
+                conversations.send(cid, text, message_id=f"{cid}-m{index}"), timeout=15
             )
             if not result.ok:
                 raise RuntimeError(f"{cid} turn {index} failed: {result.error}")
@@ -168,6 +171,24 @@ class Chaos:
         self._random = random.Random(seed)
         self._queue: list[WorkerProcess] = []
 
+    async def run_plan(self, plan: list[str]) -> None:
+        """Inject a fixed sequence of faults ('server' or a worker name), whatever else happens."""
+        workers = {worker.name: worker for worker in WORKERS}
+        for fault in plan:
+            await asyncio.sleep(self._random.uniform(*self._kill_every))
+            if fault == "server":
+                await self._restart_server()
+            else:
+                await self._kill_and_restart(workers[fault])
+
+    async def _kill_and_restart(self, worker: WorkerProcess) -> None:
+        pid = self._stack._alive(worker.name)
+        if pid is not None:
+            os.killpg(pid, signal.SIGKILL)
+            self._report.kills[worker.name] = self._report.kills.get(worker.name, 0) + 1
+        await asyncio.sleep(self._random.uniform(0.2, 2.0))
+        self._stack._start_worker(worker)
+
     async def run(self, stop: asyncio.Event, restart_server_after: float) -> None:
         started = time.monotonic()
         server_restarted = False
@@ -185,14 +206,7 @@ class Chaos:
                 continue
             if not self._queue:  # every worker is killed once before any is killed again
                 self._queue = self._random.sample(WORKERS, len(WORKERS))
-            worker = self._queue.pop()
-            pid = self._stack._alive(worker.name)
-            if pid is None:
-                continue
-            os.killpg(pid, signal.SIGKILL)
-            self._report.kills[worker.name] = self._report.kills.get(worker.name, 0) + 1
-            await asyncio.sleep(self._random.uniform(0.2, 2.0))
-            self._stack._start_worker(worker)
+            await self._kill_and_restart(self._queue.pop())
         if not server_restarted:
             await self._restart_server()
 
@@ -218,6 +232,7 @@ async def run_chaos(
     kill_every: tuple[float, float] = (5.0, 10.0),
     restart_server_after: float = 20.0,
     max_kills: int | None = None,
+    plan: list[str] | None = None,
 ) -> ChaosReport:
     report = ChaosReport(conversations=conversations_n, turns_per_conversation=turns)
     run_dir = Path(tempfile.mkdtemp(prefix="chaos-"))
@@ -255,7 +270,9 @@ async def run_chaos(
         )
         stop = asyncio.Event()
         chaos = Chaos(stack, report, seed, kill_every, max_kills)
-        chaos_task = asyncio.create_task(chaos.run(stop, restart_server_after))
+        chaos_task = asyncio.create_task(
+            chaos.run_plan(plan) if plan else chaos.run(stop, restart_server_after)
+        )
         ids = [f"chaos-{tag}-{i}" for i in range(conversations_n)]
         results = await asyncio.gather(
             *(
