@@ -26,6 +26,7 @@ from infrastructure.probe import (
     ListToolsProbeInput,
 )
 from infrastructure.setup import EndpointDefinition
+from shared.log import configure_logging
 from shared.tools import ToolCall
 from shared.worker import build_team_worker
 
@@ -47,6 +48,7 @@ def _calls(n: int) -> list[ToolCall]:
 
 
 async def main() -> int:
+    configure_logging(level=os.environ.get("LOG_LEVEL", "WARNING"))
     plain = EndpointDefinition(name=PLAIN_ENDPOINT, namespace="finance", task_queue=PLAIN_ENDPOINT)
     async with bench_stack([plain]) as (clients, exit_stack):
         await start_worker(
@@ -105,7 +107,7 @@ async def main() -> int:
     for form, figure in figures.items():
         print(f"{form:14} {figure['n']:>5} {figure['p50_ms']:>8.1f} {figure['p95_ms']:>8.1f}")
     verdict = "meets" if ratio <= 0.5 else "MISSES"
-    print(f"fast-path p50 / workflow-run p50 = {ratio:.2f} ({verdict} the <= 0.5 goal)")
+    print(f"fast-path p50 / workflow-run p50 = {ratio:.3f} ({verdict} the <= 0.5 goal)")
     path = save("nexus_roundtrip", {"figures": figures, "fast_over_workflow_run_p50": ratio})
     print(f"saved {path}")
     return 0
