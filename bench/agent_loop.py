@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -30,13 +29,18 @@ from typing import Any
 from temporalio.client import Client, WithStartWorkflowOperation
 from temporalio.common import WorkflowIDConflictPolicy
 
-from bench.common import bench_stack, percentile, save, start_worker, summarise
+from bench.common import (
+    bench_stack,
+    fake_model_orchestrator,
+    percentile,
+    save,
+    start_worker,
+    summarise,
+)
 from bench.fake_model import ONE_TOOL, PLANS, THREE_TOOLS, fake_model_server
 from bench.floor import FLOOR_TASK_QUEUE, FloorWorkflow, build_floor_worker
 from orchestrator.client import ConversationClient
-from orchestrator.config import LLMSettings, OrchestratorSettings
 from orchestrator.models import TurnResult
-from orchestrator.worker import build_orchestrator_worker
 from shared.log import configure_logging
 
 ORCHESTRATOR_TASK_QUEUE = "bench-orchestrator"
@@ -183,21 +187,7 @@ async def main() -> int:
             client = clients["orchestrator"]
             await start_worker(
                 exit_stack,
-                build_orchestrator_worker(
-                    client,
-                    task_queue=ORCHESTRATOR_TASK_QUEUE,
-                    settings=OrchestratorSettings(
-                        tool_endpoints=["it-tools", "finance-tools"],
-                        store_url=f"sqlite:///{tempfile.mkdtemp(prefix='bench-store-')}/c.db",
-                    ),
-                    llm_settings=LLMSettings(
-                        model="openai/fake-model",
-                        api_base=f"{model_url}/v1",
-                        api_key="sk-bench",
-                        timeout_seconds=10,
-                        temperature=0,
-                    ),
-                ),
+                fake_model_orchestrator(client, ORCHESTRATOR_TASK_QUEUE, model_url),
             )
             await start_worker(exit_stack, build_floor_worker(client))
             runner = Runner(ConversationClient(client, ORCHESTRATOR_TASK_QUEUE), client)

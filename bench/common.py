@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import statistics
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import timedelta
@@ -69,6 +70,30 @@ async def bench_stack(
         ):
             await exit_stack.enter_async_context(worker)
         yield clients, exit_stack
+
+
+def fake_model_orchestrator(
+    client: Client, task_queue: str, model_url: str, **settings: Any
+) -> Worker:
+    """The real orchestrator worker, its model the 0 ms fake, its store a throw-away SQLite file."""
+    from orchestrator.config import LLMSettings, OrchestratorSettings
+    from orchestrator.worker import build_orchestrator_worker
+
+    store = f"sqlite:///{tempfile.mkdtemp(prefix='bench-store-')}/conversations.db"
+    return build_orchestrator_worker(
+        client,
+        task_queue=task_queue,
+        settings=OrchestratorSettings(
+            tool_endpoints=["it-tools", "finance-tools"], store_url=store, **settings
+        ),
+        llm_settings=LLMSettings(
+            model="openai/fake-model",
+            api_base=f"{model_url}/v1",
+            api_key="sk-bench",  # type: ignore[arg-type]
+            timeout_seconds=10,
+            temperature=0,
+        ),
+    )
 
 
 async def start_worker(exit_stack: AsyncExitStack, worker: Worker) -> None:

@@ -12,16 +12,13 @@ import asyncio
 import os
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from contextlib import ExitStack
 
-from bench.common import bench_stack, save, start_worker
+from bench.common import bench_stack, fake_model_orchestrator, save, start_worker
 from bench.fake_model import ONE_TOOL, fake_model_server
 from orchestrator.client import ConversationClient
-from orchestrator.config import LLMSettings, OrchestratorSettings
-from orchestrator.worker import build_orchestrator_worker
 from shared.log import configure_logging
 
 TURNS = int(os.environ.get("BENCH_LONG_TURNS", "1000"))
@@ -40,24 +37,13 @@ async def main() -> int:
         model_url = processes.enter_context(fake_model_server(max_seconds=max(900.0, TURNS * 1.0)))
         async with bench_stack() as (clients, exit_stack):
             client = clients["orchestrator"]
-            store_dir = tempfile.mkdtemp(prefix="bench-long-store-")
             await start_worker(
                 exit_stack,
-                build_orchestrator_worker(
+                fake_model_orchestrator(
                     client,
-                    task_queue=TASK_QUEUE,
-                    settings=OrchestratorSettings(
-                        tool_endpoints=["it-tools", "finance-tools"],
-                        store_url=f"sqlite:///{store_dir}/conversations.db",
-                        max_turns_per_run=int(os.environ.get("BENCH_LONG_TURNS_PER_RUN", "100")),
-                    ),
-                    llm_settings=LLMSettings(
-                        model="openai/fake-model",
-                        api_base=f"{model_url}/v1",
-                        api_key="sk-bench",
-                        timeout_seconds=10,
-                        temperature=0,
-                    ),
+                    TASK_QUEUE,
+                    model_url,
+                    max_turns_per_run=int(os.environ.get("BENCH_LONG_TURNS_PER_RUN", "100")),
                 ),
             )
             conversations = ConversationClient(client, TASK_QUEUE)
