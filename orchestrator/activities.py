@@ -18,6 +18,11 @@ from orchestrator.context import (
 )
 from orchestrator.llm import classify_llm_error, litellm
 from orchestrator.models import (
+    LLM_STEP_ACTIVITY,
+    LOAD_CONFIG_ACTIVITY,
+    LOCAL_TOOL_ACTIVITY,
+    READ_TURNS_ACTIVITY,
+    RECORD_TURN_ACTIVITY,
     AgentConfig,
     ChatMessage,
     LlmRequest,
@@ -36,12 +41,6 @@ from shared.tool_activity import run_registered_tool
 from shared.tools import ToolCall
 
 log = get_logger(__name__)
-
-LOAD_CONFIG_ACTIVITY = "load_agent_config"
-LLM_STEP_ACTIVITY = "llm_step"
-LOCAL_TOOL_ACTIVITY = "run_local_tool"
-RECORD_TURN_ACTIVITY = "record_turn"
-READ_TURNS_ACTIVITY = "read_turns"
 
 
 class OrchestratorActivities:

@@ -15,10 +15,8 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # never fetch the
 import litellm
 from temporalio.exceptions import ApplicationError
 
-LLM_AUTH_ERROR = "LlmAuthError"
-LLM_BAD_REQUEST = "LlmBadRequest"
-LLM_CONTEXT_WINDOW = "LlmContextWindowExceeded"
-NON_RETRYABLE_LLM_ERRORS = [LLM_AUTH_ERROR, LLM_BAD_REQUEST, LLM_CONTEXT_WINDOW]
+from orchestrator.models import LLM_AUTH_ERROR, LLM_BAD_REQUEST, LLM_CONTEXT_WINDOW
+
 MAX_RETRY_AFTER = timedelta(minutes=10)
 
 

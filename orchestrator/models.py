@@ -20,6 +20,16 @@ TRANSCRIPT_QUERY = "transcript"
 USAGE_QUERY = "usage"
 TURNS_QUERY = "turns"
 READ_CONVERSATION_WORKFLOW = "ReadConversation"
+# Activities are referred to by name: the workflow sandbox must not import litellm.
+LOAD_CONFIG_ACTIVITY = "load_agent_config"
+LLM_STEP_ACTIVITY = "llm_step"
+LOCAL_TOOL_ACTIVITY = "run_local_tool"
+RECORD_TURN_ACTIVITY = "record_turn"
+READ_TURNS_ACTIVITY = "read_turns"
+LLM_AUTH_ERROR = "LlmAuthError"
+LLM_BAD_REQUEST = "LlmBadRequest"
+LLM_CONTEXT_WINDOW = "LlmContextWindowExceeded"
+NON_RETRYABLE_LLM_ERRORS = [LLM_AUTH_ERROR, LLM_BAD_REQUEST, LLM_CONTEXT_WINDOW]
 OFFLINE_MODEL = "offline/keyword-router"
 
 

@@ -21,7 +21,13 @@ with workflow.unsafe.imports_passed_through():
     from orchestrator.models import (
         CONVERSATION_WORKFLOW,
         END_UPDATE,
+        LLM_STEP_ACTIVITY,
+        LOAD_CONFIG_ACTIVITY,
+        LOCAL_TOOL_ACTIVITY,
+        NON_RETRYABLE_LLM_ERRORS,
         READ_CONVERSATION_WORKFLOW,
+        READ_TURNS_ACTIVITY,
+        RECORD_TURN_ACTIVITY,
         REFRESH_TOOLS_UPDATE,
         SEND_MESSAGE_UPDATE,
         STATUS_QUERY,
@@ -50,15 +56,8 @@ with workflow.unsafe.imports_passed_through():
     from shared.caller import ToolOutcome, execute_tool, innermost_message, list_tools
     from shared.tools import ToolCall, ToolSpec
 
-# Activity names, not imports: the activities module pulls in litellm, which the sandbox must not.
-LOAD_CONFIG_ACTIVITY = "load_agent_config"
-LLM_STEP_ACTIVITY = "llm_step"
-LOCAL_TOOL_ACTIVITY = "run_local_tool"
-RECORD_TURN_ACTIVITY = "record_turn"
-READ_TURNS_ACTIVITY = "read_turns"
 RECENT_TURNS_KEPT = 10
 ANSWERS_KEPT = 20
-NON_RETRYABLE_LLM_ERRORS = ["LlmAuthError", "LlmBadRequest", "LlmContextWindowExceeded"]
 DEFAULT_MAX_MESSAGE_CHARS = 8000
 
 LLM_RETRY_POLICY = RetryPolicy(

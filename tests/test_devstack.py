@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import temporal_binary
+from infrastructure.devstack import temporal_binary
 
 
 def _free_port() -> int:
