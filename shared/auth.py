@@ -1,9 +1,16 @@
 """Authenticated Nexus callers: short-lived signed tokens, never raw secrets, in Nexus headers.
 
 Nexus headers are recorded in the caller's history in clear text, so the caller sends a token:
-claims (caller identity, audience = the endpoint, conversation id, expiry, key id) signed with
-HMAC-SHA256 under a key shared with that one team. The team's worker verifies it before any
-handler code runs and answers UNAUTHENTICATED otherwise, so a rejected call starts nothing.
+claims (caller identity, audience = the endpoint, expiry, key id) signed with HMAC-SHA256 under a
+key shared with that one team. The team's worker verifies it before any handler code runs and
+answers UNAUTHENTICATED otherwise, so a rejected call starts nothing.
+
+Anyone who can read the caller's history can copy the token, so a token authorizes exactly one
+call: the claims also bind the operation, the tool, the call id, a hash of the arguments and the
+conversation id, and the team compares each with the request it serves. A copied token can only
+repeat that same call, which the handler answers from the call's recorded result (the tool
+workflow id comes from the call id), so it neither runs a tool nor reveals anything the history
+did not already hold.
 
 Keys are per team and carry an id (`kid`), so a team can accept an old and a new key while the
 orchestrator moves to the new one (see README, "Rotating keys").
@@ -19,10 +26,12 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
+import pydantic_core
 from nexusrpc import HandlerError, HandlerErrorType
 from pydantic import BaseModel, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from temporalio import workflow
+from temporalio.nexus import WorkflowHandle
 from temporalio.worker import (
     ExecuteNexusOperationCancelInput,
     ExecuteNexusOperationStartInput,
@@ -34,11 +43,17 @@ from temporalio.worker import (
     WorkflowOutboundInterceptor,
 )
 
+from shared.tools import ToolCall, tool_workflow_id
+
 TOKEN_HEADER = "x-agent-caller-token"
 MIN_SECRET_BYTES = 32
-# Added to the operation's own schedule-to-close timeout: the server retries a start request with
-# the same headers until then, so the token must outlive it.
-TOKEN_GRACE = timedelta(seconds=60)
+# A token lives for the operation's schedule-to-close timeout plus this allowance, no longer: the
+# server retries the start request (same headers) only until schedule-to-close, so nothing
+# legitimate arrives later. The allowance covers the gap between `iat` (the caller's workflow task
+# start) and the operation's scheduling when that task completes, plus clock skew between the
+# Temporal server, whose clock `iat` comes from, and the team worker's host (NTP keeps both well
+# inside a few seconds). Every extra second is a second in which a copied token still verifies.
+TOKEN_CLOCK_SKEW = timedelta(seconds=10)
 DEFAULT_OPERATION_WINDOW = timedelta(minutes=10)
 
 
@@ -46,13 +61,91 @@ class TokenError(Exception):
     """Why a token was refused; the message goes back to the caller."""
 
 
-class CallerClaims(BaseModel):
+class CallBinding(BaseModel):
+    """The one call a token authorizes, as both sides derive it from the operation's input."""
+
+    op: str = Field(description="Nexus operation name: list_tools or execute_tool.")
+    tool: str = Field(description="Tool name; empty for operations that run no tool.")
+    call_id: str = Field(description="ToolCall.call_id; empty for operations that run no tool.")
+    args_sha256: str = Field(description="sha256 of the canonical JSON of the tool arguments.")
+    cid: str = Field(description="Conversation id; empty when the input names none.")
+
+
+# Field -> how a refusal names it. Ordered: the first mismatch is the one reported.
+BOUND_FIELDS = {
+    "op": "operation",
+    "tool": "tool",
+    "call_id": "call id",
+    "args_sha256": "arguments",
+    "cid": "conversation id",
+}
+
+
+class CallerClaims(CallBinding):
     iss: str = Field(description="Caller identity, e.g. the orchestrator namespace.")
     aud: str = Field(description="The Nexus endpoint the token is for.")
-    cid: str = Field(default="", description="Conversation id.")
     iat: int
     exp: int
     kid: str
+
+
+def canonical_sha256(value: Any) -> str:
+    """Hash of a JSON-able value that is the same before and after the payload converter.
+
+    `to_json` first, so values the converter turns into JSON (dates, models, tuples) hash as the
+    JSON the handler will decode; then one fixed serialization of that JSON.
+    """
+    plain = json.loads(pydantic_core.to_json(value))
+    text = json.dumps(plain, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def bind_call(operation: str, request: Any) -> CallBinding:
+    """What a token for `operation` with this input must carry. Used by signer and verifier alike."""
+    if isinstance(request, ToolCall):
+        return CallBinding(
+            op=operation,
+            tool=request.tool,
+            call_id=request.call_id,
+            args_sha256=canonical_sha256(request.args),
+            cid=request.conversation_id,
+        )
+    # Inputs that run no tool (ListToolsRequest) are bound as a whole.
+    return CallBinding(
+        op=operation,
+        tool="",
+        call_id="",
+        args_sha256=canonical_sha256(request),
+        cid=str(getattr(request, "conversation_id", "") or ""),
+    )
+
+
+def check_call(claims: CallBinding, served: CallBinding) -> None:
+    """Raise TokenError naming the first bound field in which the served request differs."""
+    for name, label in BOUND_FIELDS.items():
+        signed, requested = getattr(claims, name), getattr(served, name)
+        if signed == requested:
+            continue
+        if name == "args_sha256":
+            raise TokenError("caller token was issued for different arguments")
+        raise TokenError(f"caller token was issued for {label} '{signed}', not '{requested}'")
+
+
+def check_cancel(claims: CallBinding, operation: str, operation_token: str) -> None:
+    """A cancel request may only cancel the operation of the call its token was issued for."""
+    if claims.op != operation:
+        raise TokenError(f"caller token was issued for operation '{claims.op}', not '{operation}'")
+    if not claims.call_id:
+        return
+    try:
+        workflow_id = WorkflowHandle[Any].from_token(operation_token).workflow_id
+    except (TypeError, ValueError):
+        raise TokenError("caller token does not cover this operation token") from None
+    if workflow_id != tool_workflow_id(claims.call_id):
+        raise TokenError(
+            f"caller token was issued for call id '{claims.call_id}', "
+            f"not the operation of workflow '{workflow_id}'"
+        )
 
 
 class SigningKey(BaseModel):
@@ -205,15 +298,12 @@ class _TokenOutbound(WorkflowOutboundInterceptor):
             # workflow.now() keeps the token identical on replay.
             issued = workflow.now()
             window = input.schedule_to_close_timeout or DEFAULT_OPERATION_WINDOW
-            conversation_id = (
-                getattr(input.input, "conversation_id", "") or workflow.info().workflow_id
-            )
             claims = CallerClaims(
+                **bind_call(input.operation_name, input.input).model_dump(),
                 iss=self._caller,
                 aud=input.endpoint,
-                cid=conversation_id,
                 iat=int(issued.timestamp()),
-                exp=int((issued + window + TOKEN_GRACE).timestamp()),
+                exp=int((issued + window + TOKEN_CLOCK_SKEW).timestamp()),
                 kid=key.kid,
             )
             input.headers = {**(input.headers or {}), TOKEN_HEADER: sign_token(claims, key.secret)}
@@ -242,19 +332,25 @@ class _VerifyingInbound(NexusOperationInboundInterceptor):
         self._keys = keys
         self._audience = audience
 
-    def _verify(self, headers: Mapping[str, str]) -> None:
+    def _claims(self, headers: Mapping[str, str]) -> CallerClaims:
         token = next((v for k, v in headers.items() if k.lower() == TOKEN_HEADER), None)
-        try:
-            verify_token(
-                token, self._keys, audience=self._audience, now=datetime.now().astimezone()
-            )
-        except TokenError as err:
-            raise HandlerError(str(err), type=HandlerErrorType.UNAUTHENTICATED) from None
+        return verify_token(
+            token, self._keys, audience=self._audience, now=datetime.now().astimezone()
+        )
 
     async def execute_nexus_operation_start(self, input: ExecuteNexusOperationStartInput) -> Any:
-        self._verify(input.ctx.headers)
+        try:
+            claims = self._claims(input.ctx.headers)
+            check_call(claims, bind_call(input.ctx.operation, input.input))
+        except TokenError as err:
+            raise HandlerError(str(err), type=HandlerErrorType.UNAUTHENTICATED) from None
         return await self.next.execute_nexus_operation_start(input)
 
     async def execute_nexus_operation_cancel(self, input: ExecuteNexusOperationCancelInput) -> None:
-        self._verify(input.ctx.headers)
+        # The server sends the start request's headers with the cancel request too.
+        try:
+            claims = self._claims(input.ctx.headers)
+            check_cancel(claims, input.ctx.operation, input.token)
+        except TokenError as err:
+            raise HandlerError(str(err), type=HandlerErrorType.UNAUTHENTICATED) from None
         return await self.next.execute_nexus_operation_cancel(input)
