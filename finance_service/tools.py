@@ -9,6 +9,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, BeforeValidator, Field
 
 from finance_service.quotes import QuoteSettings, StockQuote, fetch_quote
+from shared.config import integration_settings
 from shared.tools import ToolRegistry
 
 registry = ToolRegistry(service="finance")
@@ -41,7 +42,7 @@ class RoiResult(BaseModel):
 @tool(timeout=timedelta(seconds=30))
 async def stock_price(ticker: Ticker) -> StockQuote:
     """Latest price for a stock ticker."""
-    return await fetch_quote(ticker, QuoteSettings())
+    return await fetch_quote(ticker, integration_settings(QuoteSettings))
 
 
 @tool(timeout=timedelta(seconds=5))

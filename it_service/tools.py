@@ -23,6 +23,7 @@ from it_service.workflows import (
     TrackedAddress,
     session_workflow_id,
 )
+from shared.config import integration_settings
 from shared.tools import ToolContext, ToolError, ToolRegistry
 
 registry = ToolRegistry(service="it")
@@ -84,7 +85,7 @@ async def jira_metrics(context: ToolContext, project: JiraProjectKey | None = No
                 "no project given and none set for this conversation; "
                 "pass `project` or call set_jira_project first"
             )
-    return await fetch_metrics(project, JiraSettings())
+    return await fetch_metrics(project, integration_settings(JiraSettings))
 
 
 @tool(timeout=timedelta(seconds=10))
@@ -110,7 +111,7 @@ async def track_ip(
 
 @tool(timeout=timedelta(seconds=10))
 async def get_ip_history(context: ToolContext) -> IpHistory:
-    """List the IP addresses tracked in this conversation, oldest first."""
+    """List the IP addresses tracked in this conversation (the newest 100), oldest first."""
     state = await _session_state(context)
     return IpHistory(conversation_id=state.conversation_id, addresses=state.ip_history)
 

@@ -6,12 +6,15 @@ environment file per service per target is all a deployment needs.
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 from pathlib import Path
 from typing import TypeVar
 
 from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
+
+from shared.tools import ToolError
 
 SettingsT = TypeVar("SettingsT", bound=BaseSettings)
 
@@ -86,20 +89,59 @@ class ToolServiceSettings(BaseSettings):
         "0 disables the fast path.",
     )
 
+    max_result_bytes: int = Field(
+        default=64 * 1024,
+        ge=1024,
+        le=1024 * 1024,
+        description="Tool results larger than this (as JSON) are truncated with a marker.",
+    )
+
     @property
     def fast_path_budget(self) -> timedelta:
         return timedelta(milliseconds=self.fast_path_budget_ms)
 
 
+# Where secret values come from as files, one file per setting, named like the setting's
+# environment variable in lower case (`nexus_auth_verify_keys`, `llm_api_key`): pydantic-settings'
+# secrets directory. Kubernetes and Docker secrets and Vault agent templates deliver secrets this
+# way, and `make up` writes one such directory per process, so no key has to sit in an environment
+# variable that every child process and crash dump inherits. An environment variable (or `.env`
+# entry) of the same name still wins over the file.
+SECRETS_DIR_VARIABLE = "SECRETS_DIR"
+
+
+def secret_file_name(settings_type: type[BaseSettings], field: str) -> str:
+    """The file in the secrets directory that holds `field` of `settings_type`."""
+    if field not in settings_type.model_fields:
+        raise ValueError(f"{settings_type.__name__} has no setting '{field}'")
+    prefix = str(settings_type.model_config.get("env_prefix", ""))
+    # pydantic-settings looks the name up case-insensitively; lower case is its documented form.
+    return f"{prefix}{field}".lower()
+
+
+def secrets_dir() -> Path | None:
+    """The directory named by SECRETS_DIR, or None when unset. A named but missing directory is an
+    error, not a silent fallback: a secret mount that failed must not start a process without its
+    keys."""
+    value = os.environ.get(SECRETS_DIR_VARIABLE, "").strip()
+    if not value:
+        return None
+    directory = Path(value).expanduser()
+    if not directory.is_dir():
+        raise ConfigError(
+            f"invalid configuration: {SECRETS_DIR_VARIABLE}: {directory} is not a directory"
+        )
+    return directory
+
+
 def load_settings(settings_type: type[SettingsT]) -> SettingsT:
-    """Build settings, turning a validation error into one readable ConfigError."""
+    """Build settings from the environment, `.env` and the SECRETS_DIR files, turning any error
+    into one readable ConfigError."""
+    directory = secrets_dir()
     try:
-        return settings_type()
-    except SettingsError as err:  # a complex value (list, dict) that is not valid JSON
-        prefix = str(settings_type.model_config.get("env_prefix", "")).upper()
-        field = str(err).split('"')[1] if '"' in str(err) else ""
-        name = f"{prefix}{field.upper()}" if field else settings_type.__name__
-        raise ConfigError(f"invalid configuration: {name}: expected a JSON value") from None
+        return settings_type(_secrets_dir=directory)
+    except SettingsError as err:
+        raise ConfigError(_settings_error_message(settings_type, err, directory)) from None
     except ValidationError as err:
         prefix = str(settings_type.model_config.get("env_prefix", ""))
         problems = []
@@ -108,3 +150,38 @@ def load_settings(settings_type: type[SettingsT]) -> SettingsT:
             name = f"{prefix}{field}".upper() if field else settings_type.__name__
             problems.append(f"{name}: {error['msg']}")
         raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
+
+
+def _settings_error_message(
+    settings_type: type[BaseSettings], err: SettingsError, directory: Path | None
+) -> str:
+    """One line for a value pydantic-settings could not read or decode (a complex value such as a
+    dict must be JSON, in a variable or a file alike)."""
+    text = str(err)
+    # pydantic-settings names the field and the source: 'error ... field "x" from source "Y"'.
+    quoted = text.split('"')
+    field = quoted[1] if len(quoted) > 1 else ""
+    source = quoted[3] if len(quoted) > 3 else ""
+    if not field or field not in settings_type.model_fields:
+        return f"invalid configuration: {settings_type.__name__}: {text}"
+    if source == "SecretsSettingsSource" and directory is not None:
+        path = directory / secret_file_name(settings_type, field)
+        cause = err.__cause__
+        if isinstance(cause, OSError):
+            problem = f"unreadable ({cause.strerror or type(cause).__name__})"
+        elif isinstance(cause, UnicodeError):
+            problem = "not UTF-8 text"
+        else:
+            problem = "expected a JSON value"
+        return f"invalid configuration: secret file {path}: {problem}"
+    prefix = str(settings_type.model_config.get("env_prefix", ""))
+    return f"invalid configuration: {prefix.upper()}{field.upper()}: expected a JSON value"
+
+
+def integration_settings(settings_type: type[SettingsT]) -> SettingsT:
+    """Settings a tool reads when it runs (API base URLs, tokens from SECRETS_DIR): a bad value is
+    the tool's non-retryable error, which the model and the user see, not a retried crash."""
+    try:
+        return load_settings(settings_type)
+    except ConfigError as err:
+        raise ToolError(str(err)) from None

@@ -1,15 +1,47 @@
-"""`make up` / `make down` as a user runs them, on spare ports and a throw-away run directory."""
+"""`make up` / `make down` as a user runs them, on spare ports and a throw-away run directory.
+
+One stack for the module (starting it costs seconds on two cores); the tests run in file order and
+the last one stops it. `up` runs with umask 0 and a run directory left loose by an earlier version,
+and with canary secrets in its environment, to show that each process sees only its own.
+"""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import socket
+import stat
 import subprocess
 import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
-from infrastructure.devstack import temporal_binary
+import pytest
+
+from infrastructure.devstack import BASE_ENV_NAMES, BASE_ENV_PREFIXES, temporal_binary
+
+# Secrets in `make up`'s environment, each meant for exactly one process (or none).
+OPENAI_CANARY = "sk-canary-openai-7f3a"
+LLM_CANARY = "sk-canary-llm-91c2"
+JIRA_CANARY = "canary-jira-token-5d0e"
+QUOTE_CANARY = "canary-quote-key-b81f"
+STORE_CANARY = "canary-store"  # ORCHESTRATOR_STORE_URL's path: the orchestrator's setting only
+FOREIGN_NEXUS_KEY = base64.b64encode(b"canary-nexus-key-from-the-shell!").decode()
+FOREIGN_TEMPORAL = "canary-temporal-setting"
+# An IT key made by "an earlier `up`": it must be kept, and its file made private.
+EARLIER_IT_KEY = base64.b64encode(b"k" * 32).decode()
+
+WORKER_NAMESPACES = {"it": "it", "finance": "finance", "orchestrator": "orchestrator"}
+
+
+@dataclass
+class RunningStack:
+    env: dict[str, str]
+    run_dir: Path
+    port: int
+    pids: dict[str, int]
 
 
 def _free_port() -> int:
@@ -26,6 +58,7 @@ def _devstack(command: str, env: dict[str, str]) -> subprocess.CompletedProcess[
         text=True,
         timeout=120,
         check=False,
+        umask=0,  # the most careless umask: modes must not depend on it
     )
 
 
@@ -37,43 +70,165 @@ def _alive(pid: int) -> bool:
     return "State:\tZ" not in status
 
 
-def test_up_is_idempotent_and_down_leaves_nothing(tmp_path: Path) -> None:
+def _environ(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes()
+    pairs = (entry.decode().partition("=") for entry in raw.split(b"\0") if entry)
+    return {name: value for name, _, value in pairs}
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def _leave_loose_run_dir(run_dir: Path) -> None:
+    """What an earlier version and umask 022 left: readable keys and a stale secret file."""
+    run_dir.mkdir(mode=0o755)
+    (run_dir / "nexus-keys.json").write_text(json.dumps({"it-tools": EARLIER_IT_KEY}))
+    (run_dir / "nexus-keys.json").chmod(0o644)
+    stale_dir = run_dir / "secrets" / "it"
+    stale_dir.mkdir(parents=True, mode=0o755)
+    (stale_dir / "llm_api_key").write_text("sk-stale-from-an-earlier-up")
+    (stale_dir / "llm_api_key").chmod(0o644)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
+    root = tmp_path_factory.mktemp("devstack")
+    run_dir = root / "run"
+    _leave_loose_run_dir(run_dir)
     port = _free_port()
+    parent = {k: v for k, v in os.environ.items() if not k.startswith(("LLM_", "NEXUS_AUTH_"))}
     env = {
-        **os.environ,
-        "DEVSTACK_RUN_DIR": str(tmp_path / "run"),
+        **parent,
+        "DEVSTACK_RUN_DIR": str(run_dir),
         "DEVSTACK_PORT": str(port),
         "DEVSTACK_HTTP_PORT": str(_free_port()),
         "DEVSTACK_UI_PORT": str(_free_port()),
         "LOG_LEVEL": "WARNING",
+        "OPENAI_API_KEY": OPENAI_CANARY,
+        "LLM_API_KEY": LLM_CANARY,
+        "JIRA_API_TOKEN": JIRA_CANARY,
+        "QUOTE_API_KEY": QUOTE_CANARY,
+        "ORCHESTRATOR_STORE_URL": f"sqlite:///{root / STORE_CANARY}.db",
+        "NEXUS_AUTH_VERIFY_KEYS": json.dumps({"shell": FOREIGN_NEXUS_KEY}),
+        "NEXUS_AUTH_SIGNING_KEYS": json.dumps({"it-tools": f"shell:{FOREIGN_NEXUS_KEY}"}),
+        "TEMPORAL_CANARY_SETTING": FOREIGN_TEMPORAL,
     }
-    pids: list[int] = []
     try:
         first = _devstack("up", env)
         assert first.returncode == 0, first.stdout + first.stderr
         assert "Temporal UI: http://127.0.0.1:" in first.stdout
-        records = sorted((tmp_path / "run" / "pids").glob("*.json"))
-        assert {r.stem for r in records} >= {"temporal", "it", "finance"}
-        pids = [json.loads(r.read_text())["pid"] for r in records]
-        assert all(_alive(pid) for pid in pids)
-        assert (tmp_path / "run" / "temporal.db").exists()
-        assert (tmp_path / "run" / "logs" / "it.log").exists()
-
-        second = _devstack("up", env)
-        assert second.returncode == 0
-        assert "already up" in second.stdout
-
-        endpoints = subprocess.run(
-            [temporal_binary(), "operator", "nexus", "endpoint", "list"],
-            env={**os.environ, "TEMPORAL_ADDRESS": f"127.0.0.1:{port}"},
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=True,
-        )
-        assert "it-tools" in endpoints.stdout and "finance-tools" in endpoints.stdout
+        records = (run_dir / "pids").glob("*.json")
+        pids = {r.stem: int(json.loads(r.read_text())["pid"]) for r in records}
+        yield RunningStack(env=env, run_dir=run_dir, port=port, pids=pids)
     finally:
-        down = _devstack("down", env)
+        _devstack("down", env)
+
+
+def test_up_is_idempotent(stack: RunningStack) -> None:
+    assert set(stack.pids) == {"temporal", "it", "finance", "orchestrator"}
+    assert all(_alive(pid) for pid in stack.pids.values())
+    assert (stack.run_dir / "temporal.db").exists()
+    assert (stack.run_dir / "logs" / "it.log").exists()
+
+    second = _devstack("up", stack.env)
+    assert second.returncode == 0
+    assert "already up" in second.stdout
+
+    endpoints = subprocess.run(
+        [temporal_binary(), "operator", "nexus", "endpoint", "list"],
+        env={**os.environ, "TEMPORAL_ADDRESS": f"127.0.0.1:{stack.port}"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    assert "it-tools" in endpoints.stdout and "finance-tools" in endpoints.stdout
+
+
+def test_each_process_gets_only_its_own_settings_and_secrets(stack: RunningStack) -> None:
+    environs = {name: _environ(pid) for name, pid in stack.pids.items()}
+    owners = {
+        OPENAI_CANARY: {"orchestrator"},
+        LLM_CANARY: {"orchestrator"},
+        STORE_CANARY: {"orchestrator"},
+        JIRA_CANARY: {"it"},
+        QUOTE_CANARY: {"finance"},
+        FOREIGN_NEXUS_KEY: set(),
+        FOREIGN_TEMPORAL: set(),
+    }
+    for canary, expected in owners.items():
+        holders = {name for name, env in environs.items() if any(canary in v for v in env.values())}
+        assert holders == expected, f"{canary} reached {sorted(holders)}"
+
+    for name, env in environs.items():
+        keys = [var for var in env if var.startswith("NEXUS_AUTH_") and "KEYS" in var]
+        assert not keys, f"{name} has {keys} in its environment"
+
+    # The server reads no settings of ours: the base list and nothing else.
+    server = environs["temporal"]
+    assert server, "the server's environment is empty: /proc not readable?"
+    assert all(var in BASE_ENV_NAMES or var.startswith(BASE_ENV_PREFIXES) for var in server)
+
+    for name, namespace in WORKER_NAMESPACES.items():
+        env = environs[name]
+        assert env["TEMPORAL_NAMESPACE"] == namespace
+        assert env["TEMPORAL_ADDRESS"] == f"127.0.0.1:{stack.port}"
+        assert env["SECRETS_DIR"] == str(stack.run_dir.resolve() / "secrets" / name)
+        assert "TEMPORAL_CANARY_SETTING" not in env
+    assert environs["it"]["NEXUS_AUTH_AUDIENCE"] == "it-tools"
+    assert environs["it"]["NEXUS_AUTH_REQUIRED"] == "true"
+
+
+def test_keys_are_files_each_process_holds_only_its_own(stack: RunningStack) -> None:
+    secrets = stack.run_dir / "secrets"
+    keys = json.loads((stack.run_dir / "nexus-keys.json").read_text())
+    assert keys["it-tools"] == EARLIER_IT_KEY  # an earlier `up`'s key is kept
+    assert set(keys) == {"it-tools", "finance-tools"}
+    assert {d.name for d in secrets.iterdir()} == {"it", "finance", "orchestrator"}
+    for team, endpoint in (("it", "it-tools"), ("finance", "finance-tools")):
+        files = {f.name: f.read_text() for f in (secrets / team).iterdir()}
+        # The stale llm_api_key left in it/ is gone: nothing but this team's verify key.
+        assert set(files) == {"nexus_auth_verify_keys"}
+        assert json.loads(files["nexus_auth_verify_keys"]) == {"dev1": keys[endpoint]}
+    files = {f.name: f.read_text() for f in (secrets / "orchestrator").iterdir()}
+    assert set(files) == {"nexus_auth_signing_keys"}
+    signing = json.loads(files["nexus_auth_signing_keys"])
+    assert signing == {endpoint: f"dev1:{key}" for endpoint, key in keys.items()}
+
+
+def test_run_dir_and_key_files_are_private_whatever_the_umask(stack: RunningStack) -> None:
+    assert _mode(stack.run_dir) == 0o700
+    assert _mode(stack.run_dir / "nexus-keys.json") == 0o600
+    secrets = stack.run_dir / "secrets"
+    assert _mode(secrets) == 0o700
+    for directory in secrets.iterdir():
+        assert _mode(directory) == 0o700, directory
+        for secret in directory.iterdir():
+            assert _mode(secret) == 0o600, secret
+
+
+def test_signed_nexus_round_trip_through_the_stack(stack: RunningStack) -> None:
+    # The orchestrator signs with the key from its secrets file; IT requires and verifies it.
+    # LLM_MODEL is unset for the orchestrator, so its built-in offline model picks the tool.
+    cli_env = {k: v for k, v in os.environ.items() if not k.startswith(("LLM_", "TEMPORAL_"))}
+    cli_env.update(TEMPORAL_ADDRESS=f"127.0.0.1:{stack.port}", TEMPORAL_NAMESPACE="orchestrator")
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "agent"), "ask", "--json", "What is my IP address?"],
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    turn = json.loads(result.stdout)
+    calls = [(c["service"], c["name"], c["ok"]) for c in turn["tool_calls"]]
+    assert ("it", "get_ip", True) in calls, turn
+
+
+def test_down_stops_exactly_what_up_started(stack: RunningStack) -> None:
+    down = _devstack("down", stack.env)
     assert down.returncode == 0 and "Stopped:" in down.stdout
-    assert pids and not any(_alive(pid) for pid in pids)
-    assert not list((tmp_path / "run" / "pids").glob("*.json"))
+    assert stack.pids and not any(_alive(pid) for pid in stack.pids.values())
+    assert not list((stack.run_dir / "pids").glob("*.json"))
