@@ -13,6 +13,9 @@ from temporalio import workflow
 
 SESSION_WORKFLOW_NAME = "ITSessionWorkflow"
 DEFAULT_IDLE_TIMEOUT = timedelta(days=30)
+# The session's state is returned by every update and carried at continue-as-new: keep it small
+# whatever a conversation does. The oldest tracked addresses make way for new ones.
+MAX_TRACKED_ADDRESSES = 100
 
 
 def session_workflow_id(conversation_id: str) -> str:
@@ -85,6 +88,7 @@ class ITSessionWorkflow:
                 call_id=request.call_id,
             )
         )
+        del self._state.ip_history[:-MAX_TRACKED_ADDRESSES]
         self._touched = True
         return self._state
 

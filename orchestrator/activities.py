@@ -8,6 +8,7 @@ from typing import Any
 from temporalio import activity
 from temporalio.api.operatorservice.v1 import ListNexusEndpointsRequest
 from temporalio.client import Client
+from temporalio.exceptions import ApplicationError
 
 from orchestrator.config import LLMSettings, OrchestratorSettings
 from orchestrator.context import (
@@ -23,6 +24,7 @@ from orchestrator.models import (
     LOCAL_TOOL_ACTIVITY,
     READ_TURNS_ACTIVITY,
     RECORD_TURN_ACTIVITY,
+    STORE_BEHIND_ERROR,
     AgentConfig,
     ChatMessage,
     LlmRequest,
@@ -41,6 +43,11 @@ from shared.tool_activity import run_registered_tool
 from shared.tools import ToolCall
 
 log = get_logger(__name__)
+
+# Hard bounds on one model reply (the workflow's own per-step limits are settings and lower).
+MAX_REPLY_TOOL_CALLS = 128
+MAX_REPLY_CHARS = 64_000
+MAX_REPLY_ARGUMENT_CHARS = 512_000  # all calls of one reply together
 
 
 class OrchestratorActivities:
@@ -94,6 +101,10 @@ class OrchestratorActivities:
             max_turns_per_run=self._settings.max_turns_per_run,
             breaker_failures=self._settings.breaker_failures,
             breaker_cooldown_seconds=self._settings.breaker_cooldown_seconds,
+            max_parallel_tools=self._settings.max_parallel_tools,
+            max_tool_calls_per_step=self._settings.max_tool_calls_per_step,
+            max_tool_arguments_chars=self._settings.max_tool_arguments_chars,
+            rediscover_after_seconds=self._settings.rediscover_after_seconds,
         )
 
     async def _existing_endpoints(self) -> set[str] | None:
@@ -120,6 +131,7 @@ class OrchestratorActivities:
             attempt=info.attempt,
         ):
             cid = request.conversation_id
+            await self._check_store(cid, request.stored_before)
             try:
                 await self._store.append(cid, request.new_messages)
                 messages, compacted = await build_context(
@@ -135,7 +147,7 @@ class OrchestratorActivities:
                     response = await self._complete(messages, request.tools)
                 result = parse_response(response, reply_seq=request.reply_seq)
             except Exception as err:
-                failure = classify_llm_error(err)
+                failure = classify_llm_error(err, trying_since=info.scheduled_time)
                 log.warning("model call failed", error=failure.message, kind=failure.type)
                 raise failure from None
             reply = ChatMessage(
@@ -149,6 +161,22 @@ class OrchestratorActivities:
                 compacted=compacted,
             )
             return result.model_copy(update={"compacted": compacted})
+
+    async def _check_store(self, conversation_id: str, expected: int) -> None:
+        """Refuse to run the model on a transcript with holes: a store that lost messages (deleted,
+        truncated, restored from an old backup) must be a loud error, never a silent fresh start.
+        """
+        held = await self._store.count_before(conversation_id, expected)
+        if held == expected:
+            return
+        log.error("conversation store is behind", held=held, expected=expected)
+        raise ApplicationError(
+            f"conversation {conversation_id}: the conversation store is behind: it holds {held} "
+            f"of the {expected} messages this conversation wrote ({expected - held} missing). "
+            "Restore the store from a backup (`agent store restore`) or start a new conversation.",
+            type=STORE_BEHIND_ERROR,
+            non_retryable=True,
+        )
 
     async def _complete(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> Any:
         kwargs: dict[str, Any] = {
@@ -199,20 +227,37 @@ def parse_response(response: Any, *, reply_seq: int = 0) -> LlmStepResult:
     """Read a LiteLLM ModelResponse. A reply without choices is malformed (and retryable).
 
     A tool call without an id gets one derived from its place, so results can refer to it.
+    The reply is bounded before it reaches workflow history: at most MAX_REPLY_TOOL_CALLS calls
+    and MAX_REPLY_CHARS characters of text, so no model output can make a payload too large.
     """
     if not getattr(response, "choices", None):
         raise ValueError("the model's reply has no choices")
     message = response.choices[0].message
     tool_calls = []
-    for index, call in enumerate(getattr(message, "tool_calls", None) or []):
+    requested = list(getattr(message, "tool_calls", None) or [])
+    if len(requested) > MAX_REPLY_TOOL_CALLS:
+        log.warning(
+            "model asked for too many tool calls; keeping the first ones",
+            requested=len(requested),
+            kept=MAX_REPLY_TOOL_CALLS,
+        )
+    argument_chars = 0
+    for index, call in enumerate(requested[:MAX_REPLY_TOOL_CALLS]):
         arguments = call.function.arguments
         if not isinstance(arguments, str):
             arguments = json.dumps(arguments)
+        arguments = arguments or ""
+        if argument_chars + len(arguments) > MAX_REPLY_ARGUMENT_CHARS:
+            # Not JSON on purpose: the workflow refuses the call and tells the model why.
+            arguments = (
+                f"<{len(arguments)} characters of arguments omitted: the reply is too large>"
+            )
+        argument_chars += len(arguments)
         tool_calls.append(
             LlmToolCall(
                 id=call.id or f"call-{reply_seq}-{index}",
                 name=call.function.name or "",
-                arguments=arguments or "",
+                arguments=arguments,
             )
         )
     usage = getattr(response, "usage", None)
@@ -221,8 +266,14 @@ def parse_response(response: Any, *, reply_seq: int = 0) -> LlmStepResult:
         cost = float(litellm.completion_cost(completion_response=response) or 0.0)
     except Exception:  # models without a price (local, fake, offline) cost nothing known
         cost = 0.0
+    content = message.content
+    if isinstance(content, str) and len(content) > MAX_REPLY_CHARS:
+        content = (
+            content[:MAX_REPLY_CHARS]
+            + f"\n…[truncated {len(content) - MAX_REPLY_CHARS} characters]"
+        )
     return LlmStepResult(
-        content=message.content,
+        content=content,
         tool_calls=tool_calls,
         usage=Usage(
             prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),

@@ -49,7 +49,9 @@ class OrchestratorSettings(BaseSettings):
     discovery_timeout_seconds: float = Field(default=5.0, gt=0, le=120)
     tool_timeout_seconds: float = Field(default=60.0, gt=0, le=3600)
     max_steps: int = Field(default=8, ge=1, le=50)
-    max_message_chars: int = Field(default=8000, ge=1, le=1_000_000)
+    # Bounded so that a message, its echo in the turn's result and the carried answers stay far
+    # below Temporal's 2 MB payload limit (4 bytes per character at worst in UTF-8).
+    max_message_chars: int = Field(default=8000, ge=1, le=32_000)
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     store_url: str = Field(
         default="sqlite:///.run/conversations.db",
@@ -80,6 +82,29 @@ class OrchestratorSettings(BaseSettings):
     )
     breaker_cooldown_seconds: float = Field(
         default=30.0, gt=0, description="How long an open breaker skips its endpoint."
+    )
+    # Temporal Cloud allows 30 in-flight Nexus operations per workflow; a step never schedules
+    # more than this many tool calls at once, so no model reply can hit that limit.
+    max_parallel_tools: int = Field(
+        default=10, ge=1, le=30, description="Tool calls of one step that run at the same time."
+    )
+    max_tool_calls_per_step: int = Field(
+        default=32,
+        ge=1,
+        le=128,
+        description="Tool calls run per model step; the model is told the rest were not run.",
+    )
+    max_tool_arguments_chars: int = Field(
+        default=32_000,
+        ge=100,
+        le=256_000,
+        description="Longer tool arguments are refused before anything is scheduled.",
+    )
+    rediscover_after_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        description="At a turn's start, ask unavailable tool endpoints again once this long "
+        "has passed since the last discovery.",
     )
 
     @field_validator("store_url")

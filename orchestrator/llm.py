@@ -7,7 +7,8 @@ rate limit's Retry-After becomes the next retry delay.
 from __future__ import annotations
 
 import os
-from datetime import timedelta
+import socket
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # never fetch the cost map at import
@@ -18,12 +19,38 @@ from temporalio.exceptions import ApplicationError
 from orchestrator.models import LLM_AUTH_ERROR, LLM_BAD_REQUEST, LLM_CONTEXT_WINDOW
 
 MAX_RETRY_AFTER = timedelta(minutes=10)
+# A provider that refuses connections or whose name does not resolve is a configuration problem
+# far more often than an outage: retry briefly, then tell the user, instead of the long schedule
+# that rate limits and 5xx keep (8 attempts, ~107 s).
+UNREACHABLE_RETRY_DELAY = timedelta(seconds=2)
+UNREACHABLE_GIVE_UP_AFTER = timedelta(seconds=10)
+LLM_UNREACHABLE = "LlmUnreachable"
 
 
-def classify_llm_error(err: Exception) -> ApplicationError:
-    """Map a LiteLLM exception onto an ApplicationError with the right retry behaviour."""
+def classify_llm_error(err: Exception, *, trying_since: datetime | None = None) -> ApplicationError:
+    """Map a LiteLLM exception onto an ApplicationError with the right retry behaviour.
+
+    `trying_since` is when the step's first attempt was scheduled: an unreachable provider is
+    given up on once UNREACHABLE_GIVE_UP_AFTER has passed since then.
+    """
     provider = getattr(err, "llm_provider", "") or "the model provider"
     detail = _short(getattr(err, "message", None) or str(err))
+    unreachable = connection_failure(err)
+    if unreachable is not None:
+        elapsed = datetime.now(UTC) - trying_since if trying_since else timedelta(0)
+        give_up = elapsed + UNREACHABLE_RETRY_DELAY >= UNREACHABLE_GIVE_UP_AFTER
+        return ApplicationError(
+            f"cannot reach {provider}: {unreachable}"
+            + (
+                f" (still failing after {elapsed.total_seconds():.0f} s). Check LLM_API_BASE "
+                "and the network, or unset LLM_MODEL to use the offline model."
+                if give_up
+                else "; retrying"
+            ),
+            type=LLM_UNREACHABLE,
+            non_retryable=give_up,
+            next_retry_delay=None if give_up else UNREACHABLE_RETRY_DELAY,
+        )
     if isinstance(err, litellm.ContextWindowExceededError):
         return ApplicationError(
             f"the conversation no longer fits the model's context window: {detail}",
@@ -74,6 +101,24 @@ def classify_llm_error(err: Exception) -> ApplicationError:
         )
     # Anything else (5xx, malformed bodies, unexpected client errors) may pass on a retry.
     return ApplicationError(f"model call failed ({type(err).__name__}): {detail}", type="LlmError")
+
+
+def connection_failure(err: BaseException) -> str | None:
+    """'connection refused' or 'host not found' when the error chain shows no connection was
+    ever made; None for anything else (timeouts, resets and HTTP errors keep their retries)."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(current, socket.gaierror) or type(current).__name__ in _DNS_ERRORS:
+            return "host name not found"
+        current = current.__cause__ or current.__context__
+    return None
+
+
+_DNS_ERRORS = {"ClientConnectorDNSError", "gaierror"}
 
 
 def retry_after(err: Exception) -> timedelta | None:

@@ -30,6 +30,8 @@ LLM_AUTH_ERROR = "LlmAuthError"
 LLM_BAD_REQUEST = "LlmBadRequest"
 LLM_CONTEXT_WINDOW = "LlmContextWindowExceeded"
 NON_RETRYABLE_LLM_ERRORS = [LLM_AUTH_ERROR, LLM_BAD_REQUEST, LLM_CONTEXT_WINDOW]
+# Raised (non-retryable) by the model step when the store holds less than the workflow wrote.
+STORE_BEHIND_ERROR = "ConversationStoreBehind"
 OFFLINE_MODEL = "offline/keyword-router"
 
 
@@ -138,6 +140,9 @@ class CarriedState(BaseModel):
     answered: dict[str, TurnResult] = Field(
         default_factory=dict, description="Recent message ids and their answers, for retries."
     )
+    discovered_at: float = Field(
+        default=0.0, description="Workflow time (epoch seconds) of the last tool discovery."
+    )
 
 
 class ConversationInput(BaseModel):
@@ -167,6 +172,10 @@ class AgentConfig(BaseModel):
     max_turns_per_run: int = 100
     breaker_failures: int = 2
     breaker_cooldown_seconds: float = 30.0
+    max_parallel_tools: int = 10
+    max_tool_calls_per_step: int = 32
+    max_tool_arguments_chars: int = 32_000
+    rediscover_after_seconds: float = 10.0
 
 
 class LlmRequest(BaseModel):
@@ -176,6 +185,12 @@ class LlmRequest(BaseModel):
     new_messages: list[StoredMessage]
     reply_seq: int = Field(description="Sequence number the model's reply is stored under.")
     tools: list[dict[str, Any]]
+
+    @property
+    def stored_before(self) -> int:
+        """How many messages the store must already hold: every sequence number before this
+        step's first new one (sequence numbers start at 0 and have no gaps)."""
+        return self.new_messages[0].seq if self.new_messages else self.reply_seq
 
 
 class LlmStepResult(BaseModel):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sqlite3
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -56,6 +57,10 @@ class ConversationStore(ABC):
     ) -> list[StoredMessage]: ...
 
     @abstractmethod
+    async def count_before(self, conversation_id: str, seq: int) -> int:
+        """How many messages of the conversation have a sequence number below `seq`."""
+
+    @abstractmethod
     async def summary(self, conversation_id: str) -> Summary | None:
         """The latest summary, if the conversation was ever compacted."""
 
@@ -85,16 +90,29 @@ def open_store(url: str) -> ConversationStore:
 
 
 class SqliteStore(ConversationStore):
-    """One file, one connection, calls serialised on a worker thread."""
+    """One file, one connection, calls serialised on a worker thread.
+
+    The file holds transcripts, so it is created readable by its owner only (SQLite gives its
+    -wal and -shm files the database file's mode). A file deleted or replaced under a running
+    worker is noticed on the next call and reopened, so the store check in the model step sees
+    what is really on disk instead of writing on into an unlinked file.
+    """
 
     def __init__(self, path: Path) -> None:
         self._path = path
         self._lock = asyncio.Lock()
         self._connection: sqlite3.Connection | None = None
+        self._inode: int | None = None
 
     def _connect(self) -> sqlite3.Connection:
+        if self._connection is not None and self._file_identity() != self._inode:
+            self._connection.close()
+            self._connection = None
         if self._connection is None:
-            self._path.parent.mkdir(parents=True, exist_ok=True)
+            self._path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.close(os.open(self._path, os.O_CREAT | os.O_RDWR, 0o600))
+            os.chmod(self._path, 0o600)
+            self._inode = self._file_identity()
             connection = sqlite3.connect(self._path, check_same_thread=False, timeout=30)
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute("PRAGMA synchronous=NORMAL")
@@ -119,6 +137,12 @@ class SqliteStore(ConversationStore):
         async with self._lock:
             return await asyncio.to_thread(work)
 
+    def _file_identity(self) -> int | None:
+        try:
+            return os.stat(self._path).st_ino
+        except FileNotFoundError:
+            return None
+
     async def append(self, conversation_id: str, messages: list[StoredMessage]) -> None:
         if messages:
             await self._run(
@@ -135,6 +159,13 @@ class SqliteStore(ConversationStore):
             (conversation_id, after_seq, limit if limit is not None else -1),
         )
         return [_message(seq, body) for seq, body in rows]
+
+    async def count_before(self, conversation_id: str, seq: int) -> int:
+        rows = await self._run(
+            "SELECT COUNT(*) FROM messages WHERE conversation_id = ? AND seq < ?",
+            (conversation_id, seq),
+        )
+        return int(rows[0][0])
 
     async def summary(self, conversation_id: str) -> Summary | None:
         rows = await self._run(
@@ -211,6 +242,13 @@ class PostgresStore(ConversationStore):
             (conversation_id, after_seq, limit),
         )
         return [_message(seq, body) for seq, body in rows]
+
+    async def count_before(self, conversation_id: str, seq: int) -> int:
+        rows = await self._run(
+            "SELECT COUNT(*) FROM messages WHERE conversation_id = %s AND seq < %s",
+            (conversation_id, seq),
+        )
+        return int(rows[0][0])
 
     async def summary(self, conversation_id: str) -> Summary | None:
         rows = await self._run(

@@ -59,6 +59,14 @@ with workflow.unsafe.imports_passed_through():
 RECENT_TURNS_KEPT = 10
 ANSWERS_KEPT = 20
 DEFAULT_MAX_MESSAGE_CHARS = 8000
+# A tool call's result as the turn's record keeps it (the full output is in the store): keeps
+# every turn's update result, and the answers carried across continue-as-new, small.
+RECORD_RESULT_CHARS = 2000
+CARRIED_ANSWERS_BYTES = 512 * 1024
+# Changes to the commands a conversation schedules, guarded so that running conversations
+# recorded before them replay unchanged.
+BOUNDED_FAN_OUT_PATCH = "bounded-tool-fan-out"
+REDISCOVERY_PATCH = "rediscover-unavailable-endpoints"
 
 LLM_RETRY_POLICY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
@@ -90,6 +98,7 @@ class ConversationWorkflow:
         # a continue-as-new where Temporal's own update-id dedupe does not reach, gets the answer
         # it missed instead of a second turn.
         self._answered: dict[str, TurnResult] = dict(carried.answered) if carried else {}
+        self._discovered_at = carried.discovered_at if carried else 0.0
         self._turns_this_run = 0
         self._state = "starting"
         self._running: list[RunningTool] = []
@@ -98,11 +107,7 @@ class ConversationWorkflow:
 
     @workflow.run
     async def run(self, start: ConversationInput) -> Usage:
-        self._config = await workflow.execute_local_activity(
-            LOAD_CONFIG_ACTIVITY,
-            result_type=AgentConfig,
-            start_to_close_timeout=timedelta(seconds=30),
-        )
+        self._config = await self._load_config()
         if start.carried is None:
             self._stage(ChatMessage(role="system", content=self._config.system_prompt))
             await self._discover()
@@ -118,6 +123,13 @@ class ConversationWorkflow:
                     ConversationInput(conversation_id=self._conversation_id, carried=self._carry())
                 )
 
+    async def _load_config(self) -> AgentConfig:
+        return await workflow.execute_local_activity(
+            LOAD_CONFIG_ACTIVITY,
+            result_type=AgentConfig,
+            start_to_close_timeout=timedelta(seconds=30),
+        )
+
     def _continue_as_new_due(self) -> bool:
         assert self._config is not None
         return not self._busy and (
@@ -127,6 +139,7 @@ class ConversationWorkflow:
 
     def _carry(self) -> CarriedState:
         return CarriedState(
+            discovered_at=self._discovered_at,
             usage=self._usage,
             turns=self._turns,
             next_seq=self._next_seq,
@@ -136,7 +149,7 @@ class ConversationWorkflow:
             recent_turns=self._recent_turns,
             run=self._run_number,
             breakers=self._breakers,
-            answered=self._answered,
+            answered=_newest_within(self._answered, CARRIED_ANSWERS_BYTES),
         )
 
     def _stage(self, message: ChatMessage) -> None:
@@ -202,6 +215,9 @@ class ConversationWorkflow:
     @workflow.update(name=REFRESH_TOOLS_UPDATE)
     async def refresh_tools(self) -> ConversationStatus:
         await workflow.wait_condition(lambda: self._state != "starting")
+        if workflow.patched(REDISCOVERY_PATCH):
+            # Endpoints created since the run started (missing ones) are picked up too.
+            self._config = await self._load_config()
         await self._discover()
         return self.status()
 
@@ -243,25 +259,45 @@ class ConversationWorkflow:
         return self._usage
 
     # ---- discovery ----------------------------------------------------------------------------
-    async def _discover(self) -> None:
-        """Ask every endpoint for its catalog. A silent endpoint is skipped and reported."""
+    async def _discover(self, only: list[str] | None = None) -> None:
+        """Ask every endpoint (or `only` these) for its catalog. A silent endpoint is skipped
+        and reported; the catalogs of endpoints not asked again are kept."""
         assert self._config is not None
         timeout = timedelta(seconds=self._config.discovery_timeout_seconds)
+        endpoints = self._config.tool_endpoints if only is None else only
+        self._discovered_at = workflow.time()
 
         async def catalog_of(endpoint: str) -> tuple[str, list[ToolSpec] | None]:
             try:
                 return endpoint, (await list_tools(endpoint, timeout=timeout)).tools
             except NexusOperationError as err:
-                workflow.logger.warning("tool endpoint unavailable: %s (%s)", endpoint, err)
+                workflow.logger.warning(
+                    "tool endpoint unavailable: %s (%s)", endpoint, innermost_message(err)
+                )
                 return endpoint, None
 
-        results = await asyncio.gather(*(catalog_of(e) for e in self._config.tool_endpoints))
+        results = await asyncio.gather(*(catalog_of(e) for e in endpoints))
         sources: list[tuple[str | None, ToolSpec]] = [(None, t.spec) for t in local_registry]
+        kept = [r for r in self._routes.values() if r.endpoint and r.endpoint not in endpoints]
+        sources.extend((route.endpoint, route.spec) for route in kept)
         for endpoint, specs in results:
             sources.extend((endpoint, spec) for spec in specs or [])
-        self._unavailable = [e for e, specs in results if specs is None]
-        self._unavailable += self._config.missing_endpoints
+        still_unavailable = [e for e, specs in results if specs is None]
+        if only is not None:
+            still_unavailable += [e for e in self._unavailable if e not in endpoints]
+        else:
+            still_unavailable += self._config.missing_endpoints
+        self._unavailable = still_unavailable
         self._routes = build_routes(sources)
+
+    async def _rediscover_unavailable(self) -> None:
+        """A team that was down when the conversation started is asked again, at most every
+        `rediscover_after_seconds`, so it comes back without anything being restarted."""
+        assert self._config is not None
+        reachable = [e for e in self._unavailable if e in self._config.tool_endpoints]
+        due = workflow.time() - self._discovered_at >= self._config.rediscover_after_seconds
+        if reachable and due and workflow.patched(REDISCOVERY_PATCH):
+            await self._discover(only=reachable)
 
     # ---- the loop -----------------------------------------------------------------------------
     async def _turn(self, text: str) -> TurnResult:
@@ -274,6 +310,7 @@ class ConversationWorkflow:
         notes: list[str] = []
         turn_usage = Usage()
         executed: set[str] = set()
+        await self._rediscover_unavailable()
         if self._unavailable:
             notes.append("tool services unavailable: " + ", ".join(self._unavailable))
 
@@ -290,18 +327,31 @@ class ConversationWorkflow:
                 notes.append("older turns were summarised to fit the model's context window")
             if not reply.tool_calls:
                 return self._result(turn_usage, records, notes, answer=reply.content or "")
-            calls = reply.tool_calls
+            calls = reply.tool_calls[: self._config.max_tool_calls_per_step]
+            not_run = reply.tool_calls[self._config.max_tool_calls_per_step :]
             fresh = [call for call in calls if _signature(call) not in executed]
             repeated = [call for call in calls if call not in fresh]
             executed.update(_signature(call) for call in fresh)
 
             self._state = "running_tools"
-            outcomes = await asyncio.gather(
-                *(self._run_tool(turn, step, index, call) for index, call in enumerate(fresh))
-            )
+            outcomes = await self._run_tools(turn, step, fresh)
             for call, (record, content) in zip(fresh, outcomes, strict=True):
                 records.append(record)
                 self._stage(_tool_message(call, content))
+            if not_run:
+                limit = self._config.max_tool_calls_per_step
+                notes.append(f"{len(not_run)} tool calls of one step were not run (limit {limit})")
+            for call in not_run:
+                self._stage(
+                    _tool_message(
+                        call,
+                        {
+                            "error": "not_run",
+                            "message": f"not run: at most {limit} tool calls per step; "
+                            "ask for the rest in the next step",
+                        },
+                    )
+                )
             for call in repeated:
                 self._stage(
                     _tool_message(
@@ -355,11 +405,42 @@ class ConversationWorkflow:
         self._next_seq += 1
         return reply
 
+    async def _run_tools(
+        self, turn: int, step: int, calls: list[LlmToolCall]
+    ) -> list[tuple[ToolCallRecord, Any]]:
+        """Run a step's calls in parallel, never more than `max_parallel_tools` at once: the
+        server caps in-flight Nexus operations (30 per workflow) and pending activities, and a
+        command over a cap fails every workflow task of the conversation."""
+        assert self._config is not None
+        limit = self._config.max_parallel_tools
+        if len(calls) <= limit or not workflow.patched(BOUNDED_FAN_OUT_PATCH):
+            return list(
+                await asyncio.gather(
+                    *(self._run_tool(turn, step, index, call) for index, call in enumerate(calls))
+                )
+            )
+        slots = asyncio.Semaphore(limit)
+
+        async def bounded(index: int, call: LlmToolCall) -> tuple[ToolCallRecord, Any]:
+            async with slots:
+                return await self._run_tool(turn, step, index, call)
+
+        return list(await asyncio.gather(*(bounded(i, c) for i, c in enumerate(calls))))
+
     async def _run_tool(
         self, turn: int, step: int, index: int, call: LlmToolCall
     ) -> tuple[ToolCallRecord, Any]:
         assert self._config is not None
         route = self._routes.get(call.name)
+        arguments_limit = self._config.max_tool_arguments_chars
+        if len(call.arguments or "") > arguments_limit:
+            service = route.spec.service if route else "unknown"
+            return _failed(
+                call,
+                service,
+                "bad_request",
+                f"arguments are {len(call.arguments)} characters; the limit is {arguments_limit}",
+            )
         try:
             args = json.loads(call.arguments or "{}")
         except json.JSONDecodeError as err:
@@ -396,7 +477,7 @@ class ConversationWorkflow:
             service=service,
             args=args,
             ok=outcome.ok,
-            result=outcome.output if outcome.ok else outcome.error,
+            result=_preview(outcome.output if outcome.ok else outcome.error),
         )
         if outcome.ok:
             return record, outcome.output
@@ -532,6 +613,26 @@ def _tool_message(call: LlmToolCall, content: Any) -> ChatMessage:
 
 def _failed(call: LlmToolCall, service: str, kind: str, message: str) -> tuple[ToolCallRecord, Any]:
     record = ToolCallRecord(
-        name=call.name, service=service, args=call.arguments, ok=False, result=message
+        name=call.name, service=service, args=_preview(call.arguments), ok=False, result=message
     )
     return record, {"error": kind, "message": message}
+
+
+def _preview(value: Any) -> Any:
+    """The value itself when small; otherwise the start of its JSON with a visible marker."""
+    text = value if isinstance(value, str) else json.dumps(value, default=str, ensure_ascii=False)
+    if len(text) <= RECORD_RESULT_CHARS:
+        return value
+    return text[:RECORD_RESULT_CHARS] + f"…[truncated {len(text) - RECORD_RESULT_CHARS} characters]"
+
+
+def _newest_within(answers: dict[str, TurnResult], budget: int) -> dict[str, TurnResult]:
+    """The most recent answers whose JSON fits `budget` bytes, oldest first as they came."""
+    kept: list[tuple[str, TurnResult]] = []
+    used = 0
+    for message_id, result in reversed(answers.items()):
+        used += len(result.model_dump_json())
+        if used > budget:
+            break
+        kept.append((message_id, result))
+    return dict(reversed(kept))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from temporalio import activity
@@ -14,20 +15,52 @@ from shared.tools import ToolArgumentsError, ToolCall, ToolContext, ToolError, T
 
 log = get_logger(__name__)
 
+# Results travel through activity, workflow and Nexus payloads (2 MB at most each) and end up in
+# the caller's history and its model's context: a larger result is cut, with a marker.
+DEFAULT_MAX_RESULT_BYTES = 64 * 1024
+
 
 class ToolActivities:
     """The team worker's `run_tool` activity, bound to the team's registry."""
 
-    def __init__(self, registry: ToolRegistry, client: Client) -> None:
+    def __init__(
+        self,
+        registry: ToolRegistry,
+        client: Client,
+        max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
+    ) -> None:
         self._registry = registry
         self._client = client
+        self._max_result_bytes = max_result_bytes
 
     @activity.defn(name=RUN_TOOL_ACTIVITY)
     async def run_tool(self, call: ToolCall) -> Any:
-        return await run_registered_tool(self._registry, self._client, call)
+        return await run_registered_tool(
+            self._registry, self._client, call, max_result_bytes=self._max_result_bytes
+        )
 
 
-async def run_registered_tool(registry: ToolRegistry, client: Client, call: ToolCall) -> Any:
+def bounded_result(output: Any, max_bytes: int) -> Any:
+    """The output as is when its JSON fits `max_bytes`; otherwise a marked, truncated preview."""
+    encoded = json.dumps(output, ensure_ascii=False, default=str).encode()
+    if len(encoded) <= max_bytes:
+        return output
+    preview = encoded[: max_bytes // 2].decode(errors="ignore")
+    return {
+        "result_truncated": True,
+        "original_bytes": len(encoded),
+        "limit_bytes": max_bytes,
+        "preview": preview,
+    }
+
+
+async def run_registered_tool(
+    registry: ToolRegistry,
+    client: Client,
+    call: ToolCall,
+    *,
+    max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
+) -> Any:
     """Run one call from inside an activity, mapping tool errors onto Temporal's retry rules."""
     info = activity.info()
     with bound_context(
@@ -62,5 +95,8 @@ async def run_registered_tool(registry: ToolRegistry, client: Client, call: Tool
                 type="ToolTransientError" if err.retryable else "ToolError",
                 non_retryable=not err.retryable,
             ) from None
+        bounded = bounded_result(output, max_result_bytes)
+        if bounded is not output:
+            log.warning("tool result truncated", limit_bytes=max_result_bytes)
         log.info("tool completed")
-        return output
+        return bounded

@@ -19,7 +19,7 @@ from shared.config import ConfigError, TemporalSettings, ToolServiceSettings, lo
 from shared.log import bind_context, configure_logging, get_logger
 from shared.nexus import ToolServiceHandler
 from shared.temporal import NamespaceMissingError, connect_when_ready, require_namespace
-from shared.tool_activity import ToolActivities
+from shared.tool_activity import DEFAULT_MAX_RESULT_BYTES, ToolActivities
 from shared.tool_workflow import ToolWorkflow
 from shared.tools import ToolRegistry
 
@@ -35,6 +35,7 @@ def build_team_worker(
     workflows: Sequence[type] = (),
     activities: Sequence[Callable[..., Any]] = (),
     auth: NexusAuthSettings | None = None,
+    max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
 ) -> Worker:
     """A team worker. With verify keys in `auth`, every Nexus request must carry a valid token."""
     interceptors: list[Interceptor] = []
@@ -45,7 +46,7 @@ def build_team_worker(
         client,
         task_queue=task_queue,
         workflows=[ToolWorkflow, *workflows],
-        activities=[ToolActivities(registry, client).run_tool, *activities],
+        activities=[ToolActivities(registry, client, max_result_bytes).run_tool, *activities],
         nexus_service_handlers=[ToolServiceHandler(registry, task_queue, fast_path_budget)],
         interceptors=interceptors,
     )
@@ -98,6 +99,7 @@ def serve_team(
             workflows=workflows,
             activities=activities,
             auth=auth,
+            max_result_bytes=tool_settings.max_result_bytes,
         )
         log.info("worker started", service=registry.service, tools=registry.names())
         await run_until_signalled(worker)

@@ -121,7 +121,7 @@ async def test_same_call_id_runs_once(stack: Stack) -> None:
 async def test_new_tool_in_registry_is_discovered(stack: Stack) -> None:
     result = await stack.list_tools([IT_ENDPOINT, CANARY_ENDPOINT])
     current, canary = ({t.name for t in c.tools} for c in result.catalogs)
-    assert canary - current == {"service_status"}
+    assert canary - current == {"service_status", "bulk_report"}
     outcome = await stack.execute_one(CANARY_ENDPOINT, "service_status")
     assert outcome.ok and outcome.output == {"service": "it", "status": "ok"}
 

@@ -1,4 +1,4 @@
-"""A later version of the IT service, deployed beside the current one: one tool more."""
+"""A later version of the IT service, deployed beside the current one: two tools more."""
 
 from __future__ import annotations
 
@@ -20,7 +20,13 @@ async def service_status() -> Uptime:
     return Uptime(service="it", status="ok")
 
 
+async def bulk_report(rows: int) -> list[dict[str, str]]:
+    """A report with `rows` rows: large enough, with many rows, to exceed the result limit."""
+    return [{"row": str(index), "text": "x" * 100} for index in range(rows)]
+
+
 def canary_registry() -> ToolRegistry:
     registry = it_registry.copy()
     registry.add(service_status, timeout=timedelta(seconds=5))
+    registry.add(bulk_report, timeout=timedelta(seconds=5))
     return registry
