@@ -16,7 +16,6 @@ SEND_MESSAGE_UPDATE = "send_message"
 END_UPDATE = "end"
 REFRESH_TOOLS_UPDATE = "refresh_tools"
 STATUS_QUERY = "status"
-TRANSCRIPT_QUERY = "transcript"
 USAGE_QUERY = "usage"
 TURNS_QUERY = "turns"
 READ_CONVERSATION_WORKFLOW = "ReadConversation"
@@ -90,9 +89,12 @@ class RunningTool(BaseModel):
     service: str
 
 
+ConversationPhase = Literal["starting", "idle", "thinking", "running_tools", "ended"]
+
+
 class ConversationStatus(BaseModel):
     conversation_id: str
-    state: Literal["starting", "idle", "thinking", "running_tools", "ended"]
+    state: ConversationPhase
     running: list[RunningTool] = Field(default_factory=list)
     turns: int = 0
     model: str = ""
@@ -125,16 +127,19 @@ class CircuitBreaker(BaseModel):
 
 
 class CarriedState(BaseModel):
-    """What a conversation hands to its next run at continue-as-new. Small by design: the
-    transcript is in the store, so only counters, totals and the discovered tools travel."""
+    """Everything a conversation remembers between messages, and hands to its next run at
+    continue-as-new. Small by design: the transcript is in the store, so only counters, totals,
+    the unsent delta and the discovered tools travel."""
 
-    usage: Usage
-    turns: int
-    next_seq: int
-    pending: list[StoredMessage]
-    routes: dict[str, ToolRoute]
-    unavailable: list[str]
-    recent_turns: list[TurnResult]
+    usage: Usage = Field(default_factory=Usage)
+    turns: int = 0
+    next_seq: int = Field(default=0, description="The next message's sequence number.")
+    pending: list[StoredMessage] = Field(
+        default_factory=list, description="Messages the next model step stores."
+    )
+    routes: dict[str, ToolRoute] = Field(default_factory=dict)
+    unavailable: list[str] = Field(default_factory=list)
+    recent_turns: list[TurnResult] = Field(default_factory=list)
     run: int = 1
     breakers: dict[str, CircuitBreaker] = Field(default_factory=dict)
     answered: dict[str, TurnResult] = Field(

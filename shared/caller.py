@@ -14,6 +14,7 @@ import nexusrpc
 from pydantic import BaseModel
 from temporalio import workflow
 from temporalio.exceptions import (
+    ActivityError,
     ApplicationError,
     CancelledError,
     NexusOperationError,
@@ -21,8 +22,13 @@ from temporalio.exceptions import (
 )
 
 with workflow.unsafe.imports_passed_through():
-    from shared.contract import ListToolsRequest, ToolService
-    from shared.tools import ToolCall, ToolCatalog
+    from shared.contract import (
+        TOOL_ARGUMENTS_ERROR,
+        ListToolsRequest,
+        ToolCall,
+        ToolCatalog,
+        ToolService,
+    )
 
 ToolErrorKind = Literal[
     "bad_request", "not_found", "unauthenticated", "unavailable", "failed", "cancelled"
@@ -30,6 +36,8 @@ ToolErrorKind = Literal[
 
 
 class ToolOutcome(BaseModel):
+    """How one tool call ended, wherever it ran. Built only through the two constructors."""
+
     call_id: str
     tool: str
     endpoint: str
@@ -37,6 +45,23 @@ class ToolOutcome(BaseModel):
     output: Any = None
     error_kind: ToolErrorKind | None = None
     error: str | None = None
+
+    @classmethod
+    def succeeded(cls, call: ToolCall, endpoint: str, output: Any) -> ToolOutcome:
+        return cls(call_id=call.call_id, tool=call.tool, endpoint=endpoint, ok=True, output=output)
+
+    @classmethod
+    def failed(
+        cls, call: ToolCall, endpoint: str, kind: ToolErrorKind, message: str
+    ) -> ToolOutcome:
+        return cls(
+            call_id=call.call_id,
+            tool=call.tool,
+            endpoint=endpoint,
+            ok=False,
+            error_kind=kind,
+            error=message,
+        )
 
 
 async def list_tools(endpoint: str, *, timeout: timedelta) -> ToolCatalog:
@@ -65,18 +90,8 @@ async def execute_tool(
             summary=call.tool,
         )
     except NexusOperationError as err:
-        kind, message = classify_nexus_error(err)
-        return ToolOutcome(
-            call_id=call.call_id,
-            tool=call.tool,
-            endpoint=endpoint,
-            ok=False,
-            error_kind=kind,
-            error=message,
-        )
-    return ToolOutcome(
-        call_id=call.call_id, tool=call.tool, endpoint=endpoint, ok=True, output=result.output
-    )
+        return ToolOutcome.failed(call, endpoint, *classify_nexus_error(err))
+    return ToolOutcome.succeeded(call, endpoint, result.output)
 
 
 def classify_nexus_error(err: NexusOperationError) -> tuple[ToolErrorKind, str]:
@@ -96,6 +111,13 @@ def classify_nexus_error(err: NexusOperationError) -> tuple[ToolErrorKind, str]:
     if isinstance(cause, ApplicationError):
         return "failed", innermost_message(cause)
     return "failed", innermost_message(err)
+
+
+def classify_activity_error(err: ActivityError) -> tuple[ToolErrorKind, str]:
+    """A tool run as an activity (the orchestrator's local tools) that ended in an error."""
+    cause = err.cause
+    bad_arguments = isinstance(cause, ApplicationError) and cause.type == TOOL_ARGUMENTS_ERROR
+    return ("bad_request" if bad_arguments else "failed"), innermost_message(err)
 
 
 def innermost_message(error: BaseException) -> str:

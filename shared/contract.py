@@ -1,16 +1,84 @@
-"""The one Nexus service contract every team serves, whatever its tools are.
+"""The one Nexus service contract every team serves, whatever its tools are, and its wire types.
 
-Imported by workflow code on the caller side, so it holds types only.
+Imported by workflow code on the caller side, so it holds types only: what crosses the Nexus
+boundary (catalogs, calls, results) and the error type names both sides agree on.
 """
 
 from __future__ import annotations
 
-import nexusrpc
-from pydantic import BaseModel
+import hashlib
+import re
+from typing import Any
 
-from shared.tools import ToolCall, ToolCatalog, ToolResult
+import nexusrpc
+from pydantic import BaseModel, ConfigDict, Field
 
 TOOL_SERVICE_NAME = "ToolService"
+
+# Error types a tool run can end with (ApplicationError.type). A retry cannot fix the first three.
+TOOL_ERROR = "ToolError"  # the tool refused: out-of-range input, a 4xx upstream
+TOOL_ARGUMENTS_ERROR = "ToolArgumentsError"  # arguments do not match the tool's schema
+TOOL_NOT_FOUND = "ToolNotFound"  # no such tool in the registry
+TOOL_TRANSIENT_ERROR = "ToolTransientError"  # the tool asked to be retried
+TOOL_FAILED = "ToolFailed"  # anything else, after the tool workflow's retries
+NON_RETRYABLE_TOOL_ERRORS = [TOOL_ERROR, TOOL_ARGUMENTS_ERROR, TOOL_NOT_FOUND]
+
+
+TOOL_NAME_PATTERN = r"^[a-zA-Z][a-zA-Z0-9_]{0,63}$"
+
+
+class ToolSpec(BaseModel):
+    """What a caller learns about a tool at run time through `list_tools`."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str = Field(pattern=TOOL_NAME_PATTERN)
+    description: str
+    parameters: dict[str, Any] = Field(description="JSON schema of the arguments object.")
+    version: str = "1.0.0"
+    requires_approval: bool = False
+    timeout_seconds: float = Field(gt=0, description="Upper bound for one execution.")
+    service: str = Field(description="The owning team's service name.")
+
+
+class ToolCatalog(BaseModel):
+    """A team's published tools."""
+
+    service: str
+    tools: list[ToolSpec]
+
+
+class ToolCall(BaseModel):
+    """One request to run a tool. `call_id` is stable across retries of the same call."""
+
+    call_id: str = Field(min_length=1, max_length=200)
+    tool: str = Field(min_length=1, max_length=128)
+    args: dict[str, Any] = Field(default_factory=dict)
+    conversation_id: str = Field(default="", max_length=200)
+
+    @property
+    def workflow_id(self) -> str:
+        return tool_workflow_id(self.call_id)
+
+
+class ToolResult(BaseModel):
+    """The outcome of a successful tool execution."""
+
+    call_id: str
+    tool: str
+    service: str
+    output: Any = None
+
+
+def tool_workflow_id(call_id: str) -> str:
+    """Derive the tool workflow id from the call id, so a repeated start runs the tool once.
+
+    Workflow ids have a length limit and call ids come from LLM providers, so long or unusual ids are
+    hashed rather than trusted verbatim.
+    """
+    if re.fullmatch(r"[A-Za-z0-9._:@-]{1,120}", call_id):
+        return f"tool-{call_id}"
+    return "tool-" + hashlib.sha256(call_id.encode()).hexdigest()[:40]
 
 
 class ListToolsRequest(BaseModel):

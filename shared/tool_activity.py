@@ -9,6 +9,12 @@ from temporalio import activity
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 
+from shared.contract import (
+    TOOL_ARGUMENTS_ERROR,
+    TOOL_ERROR,
+    TOOL_NOT_FOUND,
+    TOOL_TRANSIENT_ERROR,
+)
 from shared.log import bound_context, get_logger
 from shared.tool_workflow import RUN_TOOL_ACTIVITY
 from shared.tools import ToolArgumentsError, ToolCall, ToolContext, ToolError, ToolRegistry
@@ -73,7 +79,7 @@ async def run_registered_tool(
         registered = registry.get(call.tool)
         if registered is None:
             raise ApplicationError(
-                f"unknown tool '{call.tool}'", type="ToolNotFound", non_retryable=True
+                f"unknown tool '{call.tool}'", type=TOOL_NOT_FOUND, non_retryable=True
             )
         context = ToolContext(
             call_id=call.call_id,
@@ -86,13 +92,13 @@ async def run_registered_tool(
             output = await registered.invoke(call.args, context)
         except ToolArgumentsError as err:
             raise ApplicationError(
-                str(err), type="ToolArgumentsError", non_retryable=True
+                str(err), type=TOOL_ARGUMENTS_ERROR, non_retryable=True
             ) from None
         except ToolError as err:
             log.warning("tool refused", error=err.message, retryable=err.retryable)
             raise ApplicationError(
                 err.message,
-                type="ToolTransientError" if err.retryable else "ToolError",
+                type=TOOL_TRANSIENT_ERROR if err.retryable else TOOL_ERROR,
                 non_retryable=not err.retryable,
             ) from None
         bounded = bounded_result(output, max_result_bytes)

@@ -13,12 +13,11 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
+    from shared.contract import NON_RETRYABLE_TOOL_ERRORS, TOOL_FAILED
     from shared.tools import ToolResult, ToolWorkflowInput
 
 TOOL_WORKFLOW_NAME = "ToolWorkflow"
 RUN_TOOL_ACTIVITY = "run_tool"
-# Error types a retry cannot fix; the activity raises them with non_retryable=True as well.
-NON_RETRYABLE_TOOL_ERRORS = ["ToolError", "ToolArgumentsError"]
 # Longer tools run as regular activities: they get their own task, timeouts and heartbeats.
 LOCAL_ACTIVITY_MAX_TIMEOUT = timedelta(seconds=10)
 
@@ -58,7 +57,7 @@ class ToolWorkflow:
             # Surface the tool's own message, not the activity wrapper, to the caller.
             cause = err.cause
             message = cause.message if isinstance(cause, ApplicationError) else str(cause or err)
-            error_type = cause.type if isinstance(cause, ApplicationError) else "ToolFailed"
+            error_type = cause.type if isinstance(cause, ApplicationError) else TOOL_FAILED
             raise ApplicationError(message, type=error_type, non_retryable=True) from None
         return ToolResult(
             call_id=request.call.call_id,

@@ -14,64 +14,42 @@ This module is imported by workflow code (through `imports_passed_through`), so 
 
 from __future__ import annotations
 
-import hashlib
 import inspect
-import re
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, get_type_hints
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 from pydantic_core import to_jsonable_python
+
+from shared.contract import (
+    TOOL_NAME_PATTERN,
+    ToolCall,
+    ToolCatalog,
+    ToolResult,
+    ToolSpec,
+    tool_workflow_id,
+)
 
 if TYPE_CHECKING:
     import temporalio.client
 
-TOOL_NAME_PATTERN = r"^[a-zA-Z][a-zA-Z0-9_]{0,63}$"
-
-
-class ToolSpec(BaseModel):
-    """What a caller learns about a tool at run time through `list_tools`."""
-
-    model_config = ConfigDict(frozen=True)
-
-    name: str = Field(pattern=TOOL_NAME_PATTERN)
-    description: str
-    parameters: dict[str, Any] = Field(description="JSON schema of the arguments object.")
-    version: str = "1.0.0"
-    requires_approval: bool = False
-    timeout_seconds: float = Field(gt=0, description="Upper bound for one execution.")
-    service: str = Field(description="The owning team's service name.")
-
-
-class ToolCatalog(BaseModel):
-    """A team's published tools."""
-
-    service: str
-    tools: list[ToolSpec]
-
-
-class ToolCall(BaseModel):
-    """One request to run a tool. `call_id` is stable across retries of the same call."""
-
-    call_id: str = Field(min_length=1, max_length=200)
-    tool: str = Field(min_length=1, max_length=128)
-    args: dict[str, Any] = Field(default_factory=dict)
-    conversation_id: str = Field(default="", max_length=200)
-
-    @property
-    def workflow_id(self) -> str:
-        return tool_workflow_id(self.call_id)
-
-
-class ToolResult(BaseModel):
-    """The outcome of a successful tool execution."""
-
-    call_id: str
-    tool: str
-    service: str
-    output: Any = None
+# The wire types live beside the Nexus contract; they are re-exported here for tool authors.
+__all__ = [
+    "TOOL_NAME_PATTERN",
+    "RegisteredTool",
+    "ToolArgumentsError",
+    "ToolCall",
+    "ToolCatalog",
+    "ToolContext",
+    "ToolError",
+    "ToolRegistry",
+    "ToolResult",
+    "ToolSpec",
+    "ToolWorkflowInput",
+    "tool_workflow_id",
+]
 
 
 class ToolWorkflowInput(BaseModel):
@@ -99,17 +77,6 @@ class ToolError(Exception):
 
 class ToolArgumentsError(ValueError):
     """Arguments that do not match the tool's schema. The message names every bad field."""
-
-
-def tool_workflow_id(call_id: str) -> str:
-    """Derive the tool workflow id from the call id, so a repeated start runs the tool once.
-
-    Workflow ids have a length limit and call ids come from LLM providers, so long or unusual ids are
-    hashed rather than trusted verbatim.
-    """
-    if re.fullmatch(r"[A-Za-z0-9._:@-]{1,120}", call_id):
-        return f"tool-{call_id}"
-    return "tool-" + hashlib.sha256(call_id.encode()).hexdigest()[:40]
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,289 @@
+"""Tool discovery and dispatch for a conversation: workflow code, deterministic, no I/O.
+
+Discovery turns the teams' catalogs into routes (model-facing name -> endpoint and spec). Dispatch
+runs one model step's calls: it parses and bounds the arguments, runs local tools as activities and
+remote ones over Nexus behind a per-endpoint circuit breaker, never more than a few at once, and
+turns every result or failure into one `ToolOutcome`, which becomes the turn's record and the
+tool message the model reads. Nothing here names a tool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import timedelta
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, NexusOperationError
+
+with workflow.unsafe.imports_passed_through():
+    from orchestrator.models import (
+        LOCAL_TOOL_ACTIVITY,
+        AgentConfig,
+        CarriedState,
+        ChatMessage,
+        CircuitBreaker,
+        LlmToolCall,
+        RunningTool,
+        ToolCallRecord,
+        ToolRoute,
+    )
+    from orchestrator.tools import LOCAL_SERVICE, openai_tool
+    from orchestrator.tools import registry as local_registry
+    from shared.caller import (
+        ToolErrorKind,
+        ToolOutcome,
+        classify_activity_error,
+        execute_tool,
+        innermost_message,
+        list_tools,
+    )
+    from shared.contract import NON_RETRYABLE_TOOL_ERRORS, ToolCall, ToolSpec
+
+# A tool call's result as the turn's record keeps it (the full output is in the store): keeps every
+# turn's update result, and the answers carried across continue-as-new, small.
+RECORD_RESULT_CHARS = 2000
+# Changes to the commands a conversation schedules, guarded so that conversations recorded before
+# them replay unchanged.
+BOUNDED_FAN_OUT_PATCH = "bounded-tool-fan-out"
+REDISCOVERY_PATCH = "rediscover-unavailable-endpoints"
+
+StepResult = tuple[ToolCallRecord, Any]  # the turn's record, and the content the model reads
+
+
+# ---- discovery ---------------------------------------------------------------------------------
+async def discover(config: AgentConfig, state: CarriedState, only: list[str] | None = None) -> None:
+    """Ask every endpoint (or `only` these) for its catalog and rebuild `state.routes`.
+
+    A silent endpoint is skipped and listed in `state.unavailable`; with `only`, the catalogs of
+    the endpoints not asked again are kept.
+    """
+    timeout = timedelta(seconds=config.discovery_timeout_seconds)
+    endpoints = config.tool_endpoints if only is None else only
+    state.discovered_at = workflow.time()
+
+    async def catalog_of(endpoint: str) -> tuple[str, list[ToolSpec] | None]:
+        try:
+            return endpoint, (await list_tools(endpoint, timeout=timeout)).tools
+        except NexusOperationError as err:
+            message = innermost_message(err)
+            workflow.logger.warning("tool endpoint unavailable: %s (%s)", endpoint, message)
+            return endpoint, None
+
+    results = await asyncio.gather(*(catalog_of(e) for e in endpoints))
+    sources: list[tuple[str | None, ToolSpec]] = [(None, t.spec) for t in local_registry]
+    if only is not None:
+        kept = [r for r in state.routes.values() if r.endpoint and r.endpoint not in only]
+        sources.extend((route.endpoint, route.spec) for route in kept)
+    for endpoint, specs in results:
+        sources.extend((endpoint, spec) for spec in specs or [])
+    unavailable = [e for e, specs in results if specs is None]
+    if only is None:
+        unavailable += config.missing_endpoints
+    else:
+        unavailable += [e for e in state.unavailable if e not in only]
+    state.unavailable = unavailable
+    state.routes = build_routes(sources)
+
+
+async def rediscover_unavailable(config: AgentConfig, state: CarriedState) -> None:
+    """A team that was down when the conversation started is asked again, at most every
+    `rediscover_after_seconds`, so it comes back without anything being restarted."""
+    reachable = [e for e in state.unavailable if e in config.tool_endpoints]
+    due = workflow.time() - state.discovered_at >= config.rediscover_after_seconds
+    if reachable and due and workflow.patched(REDISCOVERY_PATCH):
+        await discover(config, state, only=reachable)
+
+
+def build_routes(sources: list[tuple[str | None, ToolSpec]]) -> dict[str, ToolRoute]:
+    """Name each tool for the model; names that collide are qualified by service (`it__status`)."""
+    counts: dict[str, int] = {}
+    for _, spec in sources:
+        counts[spec.name] = counts.get(spec.name, 0) + 1
+    routes: dict[str, ToolRoute] = {}
+    for endpoint, spec in sources:
+        name = spec.name if counts[spec.name] == 1 else f"{spec.service}__{spec.name}"
+        if name not in routes:  # the same service published twice: first endpoint wins
+            routes[name] = ToolRoute(model_name=name, spec=spec, endpoint=endpoint)
+    return routes
+
+
+def model_tools(routes: dict[str, ToolRoute]) -> list[dict[str, Any]]:
+    """The routes as OpenAI tool definitions; a qualified name says which service it is."""
+    return [
+        openai_tool(
+            route.model_name,
+            route.spec.description
+            if route.model_name == route.spec.name
+            else f"[{route.spec.service}] {route.spec.description}",
+            route.spec.parameters,
+        )
+        for route in routes.values()
+    ]
+
+
+# ---- dispatch ----------------------------------------------------------------------------------
+class ToolDispatcher:
+    """Runs the tool calls of one model step for one conversation."""
+
+    def __init__(
+        self,
+        conversation_id: str,
+        config: AgentConfig,
+        state: CarriedState,
+        running: list[RunningTool],
+    ) -> None:
+        self._conversation_id = conversation_id
+        self._config = config
+        self._state = state
+        self._running = running  # shown by the status query while the calls run
+
+    async def run_step(self, turn: int, step: int, calls: list[LlmToolCall]) -> list[StepResult]:
+        """Run a step's calls in parallel, never more than `max_parallel_tools` at once: the
+        server caps in-flight Nexus operations (30 per workflow) and pending activities, and a
+        command over a cap fails every workflow task of the conversation."""
+        limit = self._config.max_parallel_tools
+        if len(calls) <= limit or not workflow.patched(BOUNDED_FAN_OUT_PATCH):
+            runs = (self._run(turn, step, index, call) for index, call in enumerate(calls))
+            return list(await asyncio.gather(*runs))
+        slots = asyncio.Semaphore(limit)
+
+        async def bounded(index: int, call: LlmToolCall) -> StepResult:
+            async with slots:
+                return await self._run(turn, step, index, call)
+
+        return list(await asyncio.gather(*(bounded(i, c) for i, c in enumerate(calls))))
+
+    async def _run(self, turn: int, step: int, index: int, call: LlmToolCall) -> StepResult:
+        route = self._state.routes.get(call.name)
+        service = route.spec.service if route else "unknown"
+        args, problem = self._parse_arguments(call)
+        if route is None:
+            known = ", ".join(sorted(self._state.routes))
+            return refused(call, service, "not_found", f"unknown tool; available: {known}")
+        if args is None:
+            return refused(call, service, "bad_request", problem)
+        # Stable across retries and replays, unique across turns and across reuse of the id.
+        run_tag = workflow.info().first_execution_run_id[:8]
+        tool_call = ToolCall(
+            call_id=f"{self._conversation_id}-{run_tag}-{turn}-{step}-{index}",
+            tool=route.spec.name,
+            args=args,
+            conversation_id=self._conversation_id,
+        )
+        running = RunningTool(name=route.spec.name, service=service)
+        self._running.append(running)
+        try:
+            if route.endpoint is None:
+                outcome = await self._run_local(tool_call)
+            else:
+                outcome = await self._run_remote(route.endpoint, tool_call)
+        finally:
+            self._running.remove(running)
+        return settled(call, service, args, outcome)
+
+    def _parse_arguments(self, call: LlmToolCall) -> tuple[dict[str, Any] | None, str]:
+        limit = self._config.max_tool_arguments_chars
+        if len(call.arguments or "") > limit:
+            return None, f"arguments are {len(call.arguments)} characters; the limit is {limit}"
+        try:
+            args = json.loads(call.arguments or "{}")
+        except json.JSONDecodeError as err:
+            return None, f"arguments are not valid JSON ({err.msg} at position {err.pos})"
+        if not isinstance(args, dict):
+            return None, "arguments must be a JSON object"
+        return args, ""
+
+    async def _run_remote(self, endpoint: str, call: ToolCall) -> ToolOutcome:
+        """Call a team's tool, unless its endpoint's circuit breaker is open."""
+        breaker = self._state.breakers.setdefault(endpoint, CircuitBreaker())
+        now = workflow.time()
+        if breaker.open_until > now:
+            return ToolOutcome.failed(
+                call,
+                endpoint,
+                "unavailable",
+                f"service unavailable: {endpoint} failed {breaker.failures} times in a row; "
+                f"not calling it for another {breaker.open_until - now:.0f} s",
+            )
+        timeout = timedelta(seconds=self._config.tool_timeout_seconds)
+        outcome = await execute_tool(endpoint, call, timeout=timeout)
+        if outcome.error_kind == "unavailable":
+            breaker.failures += 1
+            if breaker.failures >= self._config.breaker_failures:
+                breaker.open_until = workflow.time() + self._config.breaker_cooldown_seconds
+        else:  # it answered (even with an error of the call's own): the service is up
+            breaker.failures = 0
+            breaker.open_until = 0.0
+        return outcome
+
+    async def _run_local(self, call: ToolCall) -> ToolOutcome:
+        registered = local_registry.get(call.tool)
+        try:
+            output = await workflow.execute_activity(
+                LOCAL_TOOL_ACTIVITY,
+                call,
+                start_to_close_timeout=timedelta(
+                    seconds=registered.spec.timeout_seconds if registered else 30.0
+                ),
+                retry_policy=RetryPolicy(
+                    maximum_attempts=registered.max_attempts if registered else 3,
+                    non_retryable_error_types=NON_RETRYABLE_TOOL_ERRORS,
+                ),
+                summary=call.tool,
+            )
+        except ActivityError as err:
+            return ToolOutcome.failed(call, LOCAL_SERVICE, *classify_activity_error(err))
+        return ToolOutcome.succeeded(call, LOCAL_SERVICE, output)
+
+
+# ---- what a call leaves behind: the turn's record and the model's tool message ---------------
+def settled(
+    call: LlmToolCall, service: str, args: dict[str, Any], outcome: ToolOutcome
+) -> StepResult:
+    record = ToolCallRecord(
+        name=outcome.tool,
+        service=service,
+        args=args,
+        ok=outcome.ok,
+        result=preview(outcome.output if outcome.ok else outcome.error),
+    )
+    if outcome.ok:
+        return record, outcome.output
+    return record, {"error": outcome.error_kind, "message": outcome.error}
+
+
+def refused(call: LlmToolCall, service: str, kind: ToolErrorKind | str, message: str) -> StepResult:
+    """A call answered without running: unknown tool, unusable arguments, repeated, not run."""
+    record = ToolCallRecord(
+        name=call.name, service=service, args=preview(call.arguments), ok=False, result=message
+    )
+    return record, {"error": kind, "message": message}
+
+
+def tool_message(call: LlmToolCall, content: Any) -> ChatMessage:
+    return ChatMessage(
+        role="tool",
+        tool_call_id=call.id,
+        name=call.name,
+        content=json.dumps(content, default=str, ensure_ascii=False),
+    )
+
+
+def preview(value: Any) -> Any:
+    """The value itself when small; otherwise the start of its JSON with a visible marker."""
+    text = value if isinstance(value, str) else json.dumps(value, default=str, ensure_ascii=False)
+    if len(text) <= RECORD_RESULT_CHARS:
+        return value
+    return text[:RECORD_RESULT_CHARS] + f"…[truncated {len(text) - RECORD_RESULT_CHARS} characters]"
+
+
+def signature(call: LlmToolCall) -> str:
+    """The call's identity within a turn: its name and canonical arguments."""
+    try:
+        canonical = json.dumps(json.loads(call.arguments or "{}"), sort_keys=True)
+    except json.JSONDecodeError:
+        canonical = call.arguments
+    return f"{call.name}:{canonical}"
