@@ -2,27 +2,36 @@
 
 The tools are built the way the orchestrator builds them: each team registry's `ToolSpec` through
 `openai_tool`. The arguments the router produces are checked against the tools' own validation, and
-the local and Finance tools (pure functions) are run for real to feed the summary step.
+the local and Finance tools (pure functions) are run for real to feed the summary step. Tools that
+are not ours check that everything comes from the schemas; a guard checks that the package names
+none of our tools, result fields or demo labels.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 from decimal import Decimal
-from typing import Any
+from pathlib import Path
+from typing import Any, get_type_hints
 
+import jsonschema
 import litellm  # conftest sets LITELLM_LOCAL_MODEL_COST_MAP before any test module loads
 import pytest
+from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
 
+import orchestrator.offline_model as offline_package
 from finance_service.tools import registry as finance_registry
 from it_service.tools import registry as it_registry
+from orchestrator.demo import SCRIPT as DEMO_SCRIPT
 from orchestrator.models import OFFLINE_MODEL
 from orchestrator.offline_model import OfflineKeywordRouter, register_offline_model
 from orchestrator.tools import openai_tool
 from orchestrator.tools import registry as local_registry
-from shared.tools import RegisteredTool
+from shared.caller import ToolOutcome
+from shared.tools import RegisteredTool, ToolArgumentsError
 
 REGISTRIES = {"local": local_registry, "it": it_registry, "finance": finance_registry}
 REGISTERED: dict[str, RegisteredTool] = {
@@ -63,6 +72,16 @@ DEMO_TURNS = [
         ],
     ),
     ("What is my IP address?", [("get_ip", {})]),
+    # The chaos script's turns (infrastructure/chaos.py).
+    (
+        "Track IP 192.0.2.7 and what is (7 + 2) * 3?",
+        [("track_ip", {"ip": "192.0.2.7"}), ("calculator", {"expression": "(7 + 2) * 3"})],
+    ),
+    (
+        "Set my Jira project to OPS and what's the weather in Paris?",
+        [("set_jira_project", {"project": "OPS"}), ("weather", {"city": "Paris"})],
+    ),
+    ("Show my IP history", [("get_ip_history", {})]),
 ]
 SERVICE_OF = {t.spec.name: t.spec.service for t in REGISTERED.values()}
 
@@ -124,6 +143,15 @@ async def run_tool(name: str, arguments: str) -> Any:
     return to_jsonable_python(output)
 
 
+def tool_message(call_id: str, content: Any, name: str | None = None) -> dict[str, Any]:
+    message = {"role": "tool", "tool_call_id": call_id, "content": json.dumps(content)}
+    return message | ({"name": name} if name else {})
+
+
+def test_the_demo_script_is_what_is_tested_here() -> None:
+    assert [text for text, _ in DEMO_TURNS[: len(DEMO_SCRIPT)]] == DEMO_SCRIPT
+
+
 @pytest.mark.parametrize(("text", "expected"), DEMO_TURNS, ids=[t for t, _ in DEMO_TURNS])
 async def test_demo_messages_route_to_the_right_tools(
     text: str, expected: list[tuple[str, dict[str, Any]]]
@@ -158,16 +186,10 @@ async def test_service_qualified_tool_names_route_the_same(
 
 async def test_tool_results_are_summarised_in_a_final_answer() -> None:
     messages, message = await run_turn(DEMO_TURNS[0][0])
+    outputs = {}
     for call in message.tool_calls:
-        output = await run_tool(call.function.name, call.function.arguments)
-        messages.append(
-            {
-                "role": "tool",
-                "tool_call_id": call.id,
-                "name": call.function.name,
-                "content": json.dumps(output),
-            }
-        )
+        outputs[call.function.name] = await run_tool(call.function.name, call.function.arguments)
+        messages.append(tool_message(call.id, outputs[call.function.name], call.function.name))
 
     response = await complete(messages)
 
@@ -175,40 +197,174 @@ async def test_tool_results_are_summarised_in_a_final_answer() -> None:
     assert choice.finish_reason == "stop"
     assert not choice.message.tool_calls
     lines = choice.message.content.splitlines()
-    assert lines[0] == "calculator: 73"
-    assert lines[1].startswith("weather: Paris, ")
-    assert lines[1].endswith("(demo data)")
-    assert any(line.startswith("Note: demo data") for line in lines)
+    assert lines[0] == "calculator: expression (17.5 * 4) + 3, result 73"
+    weather = outputs["weather"]
+    assert lines[1] == (
+        f"weather: city Paris, temperature c {weather['temperature_c']}, "
+        f"conditions {weather['conditions']}, source {weather['source']}"
+    )
+    # A sentence the tool wrote about its result reaches the user as written, on its own line.
+    assert lines[2:] == [f"  note: {weather['note']}"]
 
 
-async def test_summary_reports_errors_and_demo_labels(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_finance_results_and_a_validation_error_are_summarised(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.delenv("QUOTE_API_URL", raising=False)
     messages, message = await run_turn(DEMO_TURNS[3][0])
     quote = await run_tool("stock_price", message.tool_calls[0].function.arguments)
     roi = await run_tool("calculate_roi", message.tool_calls[1].function.arguments)
     # Tool messages without `name`: the router finds it from the assistant's tool calls.
-    messages.append(
-        {"role": "tool", "tool_call_id": message.tool_calls[0].id, "content": json.dumps(quote)}
-    )
-    messages.append(
-        {"role": "tool", "tool_call_id": message.tool_calls[1].id, "content": json.dumps(roi)}
-    )
+    messages += [tool_message(message.tool_calls[0].id, quote)]
+    messages += [tool_message(message.tool_calls[1].id, roi)]
 
     answer = (await complete(messages)).choices[0].message.content
 
-    expected_final = (Decimal(10000) * Decimal("1.07") ** 5).quantize(Decimal("0.01")).normalize()
-    assert re.search(r"^stock_price: AAPL, price [\d.]+ USD \(demo data\)$", answer, re.M)
-    assert "calculate_roi: principal 10000" in answer
-    assert f"final value {expected_final}" in answer
-    assert "Note: demo data: set QUOTE_API_URL for live quotes" in answer
+    expected_final = (Decimal(10000) * Decimal("1.07") ** 5).quantize(Decimal("0.01"))
+    assert answer.splitlines() == [
+        f"stock_price: ticker AAPL, price {quote['price']}, currency USD, source {quote['source']}",
+        f"  note: {quote['note']}",
+        f"calculate_roi: principal 10000, rate percent 7, years 5, final value {expected_final}, "
+        f"profit {roi['profit']}, roi percent {roi['roi_percent']}",
+    ]
 
-    error = {"error": "bad_request", "message": "invalid arguments for tool 'track_ip': 'ip'"}
+    # An invalid address is not taken from the text: the call goes out empty, the tool refuses.
     messages, message = await run_turn("track IP 999.1.1.1")
-    messages.append(
-        {"role": "tool", "tool_call_id": message.tool_calls[0].id, "content": json.dumps(error)}
-    )
+    assert calls_of_message(message) == [("track_ip", {"ip": ""})]
+    with pytest.raises(ToolArgumentsError) as refused:
+        REGISTERED["track_ip"].validate_arguments({"ip": ""})
+    error = {"error": "bad_request", "message": str(refused.value)}
+    messages.append(tool_message(message.tool_calls[0].id, error))
     answer = (await complete(messages)).choices[0].message.content
-    assert answer == "track_ip: error (bad_request): invalid arguments for tool 'track_ip': 'ip'"
+    assert answer == f"track_ip: error bad_request\n  message: {refused.value}"
+
+
+def calls_of_message(message: Any) -> list[tuple[str, dict[str, Any]]]:
+    return [(c.function.name, json.loads(c.function.arguments)) for c in message.tool_calls]
+
+
+async def test_any_json_result_is_rendered_generically() -> None:
+    results = {
+        "nested": {"flag": True, "missing": None, "empty": "", "inner": {"a": 1, "b": [1, 2]}},
+        "rows": [
+            {"on": True, "id": "r1", "x": 1},
+            {"id": "r2", "x": 2},
+            *({"n": n} for n in range(3, 8)),
+        ],
+        "array": [],
+        "text": "plain words",
+        "prose_only": {"explanation": "nothing was found for this query today"},
+        "twice": {"value": 1, "caveat": "numbers are rounded to whole units"},
+        "again": {"value": 2, "caveat": "numbers are rounded to whole units"},
+        "long": {"blob": "y" * 400},
+        "empty": {},
+    }
+    messages: list[dict[str, Any]] = user("anything")
+    calls = [
+        {"id": f"c{i}", "type": "function", "function": {"name": n, "arguments": "{}"}}
+        for i, n in enumerate(results)
+    ]
+    messages.append({"role": "assistant", "content": None, "tool_calls": calls})
+    messages += [tool_message(f"c{i}", r) for i, r in enumerate(results.values())]
+    messages.append({"role": "tool", "tool_call_id": "c9", "name": "raw", "content": "not JSON"})
+
+    lines = (await complete(messages)).choices[0].message.content.splitlines()
+
+    assert lines[:4] == [
+        "nested: flag yes, inner (a 1, b [1, 2])",
+        "rows: [r1, r2, 3, 4, 5] (+2 more)",
+        "array: none",
+        "text: plain words",
+    ]
+    assert lines[4] == "prose_only: explanation: nothing was found for this query today"
+    # The same sentence from two results is said once.
+    assert lines[5:8] == [
+        "twice: value 1",
+        "  caveat: numbers are rounded to whole units",
+        "again: value 2",
+    ]
+    assert lines[8].startswith("long: blob yyy") and lines[8].endswith("...")
+    assert len(lines[8]) == 300
+    assert lines[9:] == ["empty: done", "raw: not JSON"]
+
+
+BOOK_ROOM = {
+    "type": "function",
+    "function": {
+        "name": "book_room",
+        "description": "Reserve a hotel room.",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "room": {"type": "string", "pattern": "^R\\d{3}$"},
+                "nights": {"type": "integer", "minimum": 1},
+                "guests": {"type": "integer", "minimum": 1},
+                "view": {"type": "string", "enum": ["sea", "garden"]},
+            },
+            "required": ["room", "nights"],
+        },
+    },
+}
+OTHER_TOOLS: list[dict[str, Any]] = [
+    BOOK_ROOM,
+    openai_tool(
+        "ping_host",
+        "Send an echo request to a host.",
+        {
+            "type": "object",
+            "properties": {"host": {"type": "string", "format": "ipv4"}},
+            "required": ["host"],
+        },
+    ),
+    openai_tool(
+        "evaluate_formula",
+        "Work out a value.",
+        {
+            "type": "object",
+            "properties": {"formula": {"type": "string", "description": "A math formula."}},
+            "required": ["formula"],
+        },
+    ),
+    openai_tool(
+        "translate_text",
+        "Translate a phrase into a language.",
+        {
+            "type": "object",
+            "properties": {
+                "language": {"type": "string", "description": "Target language name."},
+                "formal": {"type": "boolean"},
+            },
+            "required": ["language", "formal"],
+        },
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "Book room R101 for 2 guests for 3 nights with a garden view",
+            ("book_room", {"room": "R101", "nights": 3, "guests": 2, "view": "garden"}),
+        ),
+        ("Ping 2001:db8::1 and 10.0.0.1", ("ping_host", {"host": "10.0.0.1"})),
+        ("Evaluate 2 plus 3 times 4", ("evaluate_formula", {"formula": "2 + 3 * 4"})),
+        ("Translate this into German", ("translate_text", {"language": "German", "formal": False})),
+    ],
+)
+async def test_arguments_of_any_tool_come_from_its_schema(
+    text: str, expected: tuple[str, dict[str, Any]]
+) -> None:
+    response = await complete(user(text), tools=OTHER_TOOLS)
+
+    assert calls_of(response) == [expected]
+    schema = next(
+        t["function"]["parameters"] for t in OTHER_TOOLS if t["function"]["name"] == expected[0]
+    )
+    validator = jsonschema.Draft202012Validator(
+        schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
+    )
+    validator.validate(expected[1])
 
 
 async def test_same_input_gives_the_same_output() -> None:
@@ -295,3 +451,58 @@ def test_registration_is_idempotent_and_keeps_other_providers() -> None:
         assert other in litellm.custom_provider_map
     finally:
         litellm.custom_provider_map[:] = saved
+
+
+# ------------------------------------------------------------------------------------------------
+# The guard: the package learns tools and results at run time, so it names none of ours.
+
+PACKAGE = Path(offline_package.__file__).parent
+
+
+def _field_names(schema: Any) -> set[str]:
+    if isinstance(schema, list):
+        return set().union(*map(_field_names, schema))
+    if not isinstance(schema, dict):
+        return set()
+    own = set(schema.get("properties", {})) if isinstance(schema.get("properties"), dict) else set()
+    return own.union(*map(_field_names, schema.values()))
+
+
+def _our_names() -> tuple[set[str], set[str]]:
+    """(words that may appear nowhere, field names that may not be string constants)."""
+    tools = {name.lower() for name in REGISTERED} | {"jira", "roi", "demo"}
+    fields = {"ok", "output", "error_kind", "error", "message"}  # outcome and failure shapes
+    assert fields <= set(ToolOutcome.model_fields) | {"message"}
+    for registered in REGISTERED.values():
+        returned = get_type_hints(registered.function)["return"]
+        assert issubclass(returned, BaseModel)
+        fields |= _field_names(returned.model_json_schema())
+    return tools | {f for f in fields if "_" in f}, fields
+
+
+def offences(source: str) -> list[str]:
+    """Our tool names, result fields and demo labels found in one module's source."""
+    anywhere, as_constants = _our_names()
+    found = [w for w in anywhere if re.search(rf"\b{re.escape(w)}\b", source, re.IGNORECASE)]
+    constants = [
+        node.value.lower()
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.Constant) and isinstance(node.value, str)
+    ]
+    return found + [c for c in constants if c in as_constants]
+
+
+def test_the_guard_catches_names_of_ours() -> None:
+    assert offences('"""Nothing of ours."""\nx = data.get("value")\n') == []
+    assert offences("# what the weather tool returns\n") == ["weather"]
+    assert offences('if key in ("source", "Note"):\n    pass\n') == ["source", "note"]
+    assert offences("value = data['result']\n") == ["result"]
+    assert offences('"""Reads temperature_c."""\n') == ["temperature_c"]
+    assert offences("label = 'Demo data'\n") == ["demo"]
+
+
+@pytest.mark.parametrize("module", sorted(PACKAGE.glob("*.py")), ids=lambda p: p.name)
+def test_the_package_names_no_tool_result_field_or_label_of_ours(module: Path) -> None:
+    source = module.read_text()
+    assert offences(source) == []
+    assert len(source.splitlines()) <= 250
