@@ -4,14 +4,73 @@ Start-up stays fast: nothing here imports litellm or workflow code; conversation
 workflow and update names through `orchestrator.client`.
 """
 
+# The interrupt handler below is installed before the slower imports (about a second), so that
+# section has to come first.
+# ruff: noqa: E402
+
 from __future__ import annotations
 
-import asyncio
-import json
+import os
+import signal
 import sys
+from types import FrameType
+from typing import Any
+
+try:
+    import termios
+except ImportError:  # not a POSIX terminal: nothing to restore
+    termios = None  # type: ignore[assignment]
+
+INTERRUPTED_EXIT_CODE = 130  # 128 + SIGINT, what shells report for a Ctrl-C'd command
+_terminal_settings: list[Any] | None = None
+
+
+def _exit_interrupted(signum: int, frame: FrameType | None) -> None:
+    """Ctrl-C: say "interrupted" and leave at once with 130, wherever the program was.
+
+    Leaving through KeyboardInterrupt is not reliable here: asyncio waits for the thread reading a
+    `chat` line before it lets go, the SDK turns the cancelled update into "did not answer in
+    time", and the Temporal core's threads can abort interpreter finalisation. Nothing is lost by
+    leaving: the conversation is durable, and a message already sent is answered and kept.
+    """
+    try:
+        sys.stdout.flush()  # what was already printed (an answer) still reaches a pipe
+    except Exception:  # interrupted in the middle of a write to the same stream
+        pass
+    if termios is not None and _terminal_settings is not None:
+        try:  # a chat line being read left the terminal without echo
+            termios.tcsetattr(0, termios.TCSADRAIN, _terminal_settings)
+        except (OSError, termios.error):
+            pass
+    if os.isatty(1):
+        os.write(1, b"\x1b[?25h\n")  # rich's status spinner hides the cursor; show it again
+    os.write(2, b"interrupted\n")
+    os._exit(INTERRUPTED_EXIT_CODE)
+
+
+def _exit_on_interrupt() -> None:
+    global _terminal_settings
+    if termios is not None and _terminal_settings is None and os.isatty(0):
+        try:
+            _terminal_settings = termios.tcgetattr(0)
+        except termios.error:
+            pass
+    signal.signal(signal.SIGINT, _exit_interrupted)
+
+
+# Only when this process is the `agent` command: a program that imports this module (the demo)
+# keeps its own Ctrl-C handling until it calls main().
+if os.path.basename(sys.argv[0]) == "agent":
+    _exit_on_interrupt()
+
+import asyncio
+import io
+import json
+import logging
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, NoReturn, TypeVar
+from pathlib import Path
+from typing import Annotated, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -25,10 +84,25 @@ from temporalio.client import (
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from orchestrator.client import ConversationClient
+from orchestrator.client import (
+    ConversationClient,
+    ConversationEndedError,
+    InvalidMessageError,
+    check_conversation_id,
+    check_message,
+)
+from orchestrator.config import OrchestratorSettings
 from orchestrator.models import ConversationStatus, TurnResult, Usage
+from orchestrator.store_backup import (
+    StoreBackupError,
+    StoreCounts,
+    backup_store,
+    restore_store,
+    sqlite_store_path,
+)
 from shared.caller import innermost_message
 from shared.config import ConfigError, OrchestratorTemporalSettings, load_settings
+from shared.log import configure_logging
 from shared.temporal import connect
 
 app = typer.Typer(
@@ -38,6 +112,12 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+store_app = typer.Typer(
+    name="store",
+    help="Back up and restore the SQLite conversation store (ORCHESTRATOR_STORE_URL).",
+    no_args_is_help=True,
+)
+app.add_typer(store_app)
 out = Console()
 err = Console(stderr=True)
 T = TypeVar("T")
@@ -73,19 +153,16 @@ async def _conversations() -> tuple[ConversationClient, OrchestratorTemporalSett
 def _run(work: Callable[[], Awaitable[T]]) -> T:
     try:
         return asyncio.run(_translate(work))
-    except CliError as error:
+    except (CliError, ConfigError) as error:
         _fail(str(error))
-    except ConfigError as error:
-        _fail(str(error))
-    except KeyboardInterrupt:
-        err.print("interrupted")
-        raise typer.Exit(130) from None
 
 
 async def _translate(work: Callable[[], Awaitable[T]]) -> T:
     """Turn SDK errors into one readable line each."""
     try:
         return await work()
+    except (InvalidMessageError, ConversationEndedError) as error:
+        raise CliError(str(error)) from None
     except WorkflowUpdateFailedError as error:
         raise CliError(innermost_message(error)) from None
     except WorkflowUpdateRPCTimeoutOrCancelledError:
@@ -107,14 +184,21 @@ def _first_line(error: BaseException) -> str:
 
 
 def _fail(message: str) -> NoReturn:
-    err.print(f"[red]error:[/] {escape(message)}")
+    _print_error(message)
     raise typer.Exit(1)
 
 
-def _check_message(message: str) -> str:
-    if not message.strip():
-        raise CliError("the message is empty")
-    return message
+def _print_error(message: str) -> None:
+    """One line on stderr (never wrapped at the console width, line breaks in a server's message
+    joined), so a script can grep it."""
+    line = " ".join(part.strip() for part in message.splitlines() if part.strip())
+    err.print(f"[red]error:[/] {escape(_printable(line))}", soft_wrap=True)
+
+
+def _printable(text: str) -> str:
+    """`text` with anything the terminal cannot be sent (a path with invalid UTF-8 bytes, kept
+    by Python as lone surrogates) shown as an escape, so printing it cannot fail."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _new_conversation_id() -> str:
@@ -154,7 +238,7 @@ def _print_turn(result: TurnResult) -> None:
     if result.ok:
         out.print(f"[bold cyan]agent:[/] {escape(result.answer)}")
     else:
-        err.print(f"[red]error:[/] {escape(result.error or 'the turn failed')}")
+        _print_error(result.error or "the turn failed")
 
 
 def _compact(value: Any, limit: int = 120) -> str:
@@ -224,7 +308,9 @@ def send(
 
 def _check_and_send(conversation_id: str, message: str, *, as_json: bool, new: bool) -> None:
     async def work() -> TurnResult:
-        _check_message(message)
+        # Before connecting: a message the client would refuse needs no server to be refused.
+        check_conversation_id(conversation_id)
+        check_message(message)
         conversations, _ = await _conversations()
         result = await _send_with_status(
             conversations, conversation_id, message, live=not as_json and out.is_terminal
@@ -255,8 +341,13 @@ def chat(
 ) -> None:
     """Interactive, multi-turn chat. Type /exit (or Ctrl-D) to leave; the conversation stays."""
     conversation_id = conversation or _new_conversation_id()
+    if isinstance(sys.stdin, io.TextIOWrapper):
+        # Invalid UTF-8 typed or piped in becomes lone surrogates instead of a UnicodeDecodeError
+        # that would end the chat; check_message then names the bad byte and where it is.
+        sys.stdin.reconfigure(errors="surrogateescape")
 
     async def work() -> None:
+        check_conversation_id(conversation_id)
         conversations, _ = await _conversations()
         out.print(f"[bold]conversation[/] {conversation_id}  ·  /exit to leave, /end to close it")
         if conversation:
@@ -270,14 +361,22 @@ def chat(
                 message = await asyncio.to_thread(out.input, "[bold green]you:[/] ")
             except EOFError:
                 break
-            message = message.strip()
-            if not message:
+            if not message.strip():
                 continue
+            try:
+                check_message(message)  # positions are those of the line as typed
+            except InvalidMessageError as error:
+                _print_error(str(error))
+                continue
+            message = message.strip()
             if message in ("/exit", "/quit"):
                 break
             if message == "/end":
-                await conversations.end(conversation_id)
-                out.print("conversation ended")
+                try:
+                    await conversations.end(conversation_id)
+                    out.print("conversation ended")
+                except ConversationEndedError as ended:
+                    out.print(escape(str(ended)))
                 return
             try:
                 result = await _translate(
@@ -286,7 +385,7 @@ def chat(
                     )
                 )
             except CliError as error:
-                err.print(f"[red]error:[/] {escape(str(error))}")
+                _print_error(str(error))
                 continue
             if not announced:
                 await _announce_model(conversations, conversation_id)
@@ -305,6 +404,7 @@ def history(
     """Show a conversation's turns, tool calls and usage."""
 
     async def work() -> list[TurnResult]:
+        check_conversation_id(conversation_id)
         conversations, _ = await _conversations()
         return await conversations.turns(conversation_id)
 
@@ -338,17 +438,58 @@ def history(
 
 @app.command()
 def end(conversation_id: Annotated[str, typer.Argument(help="Conversation id.")]) -> None:
-    """Close a conversation. Its history stays readable."""
+    """Close a conversation. Its history stays readable. Ending it again is not an error."""
 
-    async def work() -> Usage:
+    async def work() -> tuple[Usage | None, bool]:
+        check_conversation_id(conversation_id)
         conversations, _ = await _conversations()
-        return await conversations.end(conversation_id)
+        try:
+            return await conversations.end(conversation_id), False
+        except ConversationEndedError as ended:
+            return ended.usage, True
 
-    usage = _run(work)
-    out.print(
-        f"conversation {conversation_id} ended · {usage.prompt_tokens + usage.completion_tokens} "
-        f"tokens, ${usage.cost_usd:.4f}"
+    usage, already = _run(work)
+    # Exit 0 when it had already ended, like `rm -f` or `systemctl stop`: the state asked for
+    # holds, and a script that retries `end` after a timeout (the first one may have landed)
+    # must not see a failure. An unknown id is still an error (exit 1).
+    verb = "has already ended" if already else "ended"
+    totals = (
+        f" · {usage.prompt_tokens + usage.completion_tokens} tokens, ${usage.cost_usd:.4f}"
+        if usage is not None
+        else ""
     )
+    out.print(f"conversation {conversation_id} {verb}{totals}")
+
+
+@app.command()
+def refresh(
+    conversation_id: Annotated[str, typer.Argument(help="Conversation id.")],
+    as_json: JsonOption = False,
+) -> None:
+    """Discover the conversation's tools again, e.g. after a team deployed new tools or an
+    unavailable tool service came back."""
+
+    async def work() -> ConversationStatus:
+        check_conversation_id(conversation_id)
+        conversations, _ = await _conversations()
+        return await conversations.refresh_tools(conversation_id)
+
+    status = _run(work)
+    if as_json:
+        payload = {
+            "conversation_id": conversation_id,
+            "tools": status.tools,
+            "unavailable_endpoints": status.unavailable_endpoints,
+        }
+        print(json.dumps(payload, ensure_ascii=False))
+        return
+    out.print(f"conversation {conversation_id}: {len(status.tools)} tools")
+    for tool in status.tools:
+        out.print(f"  {escape(tool)}")
+    if status.unavailable_endpoints:
+        out.print(
+            "[yellow]still unavailable:[/] " + escape(", ".join(status.unavailable_endpoints))
+        )
 
 
 @app.command("list")
@@ -371,9 +512,85 @@ def list_conversations(
     out.print(table)
 
 
-def main() -> None:
+# ---- store ---------------------------------------------------------------------------------------
+BackupPath = Annotated[Path, typer.Argument(help="Backup file.", dir_okay=False)]
+
+
+@store_app.command("backup")
+def store_backup(path: BackupPath) -> None:
+    """Copy the live store to PATH (mode 0600), safely while the orchestrator worker runs."""
+    store_url = _store_url()
+    try:
+        counts = backup_store(store_url, path)
+    except StoreBackupError as error:
+        _fail(str(error))
+    _report_copy("backed up", counts, sqlite_store_path(store_url), path, "to")
+
+
+@store_app.command("restore")
+def store_restore(path: BackupPath) -> None:
+    """Replace the live store's content with the backup at PATH (the worker may keep running)."""
+    store_url = _store_url()
+    try:
+        counts = restore_store(store_url, path)
+    except StoreBackupError as error:
+        _fail(str(error))
+    _report_copy("restored", counts, path, sqlite_store_path(store_url), "into")
+
+
+def _store_url() -> str:
+    try:
+        return load_settings(OrchestratorSettings).store_url
+    except ConfigError as error:
+        _fail(str(error))
+
+
+def _report_copy(verb: str, counts: StoreCounts, source: Path, target: Path, word: str) -> None:
+    out.print(
+        escape(_printable(f"{verb} {counts.describe()} from {source} {word} {target}")),
+        soft_wrap=True,
+    )
+
+
+# ---- entry point ---------------------------------------------------------------------------------
+def main() -> NoReturn:
+    """The `agent` command: run it, then leave without interpreter finalisation.
+
+    The Temporal core runtime's threads outlive the last client; when the interpreter finalises
+    while one of them still holds a Python object, it aborts (`Fatal Python error:
+    PyGILState_Release`, exit 134, sometimes a segfault) after the answer was printed, and a
+    script would send its message again. The SDK has no way to stop that runtime, so the command
+    flushes its output and ends the process with the command's exit code via os._exit.
+    """
+    _exit_on_interrupt()
+    # Logs (the SDK's and the core's, forwarded by shared.temporal) go to stderr only: stdout
+    # carries answers and --json objects.
+    configure_logging(level=os.environ.get("LOG_LEVEL", "WARNING"))
+    code = _run_app()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # a closed pipe: nothing more can be told to the reader
+            pass
+    os._exit(code)
+
+
+def _run_app() -> int:
+    """Run the typer app and return its exit code (typer and click always leave by SystemExit)."""
     try:
         app()
+    except SystemExit as exit_:
+        if exit_.code is None or isinstance(exit_.code, int):
+            return exit_.code or 0
+        _print_error(str(exit_.code))
+        return 1
     except ConfigError as error:  # settings read before a command runs
-        err.print(f"[red]error:[/] {escape(str(error))}")
-        sys.exit(1)
+        _print_error(str(error))
+        return 1
+    except BrokenPipeError:  # `agent list | head -1`: the reader left; say nothing more
+        return 141  # 128 + SIGPIPE, what the shell reports for other tools in that case
+    except Exception as error:  # a bug; still one line, never a traceback
+        _print_error(f"unexpected {type(error).__name__}: {_first_line(error)}")
+        return 1
+    return 0

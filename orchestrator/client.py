@@ -5,9 +5,9 @@ Imports no litellm and no workflow code: it talks to the workflow by name.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import suppress
 
 from temporalio.client import (
     Client,
@@ -16,6 +16,7 @@ from temporalio.client import (
     WorkflowHandle,
 )
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.service import RPCError, RPCStatusCode
 
 from orchestrator.models import (
     CONVERSATION_WORKFLOW,
@@ -32,6 +33,64 @@ from orchestrator.models import (
     Usage,
 )
 
+# The server refuses payloads over 2 MB and a too-large message fails the conversation's workflow
+# task again and again (PAYLOADS_TOO_LARGE) instead of being refused: refuse far below that, on
+# the client, before anything is sent. A message also travels in the turn's result and in the
+# answers a conversation carries across continue-as-new, hence the wide margin.
+MAX_MESSAGE_BYTES = 256 * 1024
+
+
+class InvalidMessageError(ValueError):
+    """A message or conversation id that cannot be sent: not valid UTF-8, empty, or too large."""
+
+
+class ConversationEndedError(Exception):
+    """The conversation has ended; `usage` is its final total when the server still has it."""
+
+    def __init__(self, conversation_id: str, usage: Usage | None = None) -> None:
+        super().__init__(f"conversation {conversation_id} has already ended")
+        self.conversation_id = conversation_id
+        self.usage = usage
+
+
+def utf8_problem(text: str) -> str | None:
+    """Why `text` cannot be encoded as UTF-8 (naming the character and its 1-based position), or
+    None. Python turns invalid UTF-8 bytes in argv or stdin into lone surrogates U+DC80..U+DCFF
+    (surrogateescape); the original byte is recovered to name it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        character = text[error.start]
+        position = error.start + 1
+        if 0xDC80 <= ord(character) <= 0xDCFF:
+            return f"invalid UTF-8 byte 0x{ord(character) - 0xDC00:02x} at character {position}"
+        return f"unpaired surrogate U+{ord(character):04X} at character {position}"
+    return None
+
+
+def check_message(text: str) -> None:
+    """Raise InvalidMessageError unless `text` can be sent as a message."""
+    problem = utf8_problem(text)
+    if problem:
+        raise InvalidMessageError(f"the message is not valid UTF-8: {problem}")
+    if not text.strip():
+        raise InvalidMessageError("the message is empty")
+    size = len(text.encode("utf-8"))
+    if size > MAX_MESSAGE_BYTES:
+        raise InvalidMessageError(
+            f"the message is {size} bytes of UTF-8; the limit is {MAX_MESSAGE_BYTES} bytes "
+            f"({MAX_MESSAGE_BYTES // 1024} KiB)"
+        )
+
+
+def check_conversation_id(conversation_id: str) -> None:
+    """Raise InvalidMessageError unless `conversation_id` can be used as a workflow id."""
+    problem = utf8_problem(conversation_id)
+    if problem:
+        raise InvalidMessageError(f"the conversation id is not valid UTF-8: {problem}")
+    if not conversation_id.strip():
+        raise InvalidMessageError("the conversation id is empty")
+
 
 class ConversationClient:
     def __init__(self, client: Client, task_queue: str) -> None:
@@ -39,6 +98,9 @@ class ConversationClient:
         self._task_queue = task_queue
 
     def handle(self, conversation_id: str) -> WorkflowHandle[object, Usage]:
+        # Checked here, not left to the SDK: it fails on an unencodable id while it builds the
+        # request, and a surrogate in an id would otherwise surface as a bare UnicodeEncodeError.
+        check_conversation_id(conversation_id)
         return self._client.get_workflow_handle(conversation_id, result_type=Usage)
 
     async def send(
@@ -48,8 +110,17 @@ class ConversationClient:
 
         With a `message_id`, sending the same message again (after a timeout, a crash, a server
         restart) returns its answer instead of asking twice.
+
+        Raises InvalidMessageError, before contacting the server, for a message that is not valid
+        UTF-8, is empty or is over MAX_MESSAGE_BYTES, and for an unusable conversation or message
+        id.
         """
-        start = WithStartWorkflowOperation(
+        check_conversation_id(conversation_id)
+        check_message(text)
+        id_problem = utf8_problem(message_id) if message_id is not None else None
+        if id_problem:
+            raise InvalidMessageError(f"the message id is not valid UTF-8: {id_problem}")
+        start: WithStartWorkflowOperation[object, Usage] = WithStartWorkflowOperation(
             CONVERSATION_WORKFLOW,
             ConversationInput(conversation_id=conversation_id),
             id=conversation_id,
@@ -59,7 +130,7 @@ class ConversationClient:
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
         )
         try:
-            return await self._client.execute_update_with_start_workflow(
+            result: TurnResult = await self._client.execute_update_with_start_workflow(
                 SEND_MESSAGE_UPDATE,
                 text,
                 start_workflow_operation=start,
@@ -67,25 +138,30 @@ class ConversationClient:
                 id=message_id,
             )
         except BaseException:
-            # The start operation holds the same error; collect it so asyncio does not print it.
-            with suppress(BaseException):
-                await start.workflow_handle()
+            await _collect_start_error(start)
             raise
+        return result
 
     async def send_existing(self, conversation_id: str, text: str) -> TurnResult:
         """Send a message to a conversation that must already exist."""
-        return await self.handle(conversation_id).execute_update(
+        check_message(text)
+        result: TurnResult = await self.handle(conversation_id).execute_update(
             SEND_MESSAGE_UPDATE, text, result_type=TurnResult
         )
+        return result
 
     async def status(self, conversation_id: str) -> ConversationStatus:
-        return await self.handle(conversation_id).query(
+        status: ConversationStatus = await self.handle(conversation_id).query(
             STATUS_QUERY, result_type=ConversationStatus
         )
+        return status
 
     async def recent_turns(self, conversation_id: str) -> list[TurnResult]:
         """The last few turns, from the running workflow's state."""
-        return await self.handle(conversation_id).query(TURNS_QUERY, result_type=list[TurnResult])
+        turns: list[TurnResult] = await self.handle(conversation_id).query(
+            TURNS_QUERY, result_type=list[TurnResult]
+        )
+        return turns
 
     async def turns(self, conversation_id: str, page_size: int = 500) -> list[TurnResult]:
         """Every turn of a conversation, read from the store through a `ReadConversation` run."""
@@ -106,12 +182,51 @@ class ConversationClient:
                 return turns
 
     async def refresh_tools(self, conversation_id: str) -> ConversationStatus:
-        return await self.handle(conversation_id).execute_update(
-            REFRESH_TOOLS_UPDATE, result_type=ConversationStatus
-        )
+        """Ask the conversation to discover its tools again; its status lists what it found.
+
+        Raises ConversationEndedError for an ended conversation."""
+        try:
+            status: ConversationStatus = await self.handle(conversation_id).execute_update(
+                REFRESH_TOOLS_UPDATE, result_type=ConversationStatus
+            )
+        except RPCError as error:
+            raise await self._ended_or(error, conversation_id) from None
+        return status
 
     async def end(self, conversation_id: str) -> Usage:
-        return await self.handle(conversation_id).execute_update(END_UPDATE, result_type=Usage)
+        """End the conversation and return its usage.
+
+        Raises ConversationEndedError (with the final usage when known) if it had already ended.
+        """
+        try:
+            usage: Usage = await self.handle(conversation_id).execute_update(
+                END_UPDATE, result_type=Usage
+            )
+        except RPCError as error:
+            raise await self._ended_or(error, conversation_id) from None
+        return usage
+
+    async def _ended_or(self, error: RPCError, conversation_id: str) -> BaseException:
+        """ConversationEndedError when `error` is the server's NOT_FOUND for an update to a closed
+        workflow ("workflow execution already completed"); otherwise `error` itself.
+
+        Decided by describing the workflow, not by the wording of the server's message."""
+        if error.status != RPCStatusCode.NOT_FOUND:
+            return error
+        handle = self.handle(conversation_id)
+        try:
+            description = await handle.describe()
+        except RPCError:
+            return error  # no such conversation at all
+        if description.status == WorkflowExecutionStatus.RUNNING:
+            return error
+        usage = None
+        if description.status == WorkflowExecutionStatus.COMPLETED:
+            try:
+                usage = await handle.result()
+            except Exception:  # usage is a courtesy; the conversation has ended either way
+                usage = None
+        return ConversationEndedError(conversation_id, usage)
 
     async def list(self, limit: int = 50) -> AsyncIterator[tuple[str, str, str]]:
         """(conversation id, status, start time) of recent conversations, newest first."""
@@ -127,3 +242,20 @@ class ConversationClient:
             count += 1
             if count >= limit:
                 return
+
+
+async def _collect_start_error(start: WithStartWorkflowOperation[object, Usage]) -> None:
+    """Retrieve the start operation's error, if it has one, so asyncio does not log it later as
+    "Future exception was never retrieved".
+
+    The SDK settles the start operation only once the request was built. When building it failed
+    (a payload or id that cannot be encoded), the operation is never settled, and awaiting it
+    hung forever: look without waiting.
+    """
+    waiter = asyncio.ensure_future(start.workflow_handle())
+    await asyncio.sleep(0)  # one loop step: a settled operation completes the waiter right away
+    if waiter.done():
+        if not waiter.cancelled():
+            waiter.exception()
+    else:
+        waiter.cancel()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,9 +11,42 @@ from pathlib import Path
 from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
 from temporalio.client import Client, Interceptor, TLSConfig
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.runtime import (
+    LogForwardingConfig,
+    LoggingConfig,
+    Runtime,
+    TelemetryConfig,
+    TelemetryFilter,
+)
 from temporalio.service import RPCError, RPCStatusCode
 
 from shared.config import TemporalSettings
+
+# The Rust core's own log lines (connection retries, poller errors) arrive on this logger.
+CORE_LOGGER_NAME = "temporalio.core"
+
+_runtime_installed = False
+
+
+def install_runtime() -> None:
+    """Make the process's default Temporal runtime forward core logs to Python logging, once.
+
+    Left alone, the core writes its WARN lines (e.g. "gRPC call ... retried 5 times" while a server
+    restarts) straight to stdout, which corrupts `agent ... --json` output. Forwarded, they go
+    through the root logger, whose handler (shared.log) writes to stderr like every other log line.
+    Clients and workers made before this call keep the runtime they were made with.
+    """
+    global _runtime_installed
+    if _runtime_installed:
+        return
+    _runtime_installed = True
+    logging_config = LoggingConfig(
+        # The SDK's default levels: core warnings and errors, other crates' errors only.
+        filter=TelemetryFilter(core_level="WARN", other_level="ERROR"),
+        forwarding=LogForwardingConfig(logger=logging.getLogger(CORE_LOGGER_NAME)),
+    )
+    runtime = Runtime(telemetry=TelemetryConfig(logging=logging_config))
+    Runtime.set_default(runtime, error_if_already_set=False)
 
 
 async def connect(
@@ -28,6 +62,7 @@ async def connect(
             client_cert=_read(settings.tls_cert_path),
             client_private_key=_read(settings.tls_key_path),
         )
+    install_runtime()
     return await Client.connect(
         settings.address,
         namespace=namespace or settings.namespace,

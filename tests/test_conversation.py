@@ -11,7 +11,8 @@ import pytest
 from temporalio.client import WorkflowUpdateFailedError, WorkflowUpdateRPCTimeoutOrCancelledError
 from temporalio.service import RPCError
 
-from orchestrator.client import ConversationClient
+from orchestrator.client import ConversationClient, InvalidMessageError
+from orchestrator.models import SEND_MESSAGE_UPDATE, TurnResult
 from orchestrator.worker import build_orchestrator_worker
 from tests.conftest import Orchestrator, Stack, fake_llm_settings, orchestrator_settings
 from tests.support.fake_http import Reply
@@ -177,9 +178,14 @@ async def test_update_validator_rejections(
     fake_model.script(completion("Hi."))
     assert (await orchestrator.conversations.send(cid, "Hi")).ok
 
+    # The client refuses an empty message before sending; the workflow's validator refuses it
+    # too, for callers that use the update directly.
+    with pytest.raises(InvalidMessageError, match="empty"):
+        await orchestrator.conversations.send(cid, "   ")
+    handle = orchestrator.conversations.handle(cid)
     for text, reason in [("   ", "empty"), ("x" * 2001, "limit is 2000")]:
         with pytest.raises(WorkflowUpdateFailedError) as rejected:
-            await orchestrator.conversations.send(cid, text)
+            await handle.execute_update(SEND_MESSAGE_UPDATE, text, result_type=TurnResult)
         assert reason in str(rejected.value.cause)
 
     # A second message while the first is still being answered.
