@@ -73,7 +73,6 @@ from pathlib import Path
 from typing import Annotated, NoReturn, TypeVar
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 from temporalio.client import (
@@ -93,6 +92,16 @@ from orchestrator.client import (
 )
 from orchestrator.config import OrchestratorSettings
 from orchestrator.models import ConversationStatus, TurnResult, Usage
+from orchestrator.render import (
+    OFFLINE_NOTICE,
+    err,
+    out,
+    print_error,
+    print_turn,
+    printable,
+    send_with_status,
+    turn_json,
+)
 from orchestrator.store_backup import (
     StoreBackupError,
     StoreCounts,
@@ -118,16 +127,7 @@ store_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(store_app)
-out = Console()
-err = Console(stderr=True)
 T = TypeVar("T")
-
-OFFLINE_NOTICE = (
-    "[yellow]Offline model:[/] a deterministic keyword router built into this project, "
-    "[bold]not an LLM[/]. Set LLM_MODEL and a provider key (e.g. OPENAI_API_KEY) on the "
-    "orchestrator worker for a real model."
-)
-UI_ADDRESS = "http://127.0.0.1:8233"
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print a JSON object instead of text.")]
 
@@ -137,7 +137,7 @@ class CliError(Exception):
 
 
 # ---- plumbing --------------------------------------------------------------------------------
-async def _conversations() -> tuple[ConversationClient, OrchestratorTemporalSettings]:
+async def open_conversations() -> tuple[ConversationClient, OrchestratorTemporalSettings]:
     settings = load_settings(OrchestratorTemporalSettings)
     try:
         client: Client = await connect(settings)
@@ -184,93 +184,12 @@ def _first_line(error: BaseException) -> str:
 
 
 def _fail(message: str) -> NoReturn:
-    _print_error(message)
+    print_error(message)
     raise typer.Exit(1)
-
-
-def _print_error(message: str) -> None:
-    """One line on stderr (never wrapped at the console width, line breaks in a server's message
-    joined), so a script can grep it."""
-    line = " ".join(part.strip() for part in message.splitlines() if part.strip())
-    err.print(f"[red]error:[/] {escape(_printable(line))}", soft_wrap=True)
-
-
-def _printable(text: str) -> str:
-    """`text` with anything the terminal cannot be sent (a path with invalid UTF-8 bytes, kept
-    by Python as lone surrogates) shown as an escape, so printing it cannot fail."""
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _new_conversation_id() -> str:
     return f"conv-{uuid.uuid4().hex[:12]}"
-
-
-# ---- rendering ---------------------------------------------------------------------------------
-def _turn_json(result: TurnResult) -> dict[str, Any]:
-    payload = result.model_dump(
-        mode="json", include={"conversation_id", "answer", "tool_calls", "usage"}
-    )
-    if not result.ok:
-        payload["error"] = result.error
-    if result.notes:
-        payload["notes"] = result.notes
-    return payload
-
-
-def _print_turn(result: TurnResult) -> None:
-    if result.tool_calls:
-        table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
-        table.add_column("tool")
-        table.add_column("service")
-        table.add_column("args", overflow="fold")
-        table.add_column("result", overflow="fold")
-        for call in result.tool_calls:
-            mark = "[green]ok[/]" if call.ok else "[red]error[/]"
-            table.add_row(
-                call.name,
-                call.service,
-                escape(_compact(call.args)),
-                f"{mark} {escape(_compact(call.result, 160))}",
-            )
-        out.print(table)
-    for note in result.notes:
-        out.print(f"[dim]note: {escape(note)}[/]")
-    if result.ok:
-        out.print(f"[bold cyan]agent:[/] {escape(result.answer)}")
-    else:
-        _print_error(result.error or "the turn failed")
-
-
-def _compact(value: Any, limit: int = 120) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, default=str)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _describe_status(status: ConversationStatus) -> str:
-    if status.state == "running_tools" and status.running:
-        running = ", ".join(f"{tool.name} on {tool.service}" for tool in status.running)
-        return f"running {running}"
-    return {"thinking": "thinking…", "starting": "starting…"}.get(status.state, status.state)
-
-
-async def _send_with_status(
-    conversations: ConversationClient, conversation_id: str, message: str, *, live: bool
-) -> TurnResult:
-    """Send a message; while it is answered, show which tools run on which service."""
-    task = asyncio.create_task(conversations.send(conversation_id, message))
-    if not live:
-        return await task
-    with out.status("sending…") as status_line:
-        while not task.done():
-            await asyncio.wait({task}, timeout=0.25)
-            if task.done():
-                break
-            try:
-                status = await conversations.status(conversation_id)
-            except RPCError:
-                continue  # not started yet
-            status_line.update(escape(_describe_status(status)))
-    return await task
 
 
 async def _announce_model(conversations: ConversationClient, conversation_id: str) -> None:
@@ -311,8 +230,8 @@ def _check_and_send(conversation_id: str, message: str, *, as_json: bool, new: b
         # Before connecting: a message the client would refuse needs no server to be refused.
         check_conversation_id(conversation_id)
         check_message(message)
-        conversations, _ = await _conversations()
-        result = await _send_with_status(
+        conversations, _ = await open_conversations()
+        result = await send_with_status(
             conversations, conversation_id, message, live=not as_json and out.is_terminal
         )
         if not as_json:
@@ -321,9 +240,9 @@ def _check_and_send(conversation_id: str, message: str, *, as_json: bool, new: b
 
     result = _run(work)
     if as_json:
-        print(json.dumps(_turn_json(result), ensure_ascii=False))
+        print(json.dumps(turn_json(result), ensure_ascii=False))
     else:
-        _print_turn(result)
+        print_turn(result)
         if new:
             err.print(
                 f"[dim]conversation {conversation_id} · continue with `agent send "
@@ -348,7 +267,7 @@ def chat(
 
     async def work() -> None:
         check_conversation_id(conversation_id)
-        conversations, _ = await _conversations()
+        conversations, _ = await open_conversations()
         out.print(f"[bold]conversation[/] {conversation_id}  ·  /exit to leave, /end to close it")
         if conversation:
             turns = await conversations.recent_turns(conversation_id)
@@ -366,7 +285,7 @@ def chat(
             try:
                 check_message(message)  # positions are those of the line as typed
             except InvalidMessageError as error:
-                _print_error(str(error))
+                print_error(str(error))
                 continue
             message = message.strip()
             if message in ("/exit", "/quit"):
@@ -380,17 +299,17 @@ def chat(
                 return
             try:
                 result = await _translate(
-                    lambda m=message: _send_with_status(  # type: ignore[misc]
+                    lambda m=message: send_with_status(  # type: ignore[misc]
                         conversations, conversation_id, m, live=True
                     )
                 )
             except CliError as error:
-                _print_error(str(error))
+                print_error(str(error))
                 continue
             if not announced:
                 await _announce_model(conversations, conversation_id)
                 announced = True
-            _print_turn(result)
+            print_turn(result)
         out.print(f"[dim]resume with `agent chat --conversation {conversation_id}`[/]")
 
     _run(work)
@@ -405,7 +324,7 @@ def history(
 
     async def work() -> list[TurnResult]:
         check_conversation_id(conversation_id)
-        conversations, _ = await _conversations()
+        conversations, _ = await open_conversations()
         return await conversations.turns(conversation_id)
 
     turns = _run(work)
@@ -420,7 +339,7 @@ def history(
                 call.model_dump(mode="json") for turn in turns for call in turn.tool_calls
             ],
             "usage": usage.model_dump(mode="json"),
-            "turns": [{"message": t.message, **_turn_json(t)} for t in turns],
+            "turns": [{"message": t.message, **turn_json(t)} for t in turns],
         }
         print(json.dumps(payload, ensure_ascii=False))
         return
@@ -429,7 +348,7 @@ def history(
     for index, turn in enumerate(turns, start=1):
         out.rule(f"turn {index}")
         out.print(f"[bold green]you:[/] {escape(turn.message)}")
-        _print_turn(turn)
+        print_turn(turn)
     out.print(
         f"[dim]usage: {usage.prompt_tokens} prompt + {usage.completion_tokens} completion "
         f"tokens, ${usage.cost_usd:.4f}[/]"
@@ -442,7 +361,7 @@ def end(conversation_id: Annotated[str, typer.Argument(help="Conversation id.")]
 
     async def work() -> tuple[Usage | None, bool]:
         check_conversation_id(conversation_id)
-        conversations, _ = await _conversations()
+        conversations, _ = await open_conversations()
         try:
             return await conversations.end(conversation_id), False
         except ConversationEndedError as ended:
@@ -471,7 +390,7 @@ def refresh(
 
     async def work() -> ConversationStatus:
         check_conversation_id(conversation_id)
-        conversations, _ = await _conversations()
+        conversations, _ = await open_conversations()
         return await conversations.refresh_tools(conversation_id)
 
     status = _run(work)
@@ -499,7 +418,7 @@ def list_conversations(
     """Recent conversations, newest first."""
 
     async def work() -> list[tuple[str, str, str]]:
-        conversations, _ = await _conversations()
+        conversations, _ = await open_conversations()
         return [row async for row in conversations.list(limit)]
 
     rows = _run(work)
@@ -547,7 +466,7 @@ def _store_url() -> str:
 
 def _report_copy(verb: str, counts: StoreCounts, source: Path, target: Path, word: str) -> None:
     out.print(
-        escape(_printable(f"{verb} {counts.describe()} from {source} {word} {target}")),
+        escape(printable(f"{verb} {counts.describe()} from {source} {word} {target}")),
         soft_wrap=True,
     )
 
@@ -583,14 +502,14 @@ def _run_app() -> int:
     except SystemExit as exit_:
         if exit_.code is None or isinstance(exit_.code, int):
             return exit_.code or 0
-        _print_error(str(exit_.code))
+        print_error(str(exit_.code))
         return 1
     except ConfigError as error:  # settings read before a command runs
-        _print_error(str(error))
+        print_error(str(error))
         return 1
     except BrokenPipeError:  # `agent list | head -1`: the reader left; say nothing more
         return 141  # 128 + SIGPIPE, what the shell reports for other tools in that case
     except Exception as error:  # a bug; still one line, never a traceback
-        _print_error(f"unexpected {type(error).__name__}: {_first_line(error)}")
+        print_error(f"unexpected {type(error).__name__}: {_first_line(error)}")
         return 1
     return 0

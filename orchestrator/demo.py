@@ -7,14 +7,15 @@ session state (the Jira project and tracked addresses) from one turn to the next
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import uuid
 
 from rich.console import Console
 from rich.markup import escape
 
-from orchestrator.cli import OFFLINE_NOTICE, UI_ADDRESS, CliError, _conversations, _print_turn
-from orchestrator.client import ConversationClient
+from orchestrator.cli import CliError, open_conversations
+from orchestrator.render import OFFLINE_NOTICE, UI_ADDRESS, print_turn, send_with_status
 
 SCRIPT = [
     "What is (17.5 * 4) + 3, and what's the weather in Paris?",
@@ -27,20 +28,22 @@ console = Console()
 
 
 async def play() -> int:
-    conversations, settings = await _conversations()
+    conversations, settings = await open_conversations()
     conversation_id = f"demo-{uuid.uuid4().hex[:8]}"
     console.rule(f"[bold]demo conversation {conversation_id}")
     failures = 0
     for index, message in enumerate(SCRIPT, start=1):
         console.print(f"\n[bold green]you ({index}/{len(SCRIPT)}):[/] {escape(message)}")
-        result = await _send(conversations, conversation_id, message)
+        result = await send_with_status(
+            conversations, conversation_id, message, live=console.is_terminal
+        )
         if index == 1:
             status = await conversations.status(conversation_id)
             model = "offline" if status.offline_model else status.model
             console.print(f"[dim]model: {model} · tools discovered: {', '.join(status.tools)}[/]")
             if status.offline_model:
                 console.print(OFFLINE_NOTICE)
-        _print_turn(result)
+        print_turn(result)
         failures += 0 if result.ok and all(c.ok for c in result.tool_calls) else 1
     usage = await conversations.end(conversation_id)
     console.rule("[bold]done")
@@ -57,14 +60,6 @@ async def play() -> int:
     return 1 if failures else 0
 
 
-async def _send(conversations: ConversationClient, conversation_id: str, message: str):  # type: ignore[no-untyped-def]
-    from orchestrator.cli import _send_with_status
-
-    return await _send_with_status(
-        conversations, conversation_id, message, live=console.is_terminal
-    )
-
-
 def main() -> int:
     try:
         return asyncio.run(play())
@@ -74,4 +69,9 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Skip interpreter finalisation: the Temporal core runtime's threads can abort it
+    # (PyGILState_Release) after the demo's client was used, turning success into exit 134.
+    os._exit(code)
