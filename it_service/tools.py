@@ -6,12 +6,13 @@ import asyncio
 import ipaddress
 import socket
 from datetime import timedelta
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from pydantic import BaseModel, Field, IPvAnyAddress
 from temporalio.client import WithStartWorkflowOperation
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError, RPCStatusCode
+from temporalio.workflow import UpdateMethodMultiParam
 
 from it_service.jira import JiraMetrics, JiraSettings, fetch_metrics
 from it_service.ledger import record_effect
@@ -122,7 +123,14 @@ def _require_conversation(context: ToolContext) -> str:
     return context.conversation_id
 
 
-async def _update_session(context: ToolContext, update: object, arg: object) -> SessionState:
+ArgumentT = TypeVar("ArgumentT")
+
+
+async def _update_session(
+    context: ToolContext,
+    update: UpdateMethodMultiParam[[ITSessionWorkflow, ArgumentT], SessionState],
+    arg: ArgumentT,
+) -> SessionState:
     conversation_id = _require_conversation(context)
     start = WithStartWorkflowOperation(
         ITSessionWorkflow.run,
@@ -132,13 +140,10 @@ async def _update_session(context: ToolContext, update: object, arg: object) -> 
         task_queue=context.task_queue,
     )
     # The call id as update id makes a retried activity a no-op on the session.
-    result: SessionState = await context.client.execute_update_with_start_workflow(
-        update,  # type: ignore[arg-type]
-        arg,
-        start_workflow_operation=start,
-        id=f"{update.__name__}-{context.call_id}",  # type: ignore[attr-defined]
+    update_name = getattr(update, "__name__", "update")
+    return await context.client.execute_update_with_start_workflow(
+        update, arg, start_workflow_operation=start, id=f"{update_name}-{context.call_id}"
     )
-    return result
 
 
 async def _session_state(context: ToolContext) -> SessionState:

@@ -14,9 +14,19 @@ from typing import Any
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # never fetch the cost map at import
 
 import litellm
+import litellm.exceptions as litellm_errors
 from temporalio.exceptions import ApplicationError
 
 from orchestrator.models import LLM_AUTH_ERROR, LLM_BAD_REQUEST, LLM_CONTEXT_WINDOW
+
+# `litellm` is re-exported: importing it through this module sets the variable above first.
+__all__ = [
+    "classify_llm_error",
+    "connection_failure",
+    "litellm",
+    "litellm_errors",
+    "retry_after",
+]
 
 MAX_RETRY_AFTER = timedelta(minutes=10)
 # A provider that refuses connections or whose name does not resolve is a configuration problem
@@ -51,20 +61,20 @@ def classify_llm_error(err: Exception, *, trying_since: datetime | None = None) 
             non_retryable=give_up,
             next_retry_delay=None if give_up else UNREACHABLE_RETRY_DELAY,
         )
-    if isinstance(err, litellm.ContextWindowExceededError):
+    if isinstance(err, litellm_errors.ContextWindowExceededError):
         return ApplicationError(
             f"the conversation no longer fits the model's context window: {detail}",
             type=LLM_CONTEXT_WINDOW,
             non_retryable=True,
         )
-    if isinstance(err, litellm.AuthenticationError | litellm.PermissionDeniedError):
+    if isinstance(err, litellm_errors.AuthenticationError | litellm_errors.PermissionDeniedError):
         return ApplicationError(
             f"{provider} rejected the credentials ({_status(err)}): check LLM_API_KEY or the "
             f"provider's key variable. {detail}",
             type=LLM_AUTH_ERROR,
             non_retryable=True,
         )
-    if isinstance(err, litellm.RateLimitError):
+    if isinstance(err, litellm_errors.RateLimitError):
         delay = retry_after(err)
         return ApplicationError(
             f"{provider} is rate limiting requests; retrying"
@@ -74,18 +84,20 @@ def classify_llm_error(err: Exception, *, trying_since: datetime | None = None) 
         )
     if isinstance(
         err,
-        litellm.Timeout
-        | litellm.APIConnectionError
-        | litellm.InternalServerError
-        | litellm.ServiceUnavailableError
-        | litellm.BadGatewayError,
+        litellm_errors.Timeout
+        | litellm_errors.APIConnectionError
+        | litellm_errors.InternalServerError
+        | litellm_errors.ServiceUnavailableError
+        | litellm_errors.BadGatewayError,
     ):
         return ApplicationError(
             f"{provider} is unavailable ({type(err).__name__}): {detail}", type="LlmUnavailable"
         )
     if isinstance(
         err,
-        litellm.BadRequestError | litellm.NotFoundError | litellm.UnprocessableEntityError,
+        litellm_errors.BadRequestError
+        | litellm_errors.NotFoundError
+        | litellm_errors.UnprocessableEntityError,
     ):
         return ApplicationError(
             f"{provider} refused the request ({_status(err)}): {detail}",

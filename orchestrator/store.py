@@ -216,13 +216,13 @@ class PostgresStore(ConversationStore):
         async with await psycopg.AsyncConnection.connect(self._url, autocommit=True) as conn:
             if not self._schema_ready:
                 for statement in SCHEMA:
-                    await conn.execute(statement)  # type: ignore[arg-type]
+                    await conn.execute(statement)
                 self._schema_ready = True
             async with conn.cursor() as cursor:
                 if isinstance(rows, list):
-                    await cursor.executemany(sql, rows)  # type: ignore[arg-type]
+                    await cursor.executemany(sql, rows)
                     return []
-                await cursor.execute(sql, rows)  # type: ignore[arg-type]
+                await cursor.execute(sql, rows)
                 return await cursor.fetchall() if cursor.description else []
 
     async def append(self, conversation_id: str, messages: list[StoredMessage]) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import operator
+from collections.abc import Callable
 from datetime import timedelta
 from decimal import Decimal, DivisionByZero, InvalidOperation, localcontext
 from typing import Annotated, Any, Literal
@@ -20,7 +21,7 @@ LOCAL_SERVICE = "local"
 registry = ToolRegistry(service=LOCAL_SERVICE)
 tool = registry.tool
 
-_BINARY = {
+_BINARY: dict[type[ast.operator], Callable[[Decimal, Decimal], Decimal]] = {
     ast.Add: operator.add,
     ast.Sub: operator.sub,
     ast.Mult: operator.mul,
@@ -29,7 +30,10 @@ _BINARY = {
     ast.Mod: operator.mod,
     ast.Pow: operator.pow,
 }
-_UNARY = {ast.UAdd: operator.pos, ast.USub: operator.neg}
+_UNARY: dict[type[ast.unaryop], Callable[[Decimal], Decimal]] = {
+    ast.UAdd: operator.pos,
+    ast.USub: operator.neg,
+}
 MAX_EXPONENT = 1000
 
 

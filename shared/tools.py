@@ -1,10 +1,10 @@
 """The tool SDK: publishing a tool means writing one typed async function.
 
-    registry = ToolRegistry(service="it")
+    registry = ToolRegistry(service="hr")
 
     @registry.tool(timeout=timedelta(seconds=10))
-    async def jira_metrics(project: str) -> JiraMetrics:
-        '''Issue counts for a Jira project.'''
+    async def leave_balance(employee_id: str) -> LeaveBalance:
+        '''Remaining leave days for an employee.'''
 
 The registry turns the signature into a pydantic model, so the JSON schema the model sees and the
 validation the handler runs before anything starts come from the same source.
@@ -18,7 +18,7 @@ import inspect
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, get_type_hints
+from typing import TYPE_CHECKING, Any, TypeVar, get_type_hints, overload
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 from pydantic_core import to_jsonable_python
@@ -94,6 +94,7 @@ class ToolContext:
 
 
 ToolFunction = Callable[..., Awaitable[Any]]
+FunctionT = TypeVar("FunctionT", bound=ToolFunction)
 
 
 @dataclass(frozen=True)
@@ -137,9 +138,26 @@ class ToolRegistry:
         self.service = service
         self._tools: dict[str, RegisteredTool] = {}
 
+    @overload
+    def tool(self, function: FunctionT, /) -> FunctionT: ...
+
+    @overload
     def tool(
         self,
-        function: ToolFunction | None = None,
+        function: None = None,
+        /,
+        *,
+        name: str | None = None,
+        version: str = "1.0.0",
+        requires_approval: bool = False,
+        timeout: timedelta = timedelta(seconds=30),
+        max_attempts: int = 5,
+    ) -> Callable[[FunctionT], FunctionT]: ...
+
+    def tool(
+        self,
+        function: Any = None,
+        /,
         *,
         name: str | None = None,
         version: str = "1.0.0",
