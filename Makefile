@@ -8,10 +8,10 @@ endif
 RUN := $(UV) run --frozen
 
 .DEFAULT_GOAL := help
-.PHONY: help install system-deps up down status test lint format bench bench-long chaos demo chat clean
+.PHONY: help install system-deps up down status test lint format bench bench-long chaos demo chat clean new-service terraform-teams
 
 help: ## Show the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
 
 install: .venv/.installed ## Install uv (if missing) and the locked dependencies
 
@@ -40,7 +40,7 @@ status: install ## Show which stack processes are running
 lint: install ## Ruff (lint + format check) and mypy
 	$(RUN) ruff check .
 	$(RUN) ruff format --check .
-	$(RUN) mypy shared
+	$(RUN) mypy shared orchestrator infrastructure bench $$(ls -d *_service)
 
 format: install ## Apply ruff fixes and formatting
 	$(RUN) ruff check --fix .
@@ -71,3 +71,9 @@ bench-long: install ## One 10,000-turn conversation to completion (takes a while
 
 clean: down ## Stop the stack and delete its database and logs
 	rm -rf .run
+
+new-service: install ## Scaffold a team from team_template/: make new-service NAME=hr
+	@$(RUN) python -m infrastructure.scaffold "$(NAME)"
+
+terraform-teams: install ## Write infrastructure/terraform/teams.auto.tfvars.json from the team manifests
+	@$(RUN) python -m infrastructure.terraform_teams

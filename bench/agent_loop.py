@@ -29,6 +29,7 @@ from typing import Any
 from temporalio.client import Client, WithStartWorkflowOperation
 from temporalio.common import WorkflowIDConflictPolicy
 
+from bench.calls import BenchCall, bench_calls
 from bench.common import (
     bench_stack,
     fake_model_orchestrator,
@@ -37,7 +38,7 @@ from bench.common import (
     start_worker,
     summarise,
 )
-from bench.fake_model import ONE_TOOL, PLANS, THREE_TOOLS, fake_model_server
+from bench.fake_model import ONE_TOOL, THREE_TOOLS, fake_model_server, plans_for
 from bench.floor import FLOOR_TASK_QUEUE, FloorWorkflow, build_floor_worker
 from orchestrator.client import ConversationClient
 from orchestrator.models import TurnResult
@@ -58,8 +59,8 @@ class BenchFailure(RuntimeError):
     pass
 
 
-def _check_turn(result: TurnResult, tools: int) -> None:
-    expected = [name for name, _ in PLANS[THREE_TOOLS if tools == 3 else ONE_TOOL]]
+def _check_turn(result: TurnResult, calls: list[BenchCall], tools: int) -> None:
+    expected = [call.tool for call in calls[:tools]]
     names = [call.name for call in result.tool_calls]
     if not result.ok or names != expected or not all(call.ok for call in result.tool_calls):
         bad = [call.result for call in result.tool_calls if not call.ok]
@@ -72,9 +73,12 @@ def _check_turn(result: TurnResult, tools: int) -> None:
 class Runner:
     """The four things being timed, each as `await run(conversation_id, turn_index)`."""
 
-    def __init__(self, conversations: ConversationClient, floor_client: Client) -> None:
+    def __init__(
+        self, conversations: ConversationClient, floor_client: Client, calls: list[BenchCall]
+    ) -> None:
         self._conversations = conversations
         self._floor_client = floor_client
+        self._calls = calls
 
     def agent(self, tools: int) -> Callable[[str, int], Awaitable[None]]:
         marker = THREE_TOOLS if tools == 3 else ONE_TOOL
@@ -84,7 +88,7 @@ class Runner:
                 self._conversations.send(conversation_id, f"bench turn {index}: {marker}"),
                 TURN_TIMEOUT,
             )
-            _check_turn(result, tools)
+            _check_turn(result, self._calls, tools)
 
         return run
 
@@ -93,6 +97,7 @@ class Runner:
             # The same client call shape as ConversationClient.send: update-with-start.
             start = WithStartWorkflowOperation(
                 FloorWorkflow.run,
+                self._calls,
                 id=workflow_id,
                 task_queue=FLOOR_TASK_QUEUE,
                 id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
@@ -181,8 +186,10 @@ def _row(name: str, agent: float, floor: float, ratio: float, seed: float | None
 async def main() -> int:
     configure_logging(level=os.environ.get("LOG_LEVEL", "WARNING"))
     load_before = os.getloadavg()
+    calls = bench_calls()
     with ExitStack() as processes:
-        model_url = processes.enter_context(fake_model_server())
+        plans = plans_for([(call.tool, call.args) for call in calls])
+        model_url = processes.enter_context(fake_model_server(plans))
         async with bench_stack() as (clients, exit_stack):
             client = clients["orchestrator"]
             await start_worker(
@@ -190,7 +197,7 @@ async def main() -> int:
                 fake_model_orchestrator(client, ORCHESTRATOR_TASK_QUEUE, model_url),
             )
             await start_worker(exit_stack, build_floor_worker(client))
-            runner = Runner(ConversationClient(client, ORCHESTRATOR_TASK_QUEUE), client)
+            runner = Runner(ConversationClient(client, ORCHESTRATOR_TASK_QUEUE), client, calls)
 
             print(f"latency: {WARMUP_TURNS} warm-up + {LATENCY_TURNS} turns of each kind ...")
             samples = await latency(runner)

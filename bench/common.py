@@ -1,4 +1,4 @@
-"""Shared bench plumbing: an embedded dev server with both team services, and percentile maths."""
+"""Shared bench plumbing: an embedded dev server with every team service, and percentile maths."""
 
 from __future__ import annotations
 
@@ -15,12 +15,10 @@ from typing import Any
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from finance_service.tools import registry as finance_registry
 from infrastructure.devstack import embedded_server
 from infrastructure.setup import EndpointDefinition
-from it_service.tools import registry as it_registry
-from it_service.workflows import ITSessionWorkflow
-from shared.worker import build_team_worker
+from shared.manifest import discover_teams
+from shared.worker import build_manifest_worker
 
 RESULTS_DIR = Path(__file__).parent / "results"
 FAST_PATH_BUDGET = timedelta(milliseconds=500)
@@ -30,28 +28,18 @@ FAST_PATH_BUDGET = timedelta(milliseconds=500)
 async def bench_stack(
     extra_endpoints: list[EndpointDefinition] = (),  # type: ignore[assignment]
 ) -> AsyncIterator[tuple[dict[str, Client], AsyncExitStack]]:
-    """A dev server with namespaces, endpoints, and the IT and Finance workers running in-process.
+    """A dev server with namespaces, endpoints, and every team's worker (one per manifest)
+    running in-process.
 
     Yields per-namespace clients and the exit stack, so a bench can add workers of its own.
     """
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     async with AsyncExitStack() as exit_stack:
         _, clients = await exit_stack.enter_async_context(embedded_server(extra_endpoints))
-        for worker in (
-            build_team_worker(
-                clients["it"],
-                it_registry,
-                task_queue="it-tools",
-                fast_path_budget=FAST_PATH_BUDGET,
-                workflows=[ITSessionWorkflow],
-            ),
-            build_team_worker(
-                clients["finance"],
-                finance_registry,
-                task_queue="finance-tools",
-                fast_path_budget=FAST_PATH_BUDGET,
-            ),
-        ):
+        for team in discover_teams():
+            worker = build_manifest_worker(
+                clients[team.namespace], team, fast_path_budget=FAST_PATH_BUDGET
+            )
             await exit_stack.enter_async_context(worker)
         yield clients, exit_stack
 
@@ -67,13 +55,12 @@ def fake_model_orchestrator(
     return build_orchestrator_worker(
         client,
         task_queue=task_queue,
-        settings=OrchestratorSettings(
-            tool_endpoints=["it-tools", "finance-tools"], store_url=store, **settings
-        ),
+        # tool_endpoints defaults to every team manifest's endpoint: the teams bench_stack runs.
+        settings=OrchestratorSettings(store_url=store, **settings),
         llm_settings=LLMSettings(
             model="openai/fake-model",
             api_base=f"{model_url}/v1",
-            api_key="sk-bench",  # type: ignore[arg-type]
+            api_key="sk-bench",
             timeout_seconds=10,
             temperature=0,
         ),

@@ -1,9 +1,9 @@
 """A 0 ms OpenAI-compatible fake model for the agent-loop bench, run as a separate process.
 
 Stateless: each POST /v1/chat/completions is answered from the request alone.
-- last message from the user: tool calls chosen by a marker in its text
-  ("three tools" -> calculate_roi + stock_price + get_ip, "one tool" -> calculate_roi,
-  no marker -> a final answer);
+- last message from the user: tool calls chosen by a marker in its text ("one tool", "three
+  tools": the plans the parent passes with `--plans`, made from the teams' sample calls, see
+  bench/calls.py), no marker -> a final answer;
 - last message a tool result (or anything else): a short final answer.
 
 Stdlib only, so the bench's parent process imports nothing heavy from here. The server runs in its
@@ -32,37 +32,36 @@ from typing import Any
 HOST = "127.0.0.1"
 ONE_TOOL = "one tool"
 THREE_TOOLS = "three tools"
-ROI_ARGS: dict[str, Any] = {"principal": "1000", "rate": "5", "years": 10}
-STOCK_ARGS: dict[str, Any] = {"ticker": "AAPL"}
-IP_ARGS: dict[str, Any] = {}
-# The real tools the model asks for: calculate_roi and stock_price (Finance), get_ip (IT).
-PLANS: dict[str, list[tuple[str, dict[str, Any]]]] = {
-    ONE_TOOL: [("calculate_roi", ROI_ARGS)],
-    THREE_TOOLS: [("calculate_roi", ROI_ARGS), ("stock_price", STOCK_ARGS), ("get_ip", IP_ARGS)],
-}
+# marker -> the (tool, arguments) calls the model asks for when a user message carries it.
+Plans = dict[str, list[tuple[str, dict[str, Any]]]]
 FINAL_ANSWER = "Done: the tool results are above."
 READY_PREFIX = "fake-model listening on port "
 
 
-def plan_for(text: str) -> list[tuple[str, dict[str, Any]]]:
+def plans_for(calls: list[tuple[str, dict[str, Any]]]) -> Plans:
+    """One tool: the first call; three tools: the first three."""
+    return {ONE_TOOL: calls[:1], THREE_TOOLS: calls[:3]}
+
+
+def plan_for(text: str, plans: Plans) -> list[tuple[str, dict[str, Any]]]:
     lowered = text.lower()
     if (
         THREE_TOOLS in lowered
     ):  # checked first: "three tools" never contains "one tool", but be sure
-        return PLANS[THREE_TOOLS]
+        return plans[THREE_TOOLS]
     if ONE_TOOL in lowered:
-        return PLANS[ONE_TOOL]
+        return plans[ONE_TOOL]
     return []
 
 
-def answer(request: dict[str, Any]) -> dict[str, Any]:
+def answer(request: dict[str, Any], plans: Plans) -> dict[str, Any]:
     """The chat-completion body for one request (the shape of tests/support/fake_llm.py)."""
     messages = request.get("messages") or []
     last = messages[-1] if messages else {}
     calls: list[tuple[str, dict[str, Any]]] = []
     if last.get("role") == "user":
         content = last.get("content")
-        calls = plan_for(content if isinstance(content, str) else json.dumps(content))
+        calls = plan_for(content if isinstance(content, str) else json.dumps(content), plans)
     message: dict[str, Any] = {"role": "assistant", "content": None if calls else FINAL_ANSWER}
     if calls:
         message["tool_calls"] = [
@@ -111,7 +110,8 @@ class _Handler(BaseHTTPRequestHandler):
         except json.JSONDecodeError as err:
             self._send(400, {"error": {"message": f"bad JSON: {err}", "type": "bad_request"}})
             return
-        self._send(200, answer(request))
+        assert isinstance(self.server, _Server)
+        self._send(200, answer(request, self.server.plans))
 
     def _send(self, status: int, body: dict[str, Any]) -> None:
         payload = json.dumps(body).encode()
@@ -128,10 +128,12 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 512  # 100 conversations connect at once; a backlog of 5 drops SYNs
+    plans: Plans = {}
 
 
-def serve(max_seconds: float) -> int:
+def serve(max_seconds: float, plans: Plans) -> int:
     server = _Server((HOST, 0), _Handler)
+    server.plans = plans
     threading.Thread(target=server.serve_forever, daemon=True).start()
     print(f"{READY_PREFIX}{server.server_address[1]}", flush=True)
     # Bounded: stop when the parent goes away (stdin closes) or the lifetime runs out.
@@ -144,10 +146,19 @@ def serve(max_seconds: float) -> int:
 
 
 @contextmanager
-def fake_model_server(start_timeout: float = 15.0, max_seconds: float = 900.0) -> Iterator[str]:
+def fake_model_server(
+    plans: Plans, start_timeout: float = 15.0, max_seconds: float = 900.0
+) -> Iterator[str]:
     """Start the fake model in a child process; yield its base URL (`http://127.0.0.1:<port>`)."""
     process = subprocess.Popen(
-        [sys.executable, str(Path(__file__).resolve()), "--max-seconds", str(max_seconds)],
+        [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--max-seconds",
+            str(max_seconds),
+            "--plans",
+            json.dumps(plans),
+        ],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -178,4 +189,7 @@ def fake_model_server(start_timeout: float = 15.0, max_seconds: float = 900.0) -
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max-seconds", type=float, default=900.0)
-    sys.exit(serve(parser.parse_args().max_seconds))
+    parser.add_argument("--plans", type=json.loads, required=True, help="JSON: marker -> calls")
+    arguments = parser.parse_args()
+    plans = {marker: [(n, dict(a)) for n, a in calls] for marker, calls in arguments.plans.items()}
+    sys.exit(serve(arguments.max_seconds, plans))

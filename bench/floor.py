@@ -3,7 +3,8 @@
 `FloorWorkflow` is long-running like a conversation; its `turn(tools)` update does only what a
 turn structurally needs: a no-op activity (the model's tool-choosing step), `tools` workflow-backed
 Nexus operations in parallel through `shared.caller.execute_tool` on the same endpoints and tools
-as the real turn (so the tool workflows really run), then a no-op activity (the final model step).
+as the real turn (so the tool workflows really run; the calls are the workflow's input, from the
+teams' sample calls), then a no-op activity (the final model step).
 No transcript, no model, no discovery, no payloads beyond the tool calls.
 
 This module defines a workflow, so it must never be the `__main__` module.
@@ -20,18 +21,12 @@ from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 
 with workflow.unsafe.imports_passed_through():
-    from bench.fake_model import IP_ARGS, ROI_ARGS, STOCK_ARGS
+    from bench.calls import BenchCall
     from shared.caller import execute_tool
     from shared.tools import ToolCall
 
 FLOOR_WORKFLOW = "BenchFloor"
 FLOOR_TASK_QUEUE = "bench-floor"
-# The same calls the fake model asks the real loop for, on the endpoints that serve them.
-FLOOR_TOOLS: list[tuple[str, str, dict[str, object]]] = [
-    ("finance-tools", "calculate_roi", ROI_ARGS),
-    ("finance-tools", "stock_price", STOCK_ARGS),
-    ("it-tools", "get_ip", IP_ARGS),
-]
 ACTIVITY_TIMEOUT = timedelta(seconds=30)
 TOOL_TIMEOUT = timedelta(seconds=60)
 
@@ -43,19 +38,22 @@ async def floor_noop() -> None:
 
 @workflow.defn(name=FLOOR_WORKFLOW)
 class FloorWorkflow:
-    def __init__(self) -> None:
+    @workflow.init
+    def __init__(self, calls: list[BenchCall]) -> None:
+        # The same calls the fake model asks the real loop for, on the endpoints that serve them.
+        self._calls = calls
         self._turns = 0
         self._ended = False
 
     @workflow.run
-    async def run(self) -> int:
+    async def run(self, calls: list[BenchCall]) -> int:
         await workflow.wait_condition(lambda: self._ended and workflow.all_handlers_finished())
         return self._turns
 
     @workflow.update
     async def turn(self, tools: int) -> int:
-        if not 0 <= tools <= len(FLOOR_TOOLS):
-            raise ApplicationError(f"tools must be 0..{len(FLOOR_TOOLS)}", non_retryable=True)
+        if not 0 <= tools <= len(self._calls):
+            raise ApplicationError(f"tools must be 0..{len(self._calls)}", non_retryable=True)
         self._turns += 1
         turn = self._turns
         run_tag = workflow.info().first_execution_run_id[:8]
@@ -63,16 +61,16 @@ class FloorWorkflow:
         outcomes = await asyncio.gather(
             *(
                 execute_tool(
-                    endpoint,
+                    call.endpoint,
                     ToolCall(
                         call_id=f"{workflow.info().workflow_id}-{run_tag}-{turn}-{index}",
-                        tool=tool,
-                        args=dict(args),
+                        tool=call.tool,
+                        args=dict(call.args),
                         conversation_id=workflow.info().workflow_id,
                     ),
                     timeout=TOOL_TIMEOUT,
                 )
-                for index, (endpoint, tool, args) in enumerate(FLOOR_TOOLS[:tools])
+                for index, call in enumerate(self._calls[:tools])
             )
         )
         failed = [o for o in outcomes if not o.ok]

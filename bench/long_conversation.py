@@ -16,8 +16,9 @@ import time
 import uuid
 from contextlib import ExitStack
 
+from bench.calls import bench_calls
 from bench.common import bench_stack, fake_model_orchestrator, save, start_worker
-from bench.fake_model import ONE_TOOL, fake_model_server
+from bench.fake_model import ONE_TOOL, fake_model_server, plans_for
 from orchestrator.client import ConversationClient
 from shared.log import configure_logging
 
@@ -32,9 +33,12 @@ async def main() -> int:
     checkpoints = [k for k in (10, 100, 1000, 10_000) if k <= TURNS]
     per_turn: list[tuple[str, int, float]] = []  # (run id, history bytes after turn, seconds)
     started = time.perf_counter()
+    plans = plans_for([(call.tool, call.args) for call in bench_calls()])
     with ExitStack() as processes:
         # The fake model outlives the run: at most a second per turn, never under 15 minutes.
-        model_url = processes.enter_context(fake_model_server(max_seconds=max(900.0, TURNS * 1.0)))
+        model_url = processes.enter_context(
+            fake_model_server(plans, max_seconds=max(900.0, TURNS * 1.0))
+        )
         async with bench_stack() as (clients, exit_stack):
             client = clients["orchestrator"]
             await start_worker(

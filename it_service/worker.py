@@ -1,13 +1,8 @@
-"""`python -m it_service.worker`: the IT team's tool service."""
-
-from __future__ import annotations
+"""`python -m it_service.worker`: this team's tool service, as its team.toml declares it."""
 
 import sys
 
-from it_service.tools import registry
-from it_service.workflows import ITSessionWorkflow
-from shared.config import ITTemporalSettings
-from shared.worker import serve_team
+from shared.worker import serve_package
 
 if __name__ == "__main__":
-    sys.exit(serve_team(registry, ITTemporalSettings, workflows=[ITSessionWorkflow]))
+    sys.exit(serve_package(__package__ or "it_service"))

@@ -17,7 +17,7 @@ from orchestrator.context import (
     build_context,
     extractive_summary,
 )
-from orchestrator.llm import classify_llm_error, litellm
+from orchestrator.llm import classify_llm_error, litellm, litellm_errors
 from orchestrator.models import (
     LLM_STEP_ACTIVITY,
     LOAD_CONFIG_ACTIVITY,
@@ -87,24 +87,17 @@ class OrchestratorActivities:
         missing = [e for e in self._settings.tool_endpoints if e not in endpoints]
         if missing:
             log.warning("configured Nexus endpoints do not exist; skipping", endpoints=missing)
+        # Every setting the workflow reads has the same name in OrchestratorSettings.
+        shared_settings = self._settings.model_dump(include=set(AgentConfig.model_fields))
         return AgentConfig(
-            tool_endpoints=endpoints,
-            missing_endpoints=missing,
-            discovery_timeout_seconds=self._settings.discovery_timeout_seconds,
-            tool_timeout_seconds=self._settings.tool_timeout_seconds,
-            max_steps=self._settings.max_steps,
-            max_message_chars=self._settings.max_message_chars,
-            model=self._llm.resolved_model,
-            offline_model=self._llm.offline,
-            llm_timeout_seconds=self._llm.timeout_seconds,
-            system_prompt=self._settings.system_prompt,
-            max_turns_per_run=self._settings.max_turns_per_run,
-            breaker_failures=self._settings.breaker_failures,
-            breaker_cooldown_seconds=self._settings.breaker_cooldown_seconds,
-            max_parallel_tools=self._settings.max_parallel_tools,
-            max_tool_calls_per_step=self._settings.max_tool_calls_per_step,
-            max_tool_arguments_chars=self._settings.max_tool_arguments_chars,
-            rediscover_after_seconds=self._settings.rediscover_after_seconds,
+            **shared_settings
+            | {
+                "tool_endpoints": endpoints,
+                "missing_endpoints": missing,
+                "model": self._llm.resolved_model,
+                "offline_model": self._llm.offline,
+                "llm_timeout_seconds": self._llm.timeout_seconds,
+            }
         )
 
     async def _existing_endpoints(self) -> set[str] | None:
@@ -139,7 +132,7 @@ class OrchestratorActivities:
                 )
                 try:
                     response = await self._complete(messages, request.tools)
-                except litellm.ContextWindowExceededError:
+                except litellm_errors.ContextWindowExceededError:
                     # The provider's count beat ours: fold older turns away and run the step again.
                     messages, compacted = await build_context(
                         self._store, cid, self._window, self._summarise, force_compaction=True

@@ -7,13 +7,8 @@ from typing import Annotated, Any
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from orchestrator.models import OFFLINE_MODEL
-
-DEFAULT_SYSTEM_PROMPT = (
-    "You are an operations assistant. Use the tools you are given when they help; several "
-    "independent tools may be called at once. If a tool reports an error, fix the arguments and "
-    "try again, or explain the problem. Answer concisely."
-)
+from orchestrator.models import OFFLINE_MODEL, LoopSettings
+from shared.manifest import discovered_endpoints
 
 
 class LLMSettings(BaseSettings):
@@ -39,20 +34,19 @@ class LLMSettings(BaseSettings):
         return self.resolved_model == OFFLINE_MODEL
 
 
-class OrchestratorSettings(BaseSettings):
+class OrchestratorSettings(BaseSettings, LoopSettings):
+    """`ORCHESTRATOR_*`: the loop's own settings (LoopSettings, which the workflow reads through
+    AgentConfig) plus what only the worker needs: endpoints to discover, store, context window."""
+
     model_config = SettingsConfigDict(env_prefix="ORCHESTRATOR_", env_file=".env", extra="ignore")
 
+    # Default: the endpoints declared by the team manifests (`*/team.toml`) next to `shared/`,
+    # read as data: the orchestrator never imports team code. An image without team folders gets
+    # an empty default and sets ORCHESTRATOR_TOOL_ENDPOINTS instead.
     tool_endpoints: Annotated[list[str], NoDecode] = Field(
-        default=["it-tools", "finance-tools"],
+        default_factory=discovered_endpoints,
         description="Comma-separated Nexus endpoint names to discover tools on.",
     )
-    discovery_timeout_seconds: float = Field(default=5.0, gt=0, le=120)
-    tool_timeout_seconds: float = Field(default=60.0, gt=0, le=3600)
-    max_steps: int = Field(default=8, ge=1, le=50)
-    # Bounded so that a message, its echo in the turn's result and the carried answers stay far
-    # below Temporal's 2 MB payload limit (4 bytes per character at worst in UTF-8).
-    max_message_chars: int = Field(default=8000, ge=1, le=32_000)
-    system_prompt: str = DEFAULT_SYSTEM_PROMPT
     store_url: str = Field(
         default="sqlite:///.run/conversations.db",
         description="Where transcripts live: sqlite:///file.db or postgresql://user@host/db.",
@@ -72,39 +66,6 @@ class OrchestratorSettings(BaseSettings):
     )
     max_tool_output_chars: int = Field(
         default=4000, ge=200, description="Longer tool outputs are truncated for the model."
-    )
-    max_turns_per_run: int = Field(
-        default=100, ge=1, le=1000, description="Continue-as-new after this many turns."
-    )
-
-    breaker_failures: int = Field(
-        default=2, ge=1, description="Unavailable calls in a row that open an endpoint's breaker."
-    )
-    breaker_cooldown_seconds: float = Field(
-        default=30.0, gt=0, description="How long an open breaker skips its endpoint."
-    )
-    # Temporal Cloud allows 30 in-flight Nexus operations per workflow; a step never schedules
-    # more than this many tool calls at once, so no model reply can hit that limit.
-    max_parallel_tools: int = Field(
-        default=10, ge=1, le=30, description="Tool calls of one step that run at the same time."
-    )
-    max_tool_calls_per_step: int = Field(
-        default=32,
-        ge=1,
-        le=128,
-        description="Tool calls run per model step; the model is told the rest were not run.",
-    )
-    max_tool_arguments_chars: int = Field(
-        default=32_000,
-        ge=100,
-        le=256_000,
-        description="Longer tool arguments are refused before anything is scheduled.",
-    )
-    rediscover_after_seconds: float = Field(
-        default=10.0,
-        ge=0,
-        description="At a turn's start, ask unavailable tool endpoints again once this long "
-        "has passed since the last discovery.",
     )
 
     @field_validator("store_url")

@@ -161,26 +161,67 @@ class ReadConversationInput(BaseModel):
     limit: int = 500
 
 
-class AgentConfig(BaseModel):
+DEFAULT_SYSTEM_PROMPT = (
+    "You are an operations assistant. Use the tools you are given when they help; several "
+    "independent tools may be called at once. If a tool reports an error, fix the arguments and "
+    "try again, or explain the problem. Answer concisely."
+)
+
+
+class LoopSettings(BaseModel):
+    """The settings the conversation workflow reads, defined once: OrchestratorSettings reads them
+    from `ORCHESTRATOR_*`, and AgentConfig carries them into the workflow."""
+
+    discovery_timeout_seconds: float = Field(default=5.0, gt=0, le=120)
+    tool_timeout_seconds: float = Field(default=60.0, gt=0, le=3600)
+    max_steps: int = Field(default=8, ge=1, le=50)
+    # Bounded so that a message, its echo in the turn's result and the carried answers stay far
+    # below Temporal's 2 MB payload limit (4 bytes per character at worst in UTF-8).
+    max_message_chars: int = Field(default=8000, ge=1, le=32_000)
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    max_turns_per_run: int = Field(
+        default=100, ge=1, le=1000, description="Continue-as-new after this many turns."
+    )
+
+    breaker_failures: int = Field(
+        default=2, ge=1, description="Unavailable calls in a row that open an endpoint's breaker."
+    )
+    breaker_cooldown_seconds: float = Field(
+        default=30.0, gt=0, description="How long an open breaker skips its endpoint."
+    )
+    # Temporal Cloud allows 30 in-flight Nexus operations per workflow; a step never schedules
+    # more than this many tool calls at once, so no model reply can hit that limit.
+    max_parallel_tools: int = Field(
+        default=10, ge=1, le=30, description="Tool calls of one step that run at the same time."
+    )
+    max_tool_calls_per_step: int = Field(
+        default=32,
+        ge=1,
+        le=128,
+        description="Tool calls run per model step; the model is told the rest were not run.",
+    )
+    max_tool_arguments_chars: int = Field(
+        default=32_000,
+        ge=100,
+        le=256_000,
+        description="Longer tool arguments are refused before anything is scheduled.",
+    )
+    rediscover_after_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        description="At a turn's start, ask unavailable tool endpoints again once this long "
+        "has passed since the last discovery.",
+    )
+
+
+class AgentConfig(LoopSettings):
     """The worker's settings, read once per run by a local activity so replay sees the same."""
 
     tool_endpoints: list[str]
     missing_endpoints: list[str] = Field(default_factory=list)
-    discovery_timeout_seconds: float
-    tool_timeout_seconds: float
-    max_steps: int
-    max_message_chars: int
     model: str
     offline_model: bool
     llm_timeout_seconds: float
-    system_prompt: str
-    max_turns_per_run: int = 100
-    breaker_failures: int = 2
-    breaker_cooldown_seconds: float = 30.0
-    max_parallel_tools: int = 10
-    max_tool_calls_per_step: int = 32
-    max_tool_arguments_chars: int = 32_000
-    rediscover_after_seconds: float = 10.0
 
 
 class LlmRequest(BaseModel):

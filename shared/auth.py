@@ -219,7 +219,7 @@ class NexusAuthSettings(BaseSettings):
     caller: str = "orchestrator"
     signing_keys: dict[str, str] = Field(
         default_factory=dict,
-        description='Caller side, JSON: {"it-tools": "kid:base64secret", ...} per endpoint.',
+        description='Caller side, JSON: {"hr-tools": "kid:base64secret", ...} per endpoint.',
     )
     audience: str | None = Field(default=None, description="Team side: this team's endpoint.")
     verify_keys: dict[str, str] = Field(

@@ -11,7 +11,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TypeVar
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, create_model, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from shared.tools import ToolError
@@ -66,14 +66,19 @@ class OrchestratorTemporalSettings(TemporalSettings):
     task_queue: str = "orchestrator"
 
 
-class ITTemporalSettings(TemporalSettings):
-    namespace: str = "it"
-    task_queue: str = "it-tools"
+def temporal_settings_for(namespace: str, task_queue: str) -> type[TemporalSettings]:
+    """TemporalSettings whose defaults are one service's namespace and task queue.
 
-
-class FinanceTemporalSettings(TemporalSettings):
-    namespace: str = "finance"
-    task_queue: str = "finance-tools"
+    A team's defaults come from its manifest (shared.manifest), not from a class per team here:
+    the SDK knows no team. TEMPORAL_NAMESPACE / TEMPORAL_TASK_QUEUE still override them (on
+    Temporal Cloud the namespace is `<name>.<account>`).
+    """
+    return create_model(
+        "ServiceTemporalSettings",
+        __base__=TemporalSettings,
+        namespace=(str, Field(default=namespace, min_length=1)),
+        task_queue=(str, Field(default=task_queue, min_length=1)),
+    )
 
 
 class ToolServiceSettings(BaseSettings):

@@ -1,13 +1,22 @@
 """Run a team's tool service: the Nexus handler, the generic tool workflow and the tool activity.
 
-Every team's `worker.py` is a few lines on top of this, so a new team copies one folder.
+One start-up path for every team, driven by its manifest (`<team>/team.toml`, see shared.manifest):
+
+    python -m shared.worker <team_package>       # e.g. python -m shared.worker hr_service
+
+A team's `worker.py` is the same thing as a one-liner (`serve_package(__package__)`), so images and
+docs can keep running `python -m <team_package>.worker`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib
+import inspect
 import signal
+import sys
 from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -15,8 +24,14 @@ from temporalio.client import Client
 from temporalio.worker import Interceptor, Worker
 
 from shared.auth import CallerVerificationInterceptor, NexusAuthSettings
-from shared.config import ConfigError, TemporalSettings, ToolServiceSettings, load_settings
+from shared.config import (
+    ConfigError,
+    ToolServiceSettings,
+    load_settings,
+    temporal_settings_for,
+)
 from shared.log import bind_context, configure_logging, get_logger
+from shared.manifest import ManifestError, TeamManifest, find_team
 from shared.nexus import ToolServiceHandler
 from shared.temporal import NamespaceMissingError, connect_when_ready, require_namespace
 from shared.tool_activity import DEFAULT_MAX_RESULT_BYTES, ToolActivities
@@ -24,6 +39,49 @@ from shared.tool_workflow import ToolWorkflow
 from shared.tools import ToolRegistry
 
 log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class TeamCode:
+    """What a team's manifest names, imported: only the team's own worker does this."""
+
+    registry: ToolRegistry
+    workflows: tuple[type, ...]
+    activities: tuple[Callable[..., Any], ...]
+
+
+def resolve_import_path(path: str) -> Any:
+    """The object a "module:attribute" path names, or ManifestError saying what is missing."""
+    module_name, _, attribute = path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        raise ManifestError(f"cannot import '{path}': no module named '{err.name}'") from None
+    try:
+        return getattr(module, attribute)
+    except AttributeError:
+        raise ManifestError(f"cannot import '{path}': {module_name} has no '{attribute}'") from None
+
+
+def load_team_code(team: TeamManifest) -> TeamCode:
+    """Import the registry, workflows and activities the manifest names, and check their kinds."""
+    registry = resolve_import_path(team.registry)
+    if not isinstance(registry, ToolRegistry):
+        raise ManifestError(f"{team.package}: registry '{team.registry}' is not a ToolRegistry")
+    if registry.service != team.service:
+        raise ManifestError(
+            f"{team.package}: the registry's service is '{registry.service}' but team.toml "
+            f"says '{team.service}'; tool results and keys are keyed by it, so make them equal"
+        )
+    workflows = tuple(resolve_import_path(path) for path in team.workflows)
+    for path, workflow_class in zip(team.workflows, workflows, strict=True):
+        if not inspect.isclass(workflow_class):
+            raise ManifestError(f"{team.package}: workflow '{path}' is not a class")
+    activities = tuple(resolve_import_path(path) for path in team.activities)
+    for path, function in zip(team.activities, activities, strict=True):
+        if not callable(function):
+            raise ManifestError(f"{team.package}: activity '{path}' is not callable")
+    return TeamCode(registry=registry, workflows=workflows, activities=activities)
 
 
 def build_team_worker(
@@ -67,20 +125,42 @@ async def run_until_signalled(worker: Worker) -> None:
     await run
 
 
-def serve_team(
-    registry: ToolRegistry,
-    settings_type: type[TemporalSettings],
+def build_manifest_worker(
+    client: Client,
+    team: TeamManifest,
     *,
-    workflows: Sequence[type] = (),
-    activities: Sequence[Callable[..., Any]] = (),
-) -> int:
-    """Entry point body for `python -m <team>_service.worker`. Returns a process exit code."""
+    fast_path_budget: timedelta,
+    task_queue: str | None = None,
+    auth: NexusAuthSettings | None = None,
+    max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
+) -> Worker:
+    """The worker a manifest describes, on its task queue unless `task_queue` says otherwise
+    (tests and benches run a second deployment of a team beside the first)."""
+    code = load_team_code(team)
+    return build_team_worker(
+        client,
+        code.registry,
+        task_queue=task_queue or team.task_queue,
+        fast_path_budget=fast_path_budget,
+        workflows=code.workflows,
+        activities=code.activities,
+        auth=auth,
+        max_result_bytes=max_result_bytes,
+    )
+
+
+def serve_team(team: TeamManifest) -> int:
+    """Run one team's worker until signalled. Returns a process exit code.
+
+    Namespace and task queue default to the manifest's; TEMPORAL_* variables override them.
+    """
     configure_logging()
     try:
-        settings = load_settings(settings_type)
+        code = load_team_code(team)
+        settings = load_settings(temporal_settings_for(team.namespace, team.task_queue))
         tool_settings = load_settings(ToolServiceSettings)
         auth = load_settings(NexusAuthSettings)
-        auth.check_team_side(registry.service)
+        auth.check_team_side(team.service)
     except (ConfigError, ValueError) as err:
         log.error(str(err))
         return 2
@@ -93,18 +173,30 @@ def serve_team(
         await require_namespace(client)
         worker = build_team_worker(
             client,
-            registry,
+            code.registry,
             task_queue=settings.task_queue,
             fast_path_budget=tool_settings.fast_path_budget,
-            workflows=workflows,
-            activities=activities,
+            workflows=code.workflows,
+            activities=code.activities,
             auth=auth,
             max_result_bytes=tool_settings.max_result_bytes,
         )
-        log.info("worker started", service=registry.service, tools=registry.names())
+        log.info("worker started", service=team.service, tools=code.registry.names())
         await run_until_signalled(worker)
 
     return run_worker_process(main)
+
+
+def serve_package(package: str) -> int:
+    """`python -m <package>.worker` and `python -m shared.worker <package>`: serve the team whose
+    manifest is `<package>/team.toml`."""
+    try:
+        team = find_team(package)
+    except ManifestError as err:
+        configure_logging()
+        log.error(str(err))
+        return 2
+    return serve_team(team)
 
 
 def run_worker_process(serve: Callable[[], Coroutine[Any, Any, None]]) -> int:
@@ -118,3 +210,17 @@ def run_worker_process(serve: Callable[[], Coroutine[Any, Any, None]]) -> int:
         log.error("worker stopped", error=str(err).splitlines()[0])
         return 1
     return 0
+
+
+def main(argv: Sequence[str]) -> int:
+    if len(argv) != 2 or argv[1].startswith("-"):
+        print(
+            "usage: python -m shared.worker <team_package>   (a folder with a team.toml)",
+            file=sys.stderr,
+        )
+        return 2
+    return serve_package(argv[1])
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -20,7 +20,6 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from finance_service.tools import registry as finance_registry
 from infrastructure.devstack import embedded_server
 from infrastructure.probe import (
     PROBE_TASK_QUEUE,
@@ -32,15 +31,15 @@ from infrastructure.probe import (
     ListToolsProbeResult,
 )
 from infrastructure.setup import EndpointDefinition
-from it_service.tools import registry as it_registry
 from it_service.workflows import ITSessionWorkflow
 from orchestrator.client import ConversationClient
 from orchestrator.config import LLMSettings, OrchestratorSettings
 from orchestrator.worker import build_orchestrator_worker
 from shared.caller import ToolOutcome
 from shared.log import configure_logging
+from shared.manifest import discover_teams
 from shared.tools import ToolCall, ToolRegistry
-from shared.worker import build_team_worker
+from shared.worker import build_manifest_worker, build_team_worker
 from tests.support.canary import canary_registry
 from tests.support.fake_llm import FakeModelServer
 
@@ -105,9 +104,12 @@ async def stack() -> AsyncIterator[Stack]:
         )
         result = Stack(env=env, clients=clients)
         workers = [
-            _team_worker(result.client("it"), it_registry, "it-tools", FAST_PATH_BUDGET),
-            _team_worker(
-                result.client("finance"), finance_registry, "finance-tools", FAST_PATH_BUDGET
+            # Every team as its manifest declares it, the way `make up` runs them.
+            *(
+                build_manifest_worker(
+                    result.client(team.namespace), team, fast_path_budget=FAST_PATH_BUDGET
+                )
+                for team in discover_teams()
             ),
             _team_worker(result.client("it"), canary_registry(), CANARY_TASK_QUEUE, timedelta(0)),
             Worker(

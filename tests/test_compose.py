@@ -7,6 +7,8 @@ and everything it points at is checked to exist and to agree with the services' 
 from __future__ import annotations
 
 import fnmatch
+import json
+import os
 import re
 import shutil
 import subprocess
@@ -29,12 +31,12 @@ from it_service.jira import JiraSettings
 from orchestrator.config import LLMSettings, OrchestratorSettings
 from shared.auth import NexusAuthSettings
 from shared.config import (
-    FinanceTemporalSettings,
-    ITTemporalSettings,
     OrchestratorTemporalSettings,
     TemporalSettings,
     ToolServiceSettings,
+    temporal_settings_for,
 )
+from shared.manifest import MANIFEST_FILE, discover_teams, find_team
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -48,10 +50,18 @@ WORKERS = {
     "it": ("it-worker", "it", "it_service.worker", "it"),
     "finance": ("finance-worker", "finance", "finance_service.worker", "finance"),
 }
+
+
+def team_temporal_settings(package: str) -> type[TemporalSettings]:
+    """A team's TEMPORAL_* defaults, from its manifest, as its worker builds them."""
+    team = find_team(package)
+    return temporal_settings_for(team.namespace, team.task_queue)
+
+
 TEMPORAL_SETTINGS: dict[str, type[TemporalSettings]] = {
     "orchestrator": OrchestratorTemporalSettings,
-    "it": ITTemporalSettings,
-    "finance": FinanceTemporalSettings,
+    "it": team_temporal_settings("it_service"),
+    "finance": team_temporal_settings("finance_service"),
 }
 # Settings classes each service reads, besides TEMPORAL_*.
 SERVICE_SETTINGS: dict[str, list[type[BaseSettings]]] = {
@@ -125,6 +135,32 @@ def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
         keyword, _, args = full.partition(" ")
         instructions.append((keyword.upper(), args.strip()))
     return instructions
+
+
+def dockerignore_admits(patterns: list[str], path: str) -> bool:
+    """Whether a build context with these .dockerignore lines sends `path` (a file, relative to the
+    context). The last matching line wins; a line matches the path or one of its parent
+    directories; `*` stays within one path segment, as in Go's filepath.Match."""
+    parts = path.split("/")
+    admitted = True
+    for line in patterns:
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        exception = line.startswith("!")
+        pattern = line.removeprefix("!").strip("/").split("/")
+        matched = False
+        for depth in range(1, len(parts) + 1):
+            candidate = parts[:depth]
+            if pattern[:1] == ["**"]:
+                matched = matched or fnmatch.fnmatchcase(candidate[-1], pattern[-1])
+            elif len(candidate) == len(pattern):
+                matched = matched or all(
+                    fnmatch.fnmatchcase(c, p) for c, p in zip(candidate, pattern, strict=True)
+                )
+        if matched:
+            admitted = exception
+    return admitted
 
 
 def copy_sources(path: Path) -> list[str]:
@@ -305,7 +341,14 @@ def test_build_contexts_dockerfiles_and_copied_files_exist() -> None:
         ignore = dockerfile.with_name(dockerfile.name + ".dockerignore")
         ignore_lines = ignore.read_text().splitlines() if ignore.exists() else []
         for source in copy_sources(dockerfile):
-            assert (context / source).exists(), f"{dockerfile.name}: COPY {source} does not exist"
+            if "*" in source:  # a wildcard COPY (--parents keeps the folders): it must match
+                assert list(context.glob(source)), (
+                    f"{dockerfile.name}: COPY {source} matches nothing"
+                )
+            else:
+                assert (context / source).exists(), (
+                    f"{dockerfile.name}: COPY {source} does not exist"
+                )
             if "*" in ignore_lines:
                 assert f"!{source.rstrip('/')}" in ignore_lines, (
                     f"{ignore.name} excludes everything but does not re-include {source}"
@@ -520,13 +563,47 @@ def test_compose_env_files_point_at_the_compose_server() -> None:
         assert host in ("localhost", "127.0.0.1")
 
 
+def compose_teams() -> dict[str, str]:
+    """Team service -> endpoint, for the teams docker-compose.yml runs a worker for."""
+    modules = {
+        " ".join(service.get("healthcheck", {}).get("test", [])) for service in services().values()
+    }
+    return {
+        team.service: team.endpoint
+        for team in discover_teams()
+        if any(f"{team.package}.worker" in test for test in modules)
+    }
+
+
+def test_setup_creates_what_the_team_manifests_declare() -> None:
+    """Setup's defaults come from the manifests; every team has a namespace and an endpoint that
+    targets its task queue, and the orchestrator's namespace comes first."""
+    stack = StackSettings()
+    teams = discover_teams()
+    assert {"it", "finance"} <= {team.service for team in teams}
+    orchestrator = default_of(OrchestratorTemporalSettings, "namespace")
+    assert stack.namespaces == [orchestrator, *(team.namespace for team in teams)]
+    assert [(e.name, e.namespace, e.task_queue) for e in stack.endpoints] == [
+        (team.endpoint, team.namespace, team.task_queue) for team in teams
+    ]
+
+
 @pytest.mark.parametrize("target", TARGETS)
 def test_env_files_agree_with_the_setup_endpoints(target: str) -> None:
-    """The orchestrator calls exactly the endpoints setup creates, which target the team queues."""
-    endpoints = default_of(StackSettings, "endpoints")
-    names = read_env(target, "orchestrator")["ORCHESTRATOR_TOOL_ENDPOINTS"].split(",")
-    assert names == [e.name for e in endpoints]
-    namespaces = default_of(StackSettings, "namespaces")
+    """The orchestrator calls endpoints setup creates, which target the team queues."""
+    endpoints = StackSettings().endpoints
+    namespaces = StackSettings().namespaces
+    env = read_env(target, "orchestrator")
+    if target == "local":
+        # Run from the repository, the default is read from the manifests: nothing to keep in sync.
+        assert "ORCHESTRATOR_TOOL_ENDPOINTS" not in env
+    else:
+        # The orchestrator image holds no team folder (its default is empty): the file names them,
+        # exactly the teams this target runs.
+        names = env["ORCHESTRATOR_TOOL_ENDPOINTS"].split(",")
+        assert len(names) == len(set(names))
+        assert set(names) <= {e.name for e in endpoints}, "every endpoint is one setup creates"
+        assert set(names) == set(compose_teams().values())
     for service, settings_type in TEMPORAL_SETTINGS.items():
         namespace = default_of(settings_type, "namespace")
         assert namespace in namespaces, f"setup does not create the {service} namespace"
@@ -535,3 +612,74 @@ def test_env_files_agree_with_the_setup_endpoints(target: str) -> None:
         served = [e for e in endpoints if e.namespace == namespace]
         assert len(served) == 1, f"one endpoint targets the {namespace} namespace"
         assert read_env(target, service)["TEMPORAL_TASK_QUEUE"] == served[0].task_queue
+
+
+def test_orchestrator_default_endpoints_come_from_the_manifests_without_team_code() -> None:
+    """Read as data in a fresh interpreter: no team module is imported to build the default."""
+    probe = (
+        "import json, sys\n"
+        "from orchestrator.config import OrchestratorSettings\n"
+        "endpoints = OrchestratorSettings().tool_endpoints\n"
+        "teams = sorted({m.split('.')[0] for m in sys.modules if m.split('.')[0].endswith('_service')})\n"
+        "print(json.dumps([endpoints, teams]))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRATOR_")}
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    endpoints, imported = json.loads(result.stdout.splitlines()[-1])
+    assert endpoints == [team.endpoint for team in discover_teams()]
+    assert imported == [], f"the orchestrator imported team code: {imported}"
+    overridden = subprocess.run(
+        [sys.executable, "-c", probe],
+        env={**env, "ORCHESTRATOR_TOOL_ENDPOINTS": "a-tools,b-tools"},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert json.loads(overridden.stdout.splitlines()[-1])[0] == ["a-tools", "b-tools"]
+
+
+def test_setup_image_carries_the_manifests_and_no_team_code() -> None:
+    dockerfile = DEPLOY / "setup.Dockerfile"
+    ignore = (DEPLOY / "setup.Dockerfile.dockerignore").read_text().splitlines()
+    assert f"*/{MANIFEST_FILE}" in copy_sources(dockerfile)
+    copies = [args for kw, args in dockerfile_instructions(dockerfile) if kw == "COPY"]
+    assert any("--parents" in args and MANIFEST_FILE in args for args in copies), (
+        "COPY --parents keeps each manifest in its team's folder, where discovery looks"
+    )
+    syntax = dockerfile.read_text().splitlines()[0]
+    version = re.fullmatch(r"# syntax=docker/dockerfile:(\d+)\.(\d+)", syntax)
+    assert version and (int(version[1]), int(version[2])) >= (1, 20), (
+        "COPY --parents is generally available from Dockerfile 1.20"
+    )
+    for team in discover_teams():
+        assert dockerignore_admits(ignore, f"{team.package}/{MANIFEST_FILE}"), team.package
+        for code in (ROOT / team.package).glob("*.py"):
+            assert not dockerignore_admits(ignore, f"{team.package}/{code.name}"), code
+
+
+def test_dockerignore_evaluation() -> None:
+    """The evaluator above must be able to say no, and yes inside an excluded folder."""
+    lines = ["*", "!shared", "!*/team.toml", "infrastructure/terraform", "**/__pycache__"]
+    assert dockerignore_admits(lines, "shared/config.py")
+    assert dockerignore_admits(lines, "it_service/team.toml")
+    assert not dockerignore_admits(lines, "it_service/tools.py")
+    assert not dockerignore_admits(lines, "it_service/sub/team.toml")
+    assert not dockerignore_admits(lines, "shared/__pycache__/config.pyc")
+    assert not dockerignore_admits(lines, "infrastructure/terraform/main.tf")
+
+
+def test_orchestrator_image_holds_no_team_folder() -> None:
+    sources = copy_sources(DEPLOY / "orchestrator.Dockerfile")
+    assert not any(
+        MANIFEST_FILE in source or source.rstrip("/").endswith("_service") for source in sources
+    )

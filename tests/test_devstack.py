@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from infrastructure.devstack import BASE_ENV_NAMES, BASE_ENV_PREFIXES, temporal_binary
+from shared.manifest import discover_teams
 
 # Secrets in `make up`'s environment, each meant for exactly one process (or none).
 OPENAI_CANARY = "sk-canary-openai-7f3a"
@@ -33,7 +34,13 @@ FOREIGN_TEMPORAL = "canary-temporal-setting"
 # An IT key made by "an earlier `up`": it must be kept, and its file made private.
 EARLIER_IT_KEY = base64.b64encode(b"k" * 32).decode()
 
-WORKER_NAMESPACES = {"it": "it", "finance": "finance", "orchestrator": "orchestrator"}
+# Every team the manifests declare runs, the orchestrator too; the canaries above concern IT and
+# Finance, and a team added with `make new-service` is simply one more worker here.
+TEAMS = discover_teams()
+WORKER_NAMESPACES = {
+    **{team.service: team.namespace for team in TEAMS},
+    "orchestrator": "orchestrator",
+}
 
 
 @dataclass
@@ -126,7 +133,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
 
 
 def test_up_is_idempotent(stack: RunningStack) -> None:
-    assert set(stack.pids) == {"temporal", "it", "finance", "orchestrator"}
+    assert {"it", "finance"} <= set(WORKER_NAMESPACES)
+    assert set(stack.pids) == {"temporal", *WORKER_NAMESPACES}
     assert all(_alive(pid) for pid in stack.pids.values())
     assert (stack.run_dir / "temporal.db").exists()
     assert (stack.run_dir / "logs" / "it.log").exists()
@@ -143,7 +151,13 @@ def test_up_is_idempotent(stack: RunningStack) -> None:
         timeout=30,
         check=True,
     )
-    assert "it-tools" in endpoints.stdout and "finance-tools" in endpoints.stdout
+    assert all(team.endpoint in endpoints.stdout for team in TEAMS)
+
+
+def test_every_team_runs_through_the_one_worker_entry_point(stack: RunningStack) -> None:
+    for team in TEAMS:
+        cmdline = Path(f"/proc/{stack.pids[team.service]}/cmdline").read_bytes().split(b"\0")
+        assert [part.decode() for part in cmdline[1:4]] == ["-m", "shared.worker", team.package]
 
 
 def test_each_process_gets_only_its_own_settings_and_secrets(stack: RunningStack) -> None:
@@ -184,9 +198,9 @@ def test_keys_are_files_each_process_holds_only_its_own(stack: RunningStack) -> 
     secrets = stack.run_dir / "secrets"
     keys = json.loads((stack.run_dir / "nexus-keys.json").read_text())
     assert keys["it-tools"] == EARLIER_IT_KEY  # an earlier `up`'s key is kept
-    assert set(keys) == {"it-tools", "finance-tools"}
-    assert {d.name for d in secrets.iterdir()} == {"it", "finance", "orchestrator"}
-    for team, endpoint in (("it", "it-tools"), ("finance", "finance-tools")):
+    assert set(keys) == {team.endpoint for team in TEAMS}
+    assert {d.name for d in secrets.iterdir()} == set(WORKER_NAMESPACES)
+    for team, endpoint in ((team.service, team.endpoint) for team in TEAMS):
         files = {f.name: f.read_text() for f in (secrets / team).iterdir()}
         # The stale llm_api_key left in it/ is gone: nothing but this team's verify key.
         assert set(files) == {"nexus_auth_verify_keys"}

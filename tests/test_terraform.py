@@ -2,11 +2,13 @@
 
 No terraform binary or provider download is available, so every .tf file is parsed with python-hcl2
 and checked against the schema rules of the pinned provider (see DESIGN.md) and against the env files
-the services read on Temporal Cloud (deploy/env/cloud/).
+the services read on Temporal Cloud (deploy/env/cloud/). The teams are a variable (`for_each`), its
+value generated from the team manifests (`make terraform-teams`): the checks run against that value.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import datetime
 from functools import cache
@@ -18,13 +20,17 @@ import pytest
 from dotenv import dotenv_values
 from hcl2 import SerializationOptions
 
+from infrastructure.terraform_teams import main as write_terraform_teams
+from infrastructure.terraform_teams import terraform_teams
+from shared.manifest import discover_teams
+
 ROOT = Path(__file__).resolve().parents[1]
 TF_DIR = ROOT / "infrastructure" / "terraform"
 TFVARS_EXAMPLE = TF_DIR / "terraform.tfvars.example"
 CLOUD_ENV = ROOT / "deploy" / "env" / "cloud"
 
-SERVICES = ("orchestrator", "it", "finance")
-TEAMS = ("it", "finance")
+# Teams with a committed Cloud env file; every team in the manifests is checked against the rules.
+TEAMS_WITH_CLOUD_ENV = ("it", "finance")
 NAMESPACE_NAME_RE = "^[a-z][a-z0-9-]*[a-z0-9]$"
 NAMESPACE_PERMISSIONS = {"admin", "write", "read"}
 
@@ -125,6 +131,26 @@ def cloud_env(service: str) -> dict[str, str | None]:
     return dotenv_values(CLOUD_ENV / f"{service}.env")
 
 
+@cache
+def teams_value() -> dict[str, dict[str, str]]:
+    """var.teams as `make terraform-teams` writes it from the manifests."""
+    teams: dict[str, dict[str, str]] = terraform_teams(discover_teams())["teams"]
+    return teams
+
+
+def object_keys(expression: str) -> set[str]:
+    """The attribute names of the object a `{for ... : k => {A = ..., B = ...}}` builds."""
+    return set(re.findall(r"\b([A-Z][A-Z_]*) = ", expression))
+
+
+def team_resource(rtype: str) -> dict[str, Any]:
+    resources = tf().resource(rtype)
+    assert "team" in resources, f"{rtype}.team (one for_each over var.teams) is missing"
+    body = resources["team"]
+    assert body.get("for_each") == "${var.teams}", f"{rtype}.team must be for_each = var.teams"
+    return body
+
+
 # --- the files parse and the provider is pinned -------------------------------------------------
 
 
@@ -158,40 +184,97 @@ def test_timestamp_is_never_used() -> None:
 # --- namespaces -------------------------------------------------------------------------------
 
 
-def test_one_namespace_per_service_with_api_key_or_mtls_auth() -> None:
+def test_one_orchestrator_namespace_and_one_per_team_with_api_key_or_mtls_auth() -> None:
     namespaces = tf().resource("temporalcloud_namespace")
-    assert set(namespaces) == set(SERVICES)
+    assert set(namespaces) == {"orchestrator", "team"}, "teams are one for_each, not a block each"
+    team_resource("temporalcloud_namespace")
     for name, body in namespaces.items():
         assert body.get("api_key_auth") is True or body.get("accepted_client_ca"), (
             f"namespace {name} needs api_key_auth = true or accepted_client_ca"
         )
         assert body["regions"] == ["${var.region}"]
         assert body["retention_days"] == "${var.retention_days}"
-        assert tf().resolve(body["name"]) == name, "default names match the services' defaults"
+    assert namespaces["orchestrator"]["name"] == "${local.orchestrator_namespace_name}"
+    assert namespaces["team"]["name"] == "${local.team_namespace_names[each.key]}"
+    assert tf().locals["orchestrator_namespace_name"] == (
+        "${var.name_prefix}${var.orchestrator_namespace}"
+    )
+    assert "${var.name_prefix}${team.namespace}" in tf().locals["team_namespace_names"]
+    assert "for service, team in var.teams" in tf().locals["team_namespace_names"]
+
+
+def test_default_orchestrator_namespace_matches_the_service_default() -> None:
+    from shared.config import OrchestratorTemporalSettings
+
+    default = OrchestratorTemporalSettings.model_fields["namespace"].default
+    assert tf().variables["orchestrator_namespace"]["default"] == default
+    assert tf().variables["name_prefix"]["default"] == ""
 
 
 def test_namespace_names_are_validated() -> None:
-    namespaces = tf().resource("temporalcloud_namespace")
-    matches = [re.match(r"\$\{var\.(\w+)", body["name"]) for body in namespaces.values()]
-    assert all(matches), "namespace names come from a variable"
-    for variable in {m.group(1) for m in matches if m}:
+    for variable in ("orchestrator_namespace", "teams"):
         patterns = variable_regexes(variable)
         assert NAMESPACE_NAME_RE in patterns, f"var.{variable} does not enforce {NAMESPACE_NAME_RE}"
         conditions = " ".join(validation_conditions(variable))
-        assert re.search(r"length\(\w+\) >= 2", conditions), "minimum length 2"
-        longest = re.search(r"length\(\w+\) <= (\d+)", conditions)
+        assert re.search(r"length\([\w.]+\) >= 2", conditions), "minimum length 2"
+        longest = re.search(r"length\([\w.]+\) <= (\d+)", conditions)
         assert longest, "maximum length"
-        max_length = int(longest.group(1))
-        assert max_length <= 64, "the provider rejects names over 64 characters"
-        for name in tf().variables[variable]["default"].values():
-            assert re.fullmatch(NAMESPACE_NAME_RE, name) and 2 <= len(name) <= max_length
-        for value in tfvars_example().get(variable, {}).values():
-            assert re.fullmatch(NAMESPACE_NAME_RE, value) and 2 <= len(value) <= max_length
+        assert int(longest.group(1)) <= 64, "the provider rejects names over 64 characters"
+    # The prefixed name is checked as a whole before anything is created.
+    for body in tf().resource("temporalcloud_namespace").values():
+        preconditions = [p for block in body["lifecycle"] for p in block["precondition"]]
+        assert any("<= 39" in p["condition"] for p in preconditions)
+    for team in teams_value().values():
+        assert re.fullmatch(NAMESPACE_NAME_RE, team["namespace"])
+        assert 2 <= len(team["namespace"]) <= 39
+
+
+def test_generated_teams_pass_the_variable_validation() -> None:
+    teams = teams_value()
+    assert {"it", "finance"} <= set(teams), "the repository's teams are in the generated value"
+    conditions = validation_conditions("teams")
+
+    def patterns_on(subject: str) -> list[str]:
+        return [p for c in conditions if f", {subject})" in c for p in regexes_in(c)]
+
+    for service, team in teams.items():
+        assert (
+            all(re.fullmatch(p, service) for p in patterns_on("service"))
+            and service != "orchestrator"
+        )
+        assert all(re.fullmatch(p, team["namespace"]) for p in patterns_on("team.namespace"))
+        assert all(re.fullmatch(p, team["endpoint"]) for p in patterns_on("team.endpoint"))
+        assert team["task_queue"].strip()
+    for subject in ("service", "team.namespace", "team.endpoint"):
+        assert patterns_on(subject), f"var.teams validates {subject} with a pattern"
+    assert len({t["namespace"] for t in teams.values()}) == len(teams)
+    assert len({t["endpoint"] for t in teams.values()}) == len(teams)
+    declared = re.sub(r"\s", "", tf().variables["teams"]["type"])
+    for attribute in ("namespace", "task_queue", "endpoint", "description"):
+        assert f"{attribute}=" in declared, f"var.teams has no {attribute}"
+
+
+def test_terraform_teams_writes_an_auto_tfvars_file(tmp_path: Path) -> None:
+    target = tmp_path / "teams.auto.tfvars.json"
+    assert write_terraform_teams(["terraform_teams", str(target)]) == 0
+    assert json.loads(target.read_text()) == {"teams": teams_value()}
+    assert target.name.endswith(".auto.tfvars.json"), "terraform plan loads it by itself"
+    ignored = (TF_DIR / ".gitignore").read_text().splitlines()
+    assert "teams.auto.tfvars.json" in ignored, "generated from the manifests: never committed"
 
 
 @pytest.mark.parametrize("bad", ["it_tools", "Orchestrator", "-it", "it-", "1it", "x"])
 def test_namespace_name_rule_rejects(bad: str) -> None:
     assert not re.fullmatch(NAMESPACE_NAME_RE, bad)
+
+
+def test_name_prefix_is_validated() -> None:
+    patterns = variable_regexes("name_prefix")
+    assert patterns
+    for good in ("", "prod-", "staging2-"):
+        assert all(re.fullmatch(p, good) for p in patterns), good
+    for bad in ("prod", "Prod-", "prod_", "-", "1prod-"):
+        assert not all(re.fullmatch(p, bad) for p in patterns), bad
 
 
 def test_region_and_retention_are_validated() -> None:
@@ -211,68 +294,84 @@ def test_region_and_retention_are_validated() -> None:
 
 
 def test_one_nexus_endpoint_per_team() -> None:
-    assert set(tf().resource("temporalcloud_nexus_endpoint")) == set(TEAMS)
+    assert set(tf().resource("temporalcloud_nexus_endpoint")) == {"team"}
+    team_resource("temporalcloud_nexus_endpoint")
 
 
-@pytest.mark.parametrize("team", TEAMS)
-def test_endpoint_targets_the_team_namespace_by_id(team: str) -> None:
-    endpoint = tf().resource("temporalcloud_nexus_endpoint")[team]
-    target = endpoint["worker_target"]
-    assert target["namespace_id"] == ref("temporalcloud_namespace", team), (
+def test_endpoint_targets_the_team_namespace_by_id() -> None:
+    target = team_resource("temporalcloud_nexus_endpoint")["worker_target"]
+    assert target["namespace_id"] == "${temporalcloud_namespace.team[each.key].id}", (
         "worker_target.namespace_id takes the namespace id, not its name"
     )
-    assert tf().resolve(target["task_queue"]) == cloud_env(team)["TEMPORAL_TASK_QUEUE"]
+    assert target["task_queue"] == "${each.value.task_queue}"
+    for service in TEAMS_WITH_CLOUD_ENV:
+        assert teams_value()[service]["task_queue"] == cloud_env(service)["TEMPORAL_TASK_QUEUE"]
 
 
-@pytest.mark.parametrize("team", TEAMS)
-def test_only_the_orchestrator_may_call_an_endpoint(team: str) -> None:
-    endpoint = tf().resource("temporalcloud_nexus_endpoint")[team]
+def test_only_the_orchestrator_may_call_an_endpoint() -> None:
+    endpoint = team_resource("temporalcloud_nexus_endpoint")
     assert endpoint["allowed_caller_namespaces"] == [
         ref("temporalcloud_namespace", "orchestrator")
     ], "allowed_caller_namespaces holds only the orchestrator namespace id"
 
 
-@pytest.mark.parametrize("team", TEAMS)
-def test_endpoint_names_have_no_underscore(team: str) -> None:
-    raw = tf().resource("temporalcloud_nexus_endpoint")[team]["name"]
-    name = tf().resolve(raw)
-    assert "_" not in name and re.fullmatch(r"[a-zA-Z][a-zA-Z0-9-]*[a-zA-Z0-9]", name)
-    variable = re.match(r"\$\{var\.(\w+)", raw)
-    if variable:  # a configurable name is validated with a pattern that rejects underscores
-        patterns = variable_regexes(variable.group(1))
-        assert patterns and all(not re.fullmatch(p, "it_tools") for p in patterns)
-        assert all(re.fullmatch(p, name) for p in patterns)
+def test_endpoint_names_have_no_underscore() -> None:
+    endpoint = team_resource("temporalcloud_nexus_endpoint")
+    assert endpoint["name"] == "${local.team_endpoint_names[each.key]}"
+    assert "${var.name_prefix}${team.endpoint}" in tf().locals["team_endpoint_names"]
+    # Of var.teams' patterns, the endpoint rule is the one that allows upper case.
+    endpoint_patterns = [p for p in variable_regexes("teams") if "A-Z" in p]
+    assert endpoint_patterns, "var.teams validates endpoint names"
+    assert all(not re.fullmatch(p, "it_tools") for p in endpoint_patterns)
+    for team in teams_value().values():
+        name = team["endpoint"]
+        assert "_" not in name and re.fullmatch(r"[a-zA-Z][a-zA-Z0-9-]*[a-zA-Z0-9]", name)
+        assert all(re.fullmatch(p, name) for p in endpoint_patterns)
 
 
 def test_orchestrator_knows_the_endpoint_names() -> None:
-    names = [tf().resolve(tf().resource("temporalcloud_nexus_endpoint")[t]["name"]) for t in TEAMS]
+    value = tf().outputs["orchestrator_env"]["value"]["ORCHESTRATOR_TOOL_ENDPOINTS"]
+    assert "for service in sort(keys(var.teams))" in value
+    assert "temporalcloud_nexus_endpoint.team[service].name" in value
+    # The committed Cloud env file lists the endpoints of the teams it has env files for.
     env = cloud_env("orchestrator")["ORCHESTRATOR_TOOL_ENDPOINTS"]
-    assert env is not None and env.split(",") == names
-    value = tf().outputs["orchestrator_env"]["value"]
-    for team in TEAMS:
-        assert f"temporalcloud_nexus_endpoint.{team}.name" in value["ORCHESTRATOR_TOOL_ENDPOINTS"]
+    assert env is not None
+    expected = {teams_value()[service]["endpoint"] for service in TEAMS_WITH_CLOUD_ENV}
+    assert set(env.split(",")) == expected
 
 
 # --- service accounts and API keys ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("service", SERVICES)
-def test_namespace_scoped_service_account_per_service(service: str) -> None:
-    account = tf().resource("temporalcloud_service_account")[service]
-    assert "account_access" not in account and "namespace_accesses" not in account
-    scoped = account["namespace_scoped_access"]
-    assert scoped["namespace_id"] == ref("temporalcloud_namespace", service)
-    assert scoped["permission"] in NAMESPACE_PERMISSIONS - {"admin"}, (
-        "workers need write, not admin"
-    )
+def test_namespace_scoped_service_account_per_service() -> None:
+    accounts = tf().resource("temporalcloud_service_account")
+    assert set(accounts) == {"orchestrator", "team"}
+    team_resource("temporalcloud_service_account")
+    namespaces = {
+        "orchestrator": ref("temporalcloud_namespace", "orchestrator"),
+        "team": "${temporalcloud_namespace.team[each.key].id}",
+    }
+    for name, account in accounts.items():
+        assert "account_access" not in account and "namespace_accesses" not in account
+        scoped = account["namespace_scoped_access"]
+        assert scoped["namespace_id"] == namespaces[name]
+        assert scoped["permission"] in NAMESPACE_PERMISSIONS - {"admin"}, (
+            "workers need write, not admin"
+        )
 
 
-@pytest.mark.parametrize("service", SERVICES)
-def test_api_key_per_service_with_a_fixed_expiry(service: str) -> None:
-    key = tf().resource("temporalcloud_apikey")[service]
-    assert key["owner_type"] == "service-account"
-    assert key["owner_id"] == ref("temporalcloud_service_account", service)
-    assert key["expiry_time"] == "${var.api_key_expiry}"
+def test_api_key_per_service_with_a_fixed_expiry() -> None:
+    keys = tf().resource("temporalcloud_apikey")
+    assert set(keys) == {"orchestrator", "team"}
+    team_resource("temporalcloud_apikey")
+    owners = {
+        "orchestrator": ref("temporalcloud_service_account", "orchestrator"),
+        "team": "${temporalcloud_service_account.team[each.key].id}",
+    }
+    for name, key in keys.items():
+        assert key["owner_type"] == "service-account"
+        assert key["owner_id"] == owners[name]
+        assert key["expiry_time"] == "${var.api_key_expiry}"
 
 
 def test_api_key_expiry_variable_is_required_and_validated() -> None:
@@ -291,29 +390,66 @@ def test_every_api_key_output_is_sensitive() -> None:
         for key in re.findall(r"temporalcloud_apikey\.(\w+)", text):
             exposed.add(key)
             assert output.get("sensitive") is True, f"output {name} exposes an API key"
-    assert exposed == set(SERVICES), "each service's API key is an output"
+    assert exposed == {"orchestrator", "team"}, "each service's API key is an output"
+
+
+def test_existing_per_team_state_is_moved_not_recreated() -> None:
+    """State from before the for_each rewrite names `temporalcloud_namespace.it` etc.: `moved`
+    blocks carry those objects over, or an apply would destroy namespaces and live keys."""
+    moved = [block for path in tf().files for block in parse(path).get("moved", [])]
+    pairs = {(block["from"], block["to"]) for block in moved}
+    for rtype in (
+        "temporalcloud_namespace",
+        "temporalcloud_nexus_endpoint",
+        "temporalcloud_service_account",
+        "temporalcloud_apikey",
+    ):
+        for team in TEAMS_WITH_CLOUD_ENV:
+            assert (f"${{{rtype}.{team}}}", f'${{{rtype}.team["{team}"]}}') in pairs, (rtype, team)
 
 
 # --- outputs feed the cloud env files ---------------------------------------------------------
 
 
-@pytest.mark.parametrize("service", SERVICES)
-def test_service_env_output_matches_the_cloud_env_file(service: str) -> None:
-    output = tf().outputs[f"{service}_env"]
+def test_orchestrator_env_output_matches_the_cloud_env_file() -> None:
+    output = tf().outputs["orchestrator_env"]
     assert output.get("sensitive") is not True, "non-secret settings stay readable"
     value = output["value"]
-    env = cloud_env(service)
-    assert {"TEMPORAL_ADDRESS", "TEMPORAL_NAMESPACE"} <= set(value)
+    env = cloud_env("orchestrator")
     assert set(value) <= set(env), "every output key is a variable of the env file"
-    assert value["TEMPORAL_NAMESPACE"] == ref("temporalcloud_namespace", service), (
+    assert value["TEMPORAL_NAMESPACE"] == ref("temporalcloud_namespace", "orchestrator"), (
         "services connect with the namespace id"
     )
-    assert "grpc_address" in str(tf().locals) and service in value["TEMPORAL_ADDRESS"]
+    assert "grpc_address" in str(tf().locals) and "orchestrator" in value["TEMPORAL_ADDRESS"]
     assert tf().resolve(value["TEMPORAL_TASK_QUEUE"]) == env["TEMPORAL_TASK_QUEUE"]
     assert value["TEMPORAL_TLS"] == env["TEMPORAL_TLS"] == "true"
     placeholder = env["TEMPORAL_API_KEY"] or ""
-    assert placeholder.startswith("<") and f"{service}_api_key" in placeholder
-    assert f"{service}_api_key" in tf().outputs
+    assert placeholder.startswith("<") and "orchestrator_api_key" in placeholder
+    assert "orchestrator_api_key" in tf().outputs
+
+
+@pytest.mark.parametrize("service", TEAMS_WITH_CLOUD_ENV)
+def test_team_env_output_matches_the_cloud_env_file(service: str) -> None:
+    output = tf().outputs["team_env"]
+    assert output.get("sensitive") is not True, "non-secret settings stay readable"
+    expression = output["value"]
+    assert "for service, team in var.teams" in expression, "one entry per team"
+    keys = object_keys(expression)
+    env = cloud_env(service)
+    assert {"TEMPORAL_ADDRESS", "TEMPORAL_NAMESPACE", "TEMPORAL_TASK_QUEUE"} <= keys
+    assert keys <= set(env), "every output key is a variable of the team's env file"
+    assert "TEMPORAL_NAMESPACE = temporalcloud_namespace.team[service].id" in expression, (
+        "services connect with the namespace id"
+    )
+    assert "TEMPORAL_TASK_QUEUE = team.task_queue" in expression
+    assert teams_value()[service]["task_queue"] == env["TEMPORAL_TASK_QUEUE"]
+    assert "NEXUS_AUTH_AUDIENCE = temporalcloud_nexus_endpoint.team[service].name" in expression
+    assert env["NEXUS_AUTH_AUDIENCE"] == teams_value()[service]["endpoint"]
+    assert env["TEMPORAL_TLS"] == "true"
+    placeholder = env["TEMPORAL_API_KEY"] or ""
+    assert placeholder.startswith("<") and "team_api_keys" in placeholder
+    assert service in placeholder
+    assert "team_api_keys" in tf().outputs
 
 
 # --- tfvars example ---------------------------------------------------------------------------
@@ -321,7 +457,10 @@ def test_service_env_output_matches_the_cloud_env_file(service: str) -> None:
 
 def test_tfvars_example_sets_every_required_variable() -> None:
     example = tfvars_example()
+    generated = set(terraform_teams(discover_teams()))
     required = {name for name, body in tf().variables.items() if "default" not in body}
-    assert required, "region and api_key_expiry have no default"
-    assert required <= set(example), f"missing from the example: {sorted(required - set(example))}"
+    assert {"region", "api_key_expiry", "teams"} <= required
+    missing = required - set(example) - generated
+    assert not missing, f"set by neither the example nor make terraform-teams: {sorted(missing)}"
     assert set(example) <= set(tf().variables), "the example sets only declared variables"
+    assert "teams" not in example, "the teams come from the manifests, not a hand-kept list"

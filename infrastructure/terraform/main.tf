@@ -1,20 +1,26 @@
-# Temporal Cloud for the agent platform: one namespace per service, a Nexus endpoint per team that only
-# the orchestrator namespace may call, and a namespace-scoped service account with an API key per
-# service. Outputs give each service the TEMPORAL_* values its env file needs (deploy/env/cloud/).
+# Temporal Cloud for the agent platform: one namespace for the orchestrator and one per team, a
+# Nexus endpoint per team that only the orchestrator namespace may call, and a namespace-scoped
+# service account with an API key per service. Outputs give each service the TEMPORAL_* values its
+# env file needs (deploy/env/cloud/).
+#
+# The teams are a variable (var.teams), not blocks in this file: `make terraform-teams` writes it
+# from the team manifests (<team>/team.toml) to teams.auto.tfvars.json, so a new team needs no edit
+# here. Every team resource below is one `for_each` over var.teams, keyed by service name.
 
 locals {
-  # Task queues each worker polls; they must match TEMPORAL_TASK_QUEUE in the services' env files.
-  task_queues = {
-    orchestrator = "orchestrator"
-    it           = "it-tools"
-    finance      = "finance-tools"
-  }
+  # Must match TEMPORAL_TASK_QUEUE in deploy/env/cloud/orchestrator.env; a team's comes from its
+  # manifest.
+  orchestrator_task_queue = "orchestrator"
+
+  orchestrator_namespace_name = "${var.name_prefix}${var.orchestrator_namespace}"
+  team_namespace_names        = { for service, team in var.teams : service => "${var.name_prefix}${team.namespace}" }
+  team_endpoint_names         = { for service, team in var.teams : service => "${var.name_prefix}${team.endpoint}" }
 }
 
 # --- Namespaces --------------------------------------------------------------------------------
 
 resource "temporalcloud_namespace" "orchestrator" {
-  name           = var.namespace_names.orchestrator
+  name           = local.orchestrator_namespace_name
   regions        = [var.region]
   api_key_auth   = true
   retention_days = var.retention_days
@@ -22,10 +28,19 @@ resource "temporalcloud_namespace" "orchestrator" {
   namespace_lifecycle = {
     enable_delete_protection = var.delete_protection
   }
+
+  lifecycle {
+    precondition {
+      condition     = length(local.orchestrator_namespace_name) <= 39
+      error_message = "name_prefix + orchestrator_namespace must be at most 39 characters."
+    }
+  }
 }
 
-resource "temporalcloud_namespace" "it" {
-  name           = var.namespace_names.it
+resource "temporalcloud_namespace" "team" {
+  for_each = var.teams
+
+  name           = local.team_namespace_names[each.key]
   regions        = [var.region]
   api_key_auth   = true
   retention_days = var.retention_days
@@ -33,41 +48,27 @@ resource "temporalcloud_namespace" "it" {
   namespace_lifecycle = {
     enable_delete_protection = var.delete_protection
   }
-}
 
-resource "temporalcloud_namespace" "finance" {
-  name           = var.namespace_names.finance
-  regions        = [var.region]
-  api_key_auth   = true
-  retention_days = var.retention_days
-
-  namespace_lifecycle = {
-    enable_delete_protection = var.delete_protection
+  lifecycle {
+    precondition {
+      condition     = length(local.team_namespace_names[each.key]) <= 39
+      error_message = "name_prefix + the team's namespace must be at most 39 characters."
+    }
   }
 }
 
 # --- Nexus endpoints ---------------------------------------------------------------------------
-# Both take namespace ids (<name>.<account>), not names. Only the orchestrator may call them.
+# They take namespace ids (<name>.<account>), not names. Only the orchestrator may call them.
 
-resource "temporalcloud_nexus_endpoint" "it" {
-  name        = var.nexus_endpoint_names.it
-  description = "IT team tools (list_tools, execute_tool). Served by the it_service worker."
+resource "temporalcloud_nexus_endpoint" "team" {
+  for_each = var.teams
 
-  worker_target = {
-    namespace_id = temporalcloud_namespace.it.id
-    task_queue   = local.task_queues.it
-  }
-
-  allowed_caller_namespaces = [temporalcloud_namespace.orchestrator.id]
-}
-
-resource "temporalcloud_nexus_endpoint" "finance" {
-  name        = var.nexus_endpoint_names.finance
-  description = "Finance team tools (list_tools, execute_tool). Served by the finance_service worker."
+  name        = local.team_endpoint_names[each.key]
+  description = "${each.value.description == "" ? "Tools of the ${each.key} team." : each.value.description} Served by the ${each.key} worker (list_tools, execute_tool)."
 
   worker_target = {
-    namespace_id = temporalcloud_namespace.finance.id
-    task_queue   = local.task_queues.finance
+    namespace_id = temporalcloud_namespace.team[each.key].id
+    task_queue   = each.value.task_queue
   }
 
   allowed_caller_namespaces = [temporalcloud_namespace.orchestrator.id]
@@ -78,7 +79,7 @@ resource "temporalcloud_nexus_endpoint" "finance" {
 # Workers need write (start workflows, poll task queues); nothing here needs namespace admin.
 
 resource "temporalcloud_service_account" "orchestrator" {
-  name        = "${var.namespace_names.orchestrator}-worker"
+  name        = "${local.orchestrator_namespace_name}-worker"
   description = "Orchestrator worker and agent CLI."
 
   namespace_scoped_access = {
@@ -87,22 +88,14 @@ resource "temporalcloud_service_account" "orchestrator" {
   }
 }
 
-resource "temporalcloud_service_account" "it" {
-  name        = "${var.namespace_names.it}-worker"
-  description = "IT team tool service worker."
+resource "temporalcloud_service_account" "team" {
+  for_each = var.teams
+
+  name        = "${local.team_namespace_names[each.key]}-worker"
+  description = "Tool service worker of the ${each.key} team."
 
   namespace_scoped_access = {
-    namespace_id = temporalcloud_namespace.it.id
-    permission   = "write"
-  }
-}
-
-resource "temporalcloud_service_account" "finance" {
-  name        = "${var.namespace_names.finance}-worker"
-  description = "Finance team tool service worker."
-
-  namespace_scoped_access = {
-    namespace_id = temporalcloud_namespace.finance.id
+    namespace_id = temporalcloud_namespace.team[each.key].id
     permission   = "write"
   }
 }
@@ -111,7 +104,7 @@ resource "temporalcloud_service_account" "finance" {
 # the new one exists, so a rotation is: change api_key_expiry, apply, redeploy workers with the new key.
 
 resource "temporalcloud_apikey" "orchestrator" {
-  display_name = "${var.namespace_names.orchestrator}-worker-${formatdate("YYYYMMDD", var.api_key_expiry)}"
+  display_name = "${local.orchestrator_namespace_name}-worker-${formatdate("YYYYMMDD", var.api_key_expiry)}"
   owner_type   = "service-account"
   owner_id     = temporalcloud_service_account.orchestrator.id
   expiry_time  = var.api_key_expiry
@@ -121,21 +114,12 @@ resource "temporalcloud_apikey" "orchestrator" {
   }
 }
 
-resource "temporalcloud_apikey" "it" {
-  display_name = "${var.namespace_names.it}-worker-${formatdate("YYYYMMDD", var.api_key_expiry)}"
-  owner_type   = "service-account"
-  owner_id     = temporalcloud_service_account.it.id
-  expiry_time  = var.api_key_expiry
+resource "temporalcloud_apikey" "team" {
+  for_each = var.teams
 
-  lifecycle {
-    create_before_destroy = true
-  }
-}
-
-resource "temporalcloud_apikey" "finance" {
-  display_name = "${var.namespace_names.finance}-worker-${formatdate("YYYYMMDD", var.api_key_expiry)}"
+  display_name = "${local.team_namespace_names[each.key]}-worker-${formatdate("YYYYMMDD", var.api_key_expiry)}"
   owner_type   = "service-account"
-  owner_id     = temporalcloud_service_account.finance.id
+  owner_id     = temporalcloud_service_account.team[each.key].id
   expiry_time  = var.api_key_expiry
 
   lifecycle {

@@ -1,17 +1,13 @@
 locals {
-  namespaces = {
-    orchestrator = temporalcloud_namespace.orchestrator
-    it           = temporalcloud_namespace.it
-    finance      = temporalcloud_namespace.finance
-  }
-
   # The API-key gRPC address of each namespace (regional endpoint, or the namespace endpoint for HA
-  # namespaces), as host:port. Port 7233 is added if the Cloud API returns a bare host.
+  # namespaces), as host:port, by service. Port 7233 is added if the Cloud API returns a bare host.
+  grpc_addresses = merge(
+    { orchestrator = temporalcloud_namespace.orchestrator.endpoints.grpc_address },
+    { for service, ns in temporalcloud_namespace.team : service => ns.endpoints.grpc_address },
+  )
   temporal_addresses = {
-    for service, ns in local.namespaces : service => (
-      length(regexall(":[0-9]+$", ns.endpoints.grpc_address)) > 0
-      ? ns.endpoints.grpc_address
-      : "${ns.endpoints.grpc_address}:7233"
+    for service, address in local.grpc_addresses : service => (
+      length(regexall(":[0-9]+$", address)) > 0 ? address : "${address}:7233"
     )
   }
 }
@@ -22,51 +18,38 @@ locals {
 output "orchestrator_env" {
   description = "Non-secret settings for deploy/env/cloud/orchestrator.env. The API key is in orchestrator_api_key."
   value = {
-    TEMPORAL_ADDRESS            = local.temporal_addresses.orchestrator
+    TEMPORAL_ADDRESS            = local.temporal_addresses["orchestrator"]
     TEMPORAL_NAMESPACE          = temporalcloud_namespace.orchestrator.id
-    TEMPORAL_TASK_QUEUE         = local.task_queues.orchestrator
+    TEMPORAL_TASK_QUEUE         = local.orchestrator_task_queue
     TEMPORAL_TLS                = "true"
-    ORCHESTRATOR_TOOL_ENDPOINTS = join(",", [temporalcloud_nexus_endpoint.it.name, temporalcloud_nexus_endpoint.finance.name])
+    ORCHESTRATOR_TOOL_ENDPOINTS = join(",", [for service in sort(keys(var.teams)) : temporalcloud_nexus_endpoint.team[service].name])
   }
 }
 
-output "it_env" {
-  description = "Non-secret settings for deploy/env/cloud/it.env. The API key is in it_api_key."
+output "team_env" {
+  description = "Non-secret settings for each team's deploy/env/cloud/<service>.env, by service (terraform output -json team_env). The API keys are in team_api_keys."
   value = {
-    TEMPORAL_ADDRESS    = local.temporal_addresses.it
-    TEMPORAL_NAMESPACE  = temporalcloud_namespace.it.id
-    TEMPORAL_TASK_QUEUE = local.task_queues.it
-    TEMPORAL_TLS        = "true"
+    for service, team in var.teams : service => {
+      TEMPORAL_ADDRESS    = local.temporal_addresses[service]
+      TEMPORAL_NAMESPACE  = temporalcloud_namespace.team[service].id
+      TEMPORAL_TASK_QUEUE = team.task_queue
+      TEMPORAL_TLS        = "true"
+      NEXUS_AUTH_AUDIENCE = temporalcloud_nexus_endpoint.team[service].name
+    }
   }
 }
 
-output "finance_env" {
-  description = "Non-secret settings for deploy/env/cloud/finance.env. The API key is in finance_api_key."
-  value = {
-    TEMPORAL_ADDRESS    = local.temporal_addresses.finance
-    TEMPORAL_NAMESPACE  = temporalcloud_namespace.finance.id
-    TEMPORAL_TASK_QUEUE = local.task_queues.finance
-    TEMPORAL_TLS        = "true"
-  }
-}
-
-# --- Secrets: TEMPORAL_API_KEY per service (terraform output -raw <service>_api_key) -----------
+# --- Secrets: TEMPORAL_API_KEY per service ------------------------------------------------------
 
 output "orchestrator_api_key" {
-  description = "TEMPORAL_API_KEY for the orchestrator (write access to its namespace only)."
+  description = "TEMPORAL_API_KEY for the orchestrator (write access to its namespace only): terraform output -raw orchestrator_api_key."
   value       = temporalcloud_apikey.orchestrator.token
   sensitive   = true
 }
 
-output "it_api_key" {
-  description = "TEMPORAL_API_KEY for the IT tool service (write access to its namespace only)."
-  value       = temporalcloud_apikey.it.token
-  sensitive   = true
-}
-
-output "finance_api_key" {
-  description = "TEMPORAL_API_KEY for the Finance tool service (write access to its namespace only)."
-  value       = temporalcloud_apikey.finance.token
+output "team_api_keys" {
+  description = "TEMPORAL_API_KEY of each team's tool service, by service (write access to its own namespace only): terraform output -json team_api_keys."
+  value       = { for service, key in temporalcloud_apikey.team : service => key.token }
   sensitive   = true
 }
 
@@ -74,13 +57,13 @@ output "finance_api_key" {
 
 output "nexus_endpoint_ids" {
   description = "Ids of the Nexus endpoints, by endpoint name."
-  value = {
-    (temporalcloud_nexus_endpoint.it.name)      = temporalcloud_nexus_endpoint.it.id
-    (temporalcloud_nexus_endpoint.finance.name) = temporalcloud_nexus_endpoint.finance.id
-  }
+  value       = { for service, endpoint in temporalcloud_nexus_endpoint.team : endpoint.name => endpoint.id }
 }
 
 output "web_addresses" {
-  description = "Temporal Cloud UI address of each namespace."
-  value       = { for service, ns in local.namespaces : service => ns.endpoints.web_address }
+  description = "Temporal Cloud UI address of each namespace, by service."
+  value = merge(
+    { orchestrator = temporalcloud_namespace.orchestrator.endpoints.web_address },
+    { for service, ns in temporalcloud_namespace.team : service => ns.endpoints.web_address },
+  )
 }
