@@ -4,85 +4,28 @@ Start-up stays fast: nothing here imports litellm or workflow code; conversation
 workflow and update names through `orchestrator.client`.
 """
 
-# The interrupt handler below is installed before the slower imports (about a second), so that
-# section has to come first.
-# ruff: noqa: E402
-
 from __future__ import annotations
 
-import os
-import signal
-import sys
-from types import FrameType
-from typing import Any
+# isort: off
+# First: installs the Ctrl-C handler before the slower imports below.
+from orchestrator.interrupt import exit_on_interrupt
 
-try:
-    import termios
-except ImportError:  # not a POSIX terminal: nothing to restore
-    termios = None  # type: ignore[assignment]
-
-INTERRUPTED_EXIT_CODE = 130  # 128 + SIGINT, what shells report for a Ctrl-C'd command
-_terminal_settings: list[Any] | None = None
-
-
-def _exit_interrupted(signum: int, frame: FrameType | None) -> None:
-    """Ctrl-C: say "interrupted" and leave at once with 130, wherever the program was.
-
-    Leaving through KeyboardInterrupt is not reliable here: asyncio waits for the thread reading a
-    `chat` line before it lets go, the SDK turns the cancelled update into "did not answer in
-    time", and the Temporal core's threads can abort interpreter finalisation. Nothing is lost by
-    leaving: the conversation is durable, and a message already sent is answered and kept.
-    """
-    try:
-        sys.stdout.flush()  # what was already printed (an answer) still reaches a pipe
-    except Exception:  # interrupted in the middle of a write to the same stream
-        pass
-    if termios is not None and _terminal_settings is not None:
-        try:  # a chat line being read left the terminal without echo
-            termios.tcsetattr(0, termios.TCSADRAIN, _terminal_settings)
-        except (OSError, termios.error):
-            pass
-    if os.isatty(1):
-        os.write(1, b"\x1b[?25h\n")  # rich's status spinner hides the cursor; show it again
-    os.write(2, b"interrupted\n")
-    os._exit(INTERRUPTED_EXIT_CODE)
-
-
-def _exit_on_interrupt() -> None:
-    global _terminal_settings
-    if termios is not None and _terminal_settings is None and os.isatty(0):
-        try:
-            _terminal_settings = termios.tcgetattr(0)
-        except termios.error:
-            pass
-    signal.signal(signal.SIGINT, _exit_interrupted)
-
-
-# Only when this process is the `agent` command: a program that imports this module (the demo)
-# keeps its own Ctrl-C handling until it calls main().
-if os.path.basename(sys.argv[0]) == "agent":
-    _exit_on_interrupt()
-
+# isort: on
 import asyncio
 import io
 import json
 import logging
+import os
+import sys
 import uuid
-from collections.abc import Awaitable, Callable
-from pathlib import Path
-from typing import Annotated, NoReturn, TypeVar
+from typing import Annotated, NoReturn
 
 import typer
 from rich.markup import escape
 from rich.table import Table
-from temporalio.client import (
-    Client,
-    WorkflowUpdateFailedError,
-    WorkflowUpdateRPCTimeoutOrCancelledError,
-)
-from temporalio.exceptions import WorkflowAlreadyStartedError
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.service import RPCError
 
+from orchestrator.cli_support import CliError, first_line, open_conversations, run, translate
 from orchestrator.client import (
     ConversationClient,
     ConversationEndedError,
@@ -90,7 +33,6 @@ from orchestrator.client import (
     check_conversation_id,
     check_message,
 )
-from orchestrator.config import OrchestratorSettings
 from orchestrator.models import ConversationStatus, TurnResult, Usage
 from orchestrator.render import (
     OFFLINE_NOTICE,
@@ -98,21 +40,12 @@ from orchestrator.render import (
     out,
     print_error,
     print_turn,
-    printable,
     send_with_status,
     turn_json,
 )
-from orchestrator.store_backup import (
-    StoreBackupError,
-    StoreCounts,
-    backup_store,
-    restore_store,
-    sqlite_store_path,
-)
-from shared.caller import innermost_message
-from shared.config import ConfigError, OrchestratorTemporalSettings, load_settings
+from orchestrator.store_commands import store_app
+from shared.config import ConfigError
 from shared.log import configure_logging
-from shared.temporal import connect
 
 app = typer.Typer(
     name="agent",
@@ -121,71 +54,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-store_app = typer.Typer(
-    name="store",
-    help="Back up and restore the SQLite conversation store (ORCHESTRATOR_STORE_URL).",
-    no_args_is_help=True,
-)
 app.add_typer(store_app)
-T = TypeVar("T")
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print a JSON object instead of text.")]
-
-
-class CliError(Exception):
-    """A problem to show as one line, with exit code 1."""
-
-
-# ---- plumbing --------------------------------------------------------------------------------
-async def open_conversations() -> tuple[ConversationClient, OrchestratorTemporalSettings]:
-    settings = load_settings(OrchestratorTemporalSettings)
-    try:
-        client: Client = await connect(settings)
-    except RuntimeError as error:
-        reason = "connection refused" if "refused" in str(error).lower() else _first_line(error)
-        raise CliError(
-            f"cannot reach Temporal at {settings.address} (namespace {settings.namespace}): "
-            f"{reason}. Is the stack up? Run `make up`."
-        ) from None
-    return ConversationClient(client, settings.task_queue), settings
-
-
-def _run(work: Callable[[], Awaitable[T]]) -> T:
-    try:
-        return asyncio.run(_translate(work))
-    except (CliError, ConfigError) as error:
-        _fail(str(error))
-
-
-async def _translate(work: Callable[[], Awaitable[T]]) -> T:
-    """Turn SDK errors into one readable line each."""
-    try:
-        return await work()
-    except (InvalidMessageError, ConversationEndedError) as error:
-        raise CliError(str(error)) from None
-    except WorkflowUpdateFailedError as error:
-        raise CliError(innermost_message(error)) from None
-    except WorkflowUpdateRPCTimeoutOrCancelledError:
-        raise CliError(
-            "the conversation did not answer in time; it keeps working — "
-            "check `agent history ID` later"
-        ) from None
-    except WorkflowAlreadyStartedError as error:
-        raise CliError(f"conversation {error.workflow_id} has ended; start a new one") from None
-    except RPCError as error:
-        if error.status == RPCStatusCode.NOT_FOUND:
-            raise CliError(f"no such conversation ({_first_line(error)})") from None
-        raise CliError(f"Temporal refused the request: {_first_line(error)}") from None
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
-
-
-def _fail(message: str) -> NoReturn:
-    print_error(message)
-    raise typer.Exit(1)
 
 
 def _new_conversation_id() -> str:
@@ -238,7 +109,7 @@ def _check_and_send(conversation_id: str, message: str, *, as_json: bool, new: b
             await _announce_model(conversations, conversation_id)
         return result
 
-    result = _run(work)
+    result = run(work)
     if as_json:
         print(json.dumps(turn_json(result), ensure_ascii=False))
     else:
@@ -298,7 +169,7 @@ def chat(
                     out.print(escape(str(ended)))
                 return
             try:
-                result = await _translate(
+                result = await translate(
                     lambda m=message: send_with_status(  # type: ignore[misc]
                         conversations, conversation_id, m, live=True
                     )
@@ -312,7 +183,7 @@ def chat(
             print_turn(result)
         out.print(f"[dim]resume with `agent chat --conversation {conversation_id}`[/]")
 
-    _run(work)
+    run(work)
 
 
 @app.command()
@@ -327,7 +198,7 @@ def history(
         conversations, _ = await open_conversations()
         return await conversations.turns(conversation_id)
 
-    turns = _run(work)
+    turns = run(work)
     usage = Usage()
     for turn in turns:
         usage = usage.add(turn.usage)
@@ -367,7 +238,7 @@ def end(conversation_id: Annotated[str, typer.Argument(help="Conversation id.")]
         except ConversationEndedError as ended:
             return ended.usage, True
 
-    usage, already = _run(work)
+    usage, already = run(work)
     # Exit 0 when it had already ended, like `rm -f` or `systemctl stop`: the state asked for
     # holds, and a script that retries `end` after a timeout (the first one may have landed)
     # must not see a failure. An unknown id is still an error (exit 1).
@@ -393,7 +264,7 @@ def refresh(
         conversations, _ = await open_conversations()
         return await conversations.refresh_tools(conversation_id)
 
-    status = _run(work)
+    status = run(work)
     if as_json:
         payload = {
             "conversation_id": conversation_id,
@@ -421,7 +292,7 @@ def list_conversations(
         conversations, _ = await open_conversations()
         return [row async for row in conversations.list(limit)]
 
-    rows = _run(work)
+    rows = run(work)
     if not rows:
         out.print('no conversations yet: try `agent ask "What is my IP address?"`')
         return
@@ -429,46 +300,6 @@ def list_conversations(
     for row in rows:
         table.add_row(*row)
     out.print(table)
-
-
-# ---- store ---------------------------------------------------------------------------------------
-BackupPath = Annotated[Path, typer.Argument(help="Backup file.", dir_okay=False)]
-
-
-@store_app.command("backup")
-def store_backup(path: BackupPath) -> None:
-    """Copy the live store to PATH (mode 0600), safely while the orchestrator worker runs."""
-    store_url = _store_url()
-    try:
-        counts = backup_store(store_url, path)
-    except StoreBackupError as error:
-        _fail(str(error))
-    _report_copy("backed up", counts, sqlite_store_path(store_url), path, "to")
-
-
-@store_app.command("restore")
-def store_restore(path: BackupPath) -> None:
-    """Replace the live store's content with the backup at PATH (the worker may keep running)."""
-    store_url = _store_url()
-    try:
-        counts = restore_store(store_url, path)
-    except StoreBackupError as error:
-        _fail(str(error))
-    _report_copy("restored", counts, path, sqlite_store_path(store_url), "into")
-
-
-def _store_url() -> str:
-    try:
-        return load_settings(OrchestratorSettings).store_url
-    except ConfigError as error:
-        _fail(str(error))
-
-
-def _report_copy(verb: str, counts: StoreCounts, source: Path, target: Path, word: str) -> None:
-    out.print(
-        escape(printable(f"{verb} {counts.describe()} from {source} {word} {target}")),
-        soft_wrap=True,
-    )
 
 
 # ---- entry point ---------------------------------------------------------------------------------
@@ -481,7 +312,7 @@ def main() -> NoReturn:
     script would send its message again. The SDK has no way to stop that runtime, so the command
     flushes its output and ends the process with the command's exit code via os._exit.
     """
-    _exit_on_interrupt()
+    exit_on_interrupt()
     # Logs (the SDK's and the core's, forwarded by shared.temporal) go to stderr only: stdout
     # carries answers and --json objects.
     configure_logging(level=os.environ.get("LOG_LEVEL", "WARNING"))
@@ -510,6 +341,6 @@ def _run_app() -> int:
     except BrokenPipeError:  # `agent list | head -1`: the reader left; say nothing more
         return 141  # 128 + SIGPIPE, what the shell reports for other tools in that case
     except Exception as error:  # a bug; still one line, never a traceback
-        print_error(f"unexpected {type(error).__name__}: {_first_line(error)}")
+        print_error(f"unexpected {type(error).__name__}: {first_line(error)}")
         return 1
     return 0

@@ -14,7 +14,7 @@ import uuid
 from rich.console import Console
 from rich.markup import escape
 
-from orchestrator.cli import CliError, open_conversations
+from orchestrator.cli_support import CliError, open_conversations
 from orchestrator.render import OFFLINE_NOTICE, UI_ADDRESS, print_turn, send_with_status
 
 SCRIPT = [

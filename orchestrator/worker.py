@@ -13,9 +13,8 @@ from orchestrator.store import ConversationStore
 from orchestrator.workflows import ConversationWorkflow, ReadConversation
 from shared.auth import CallerTokenInterceptor, NexusAuthSettings
 from shared.config import ConfigError, OrchestratorTemporalSettings, load_settings
-from shared.log import bind_context, configure_logging, get_logger
-from shared.temporal import connect_when_ready, require_namespace
-from shared.worker import run_until_signalled, run_worker_process
+from shared.log import configure_logging, get_logger
+from shared.worker import serve_worker
 
 log = get_logger(__name__)
 
@@ -59,27 +58,23 @@ def main() -> int:
         log.error(str(err))
         return 2
 
-    async def serve() -> None:
-        bind_context(namespace=temporal.namespace, task_queue=temporal.task_queue)
-        client = await connect_when_ready(temporal)
-        await require_namespace(client)
-        worker = build_orchestrator_worker(
+    def build(client: Client) -> Worker:
+        return build_orchestrator_worker(
             client,
             task_queue=temporal.task_queue,
             settings=settings,
             llm_settings=llm_settings,
             auth=auth,
         )
-        log.info(
-            "orchestrator worker started",
-            model=llm_settings.resolved_model,
-            offline_model=llm_settings.offline,
-            tool_endpoints=settings.tool_endpoints,
-            signed_endpoints=sorted(auth.signing_keys),
-        )
-        await run_until_signalled(worker)
 
-    return run_worker_process(serve)
+    return serve_worker(
+        temporal,
+        build,
+        model=llm_settings.resolved_model,
+        offline_model=llm_settings.offline,
+        tool_endpoints=settings.tool_endpoints,
+        signed_endpoints=sorted(auth.signing_keys),
+    )
 
 
 if __name__ == "__main__":

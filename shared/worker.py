@@ -26,6 +26,7 @@ from temporalio.worker import Interceptor, Worker
 from shared.auth import CallerVerificationInterceptor, NexusAuthSettings
 from shared.config import (
     ConfigError,
+    TemporalSettings,
     ToolServiceSettings,
     load_settings,
     temporal_settings_for,
@@ -167,11 +168,8 @@ def serve_team(team: TeamManifest) -> int:
     if not auth.verify_keys:
         log.warning("Nexus caller authentication is OFF: set NEXUS_AUTH_VERIFY_KEYS to require it")
 
-    async def main() -> None:
-        bind_context(namespace=settings.namespace, task_queue=settings.task_queue)
-        client = await connect_when_ready(settings)
-        await require_namespace(client)
-        worker = build_team_worker(
+    def build(client: Client) -> Worker:
+        return build_team_worker(
             client,
             code.registry,
             task_queue=settings.task_queue,
@@ -181,7 +179,23 @@ def serve_team(team: TeamManifest) -> int:
             auth=auth,
             max_result_bytes=tool_settings.max_result_bytes,
         )
-        log.info("worker started", service=team.service, tools=code.registry.names())
+
+    return serve_worker(settings, build, service=team.service, tools=code.registry.names())
+
+
+def serve_worker(
+    settings: TemporalSettings, build: Callable[[Client], Worker], **started: Any
+) -> int:
+    """The start-up path of every worker process, team or orchestrator: connect (waiting for a
+    server that is starting), check the namespace, build the worker, run it until SIGINT/SIGTERM.
+    Returns the process exit code; start-up failures are one log line."""
+
+    async def main() -> None:
+        bind_context(namespace=settings.namespace, task_queue=settings.task_queue)
+        client = await connect_when_ready(settings)
+        await require_namespace(client)
+        worker = build(client)
+        log.info("worker started", **started)
         await run_until_signalled(worker)
 
     return run_worker_process(main)

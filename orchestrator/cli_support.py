@@ -1,0 +1,81 @@
+"""What every `agent` command shares: reaching the conversations, and turning any SDK error into
+one readable line (exit code 1), never a traceback."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import NoReturn, TypeVar
+
+import typer
+from temporalio.client import (
+    Client,
+    WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
+)
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
+
+from orchestrator.client import ConversationClient, ConversationEndedError, InvalidMessageError
+from orchestrator.render import print_error
+from shared.caller import innermost_message
+from shared.config import ConfigError, OrchestratorTemporalSettings, load_settings
+from shared.temporal import connect
+
+T = TypeVar("T")
+
+
+class CliError(Exception):
+    """A problem to show as one line, with exit code 1."""
+
+
+# ---- plumbing --------------------------------------------------------------------------------
+async def open_conversations() -> tuple[ConversationClient, OrchestratorTemporalSettings]:
+    settings = load_settings(OrchestratorTemporalSettings)
+    try:
+        client: Client = await connect(settings)
+    except RuntimeError as error:
+        reason = "connection refused" if "refused" in str(error).lower() else first_line(error)
+        raise CliError(
+            f"cannot reach Temporal at {settings.address} (namespace {settings.namespace}): "
+            f"{reason}. Is the stack up? Run `make up`."
+        ) from None
+    return ConversationClient(client, settings.task_queue), settings
+
+
+def run(work: Callable[[], Awaitable[T]]) -> T:
+    try:
+        return asyncio.run(translate(work))
+    except (CliError, ConfigError) as error:
+        fail(str(error))
+
+
+async def translate(work: Callable[[], Awaitable[T]]) -> T:
+    """Turn SDK errors into one readable line each."""
+    try:
+        return await work()
+    except (InvalidMessageError, ConversationEndedError) as error:
+        raise CliError(str(error)) from None
+    except WorkflowUpdateFailedError as error:
+        raise CliError(innermost_message(error)) from None
+    except WorkflowUpdateRPCTimeoutOrCancelledError:
+        raise CliError(
+            "the conversation did not answer in time; it keeps working — "
+            "check `agent history ID` later"
+        ) from None
+    except WorkflowAlreadyStartedError as error:
+        raise CliError(f"conversation {error.workflow_id} has ended; start a new one") from None
+    except RPCError as error:
+        if error.status == RPCStatusCode.NOT_FOUND:
+            raise CliError(f"no such conversation ({first_line(error)})") from None
+        raise CliError(f"Temporal refused the request: {first_line(error)}") from None
+
+
+def first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+def fail(message: str) -> NoReturn:
+    print_error(message)
+    raise typer.Exit(1)
