@@ -125,8 +125,14 @@ class OrchestratorActivities:
         ):
             cid = request.conversation_id
             await self._check_store(cid, request.stored_before)
+            await self._store.put(cid, request.new_messages)
+            answered = await self._stored_reply(cid, request.reply_seq)
+            if answered is not None:
+                # An earlier attempt got and stored the model's reply, then failed to report it:
+                # answer with that reply, so the tool calls the workflow runs are the stored ones.
+                log.info("model step already answered; returning the stored reply")
+                return answered
             try:
-                await self._store.append(cid, request.new_messages)
                 messages, compacted = await build_context(
                     self._store, cid, self._window, self._summarise
                 )
@@ -154,6 +160,13 @@ class OrchestratorActivities:
                 compacted=compacted,
             )
             return result.model_copy(update={"compacted": compacted})
+
+    async def _stored_reply(self, conversation_id: str, reply_seq: int) -> LlmStepResult | None:
+        stored = await self._store.messages(conversation_id, after_seq=reply_seq - 1, limit=1)
+        if not stored or stored[0].seq != reply_seq or stored[0].message.role != "assistant":
+            return None
+        reply = stored[0].message
+        return LlmStepResult(content=reply.content, tool_calls=reply.tool_calls)
 
     async def _check_store(self, conversation_id: str, expected: int) -> None:
         """Refuse to run the model on a transcript with holes: a store that lost messages (deleted,

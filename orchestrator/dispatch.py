@@ -47,9 +47,10 @@ with workflow.unsafe.imports_passed_through():
 RECORD_RESULT_CHARS = 2000
 # Changes to the commands a conversation schedules, guarded so that conversations recorded before
 # them replay unchanged.
-BOUNDED_FAN_OUT_PATCH = "bounded-tool-fan-out"
+BOUNDED_FAN_OUT_PATCH = "bounded-tool-fan-out"  # fan-out, calls per step, argument size
 REDISCOVERY_PATCH = "rediscover-unavailable-endpoints"
 
+MAX_ARGUMENT_DEPTH = 32
 StepResult = tuple[ToolCallRecord, Any]  # the turn's record, and the content the model reads
 
 
@@ -186,14 +187,24 @@ class ToolDispatcher:
 
     def _parse_arguments(self, call: LlmToolCall) -> tuple[dict[str, Any] | None, str]:
         limit = self._config.max_tool_arguments_chars
-        if len(call.arguments or "") > limit:
+        if len(call.arguments or "") > limit and workflow.patched(BOUNDED_FAN_OUT_PATCH):
             return None, f"arguments are {len(call.arguments)} characters; the limit is {limit}"
         try:
             args = json.loads(call.arguments or "{}")
         except json.JSONDecodeError as err:
             return None, f"arguments are not valid JSON ({err.msg} at position {err.pos})"
+        except RecursionError:
+            args = None
         if not isinstance(args, dict):
             return None, "arguments must be a JSON object"
+        depth = nesting_depth(args)
+        # Payload decoders refuse deep JSON (pydantic stops near 200 levels): arguments nested
+        # that deep would make the call's activity, and the turn's record, undecodable forever.
+        if depth > MAX_ARGUMENT_DEPTH and workflow.patched(BOUNDED_FAN_OUT_PATCH):
+            return (
+                None,
+                f"arguments are nested {depth} levels deep; the limit is {MAX_ARGUMENT_DEPTH}",
+            )
         return args, ""
 
     async def _run_remote(self, endpoint: str, call: ToolCall) -> ToolOutcome:
@@ -246,7 +257,7 @@ def settled(
     record = ToolCallRecord(
         name=outcome.tool,
         service=service,
-        args=args,
+        args=preview(args),
         ok=outcome.ok,
         result=preview(outcome.output if outcome.ok else outcome.error),
     )
@@ -263,27 +274,44 @@ def refused(call: LlmToolCall, service: str, kind: ToolErrorKind | str, message:
     return record, {"error": kind, "message": message}
 
 
-def tool_message(call: LlmToolCall, content: Any) -> ChatMessage:
-    return ChatMessage(
-        role="tool",
-        tool_call_id=call.id,
-        name=call.name,
-        content=json.dumps(content, default=str, ensure_ascii=False),
-    )
+def tool_message(call: LlmToolCall, content: Any, limit: int | None = None) -> ChatMessage:
+    """The tool message the model reads. With `limit`, a longer content is cut with a marker:
+    every tool message of a step travels in the next model step's payload, which has to stay far
+    below Temporal's 2 MB limit (32 calls x 16,000 characters is about 0.5 MB)."""
+    text = json.dumps(content, default=str, ensure_ascii=False)
+    if limit is not None and len(text) > limit:
+        text = text[:limit] + f"…[truncated {len(text) - limit} characters]"
+    return ChatMessage(role="tool", tool_call_id=call.id, name=call.name, content=text)
 
 
 def preview(value: Any) -> Any:
     """The value itself when small; otherwise the start of its JSON with a visible marker."""
     text = value if isinstance(value, str) else json.dumps(value, default=str, ensure_ascii=False)
     if len(text) <= RECORD_RESULT_CHARS:
-        return value
+        # Deeply nested values stay text: the record must decode wherever it goes.
+        return value if nesting_depth(value) <= MAX_ARGUMENT_DEPTH else text
     return text[:RECORD_RESULT_CHARS] + f"…[truncated {len(text) - RECORD_RESULT_CHARS} characters]"
+
+
+def nesting_depth(value: Any) -> int:
+    """How deeply lists and objects nest in a JSON value (iteratively: deep input is the point)."""
+    deepest = 0
+    pending: list[tuple[Any, int]] = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict):
+            deepest = max(deepest, depth)
+            pending.extend((child, depth + 1) for child in item.values())
+        elif isinstance(item, list):
+            deepest = max(deepest, depth)
+            pending.extend((child, depth + 1) for child in item)
+    return deepest
 
 
 def signature(call: LlmToolCall) -> str:
     """The call's identity within a turn: its name and canonical arguments."""
     try:
         canonical = json.dumps(json.loads(call.arguments or "{}"), sort_keys=True)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         canonical = call.arguments
     return f"{call.name}:{canonical}"

@@ -179,6 +179,12 @@ class LoopSettings(BaseModel):
     # below Temporal's 2 MB payload limit (4 bytes per character at worst in UTF-8).
     max_message_chars: int = Field(default=8000, ge=1, le=32_000)
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    max_tool_message_chars: int = Field(
+        default=16_000,
+        ge=1000,
+        le=60_000,
+        description="Longer tool results are cut, with a marker, before they enter the transcript.",
+    )
     max_turns_per_run: int = Field(
         default=100, ge=1, le=1000, description="Continue-as-new after this many turns."
     )

@@ -57,6 +57,11 @@ class ConversationStore(ABC):
     ) -> list[StoredMessage]: ...
 
     @abstractmethod
+    async def put(self, conversation_id: str, messages: list[StoredMessage]) -> None:
+        """Write messages at their sequence numbers, replacing what is there: the workflow's
+        record of its own messages wins over a reply an abandoned model step left behind."""
+
+    @abstractmethod
     async def count_before(self, conversation_id: str, seq: int) -> int:
         """How many messages of the conversation have a sequence number below `seq`."""
 
@@ -160,6 +165,14 @@ class SqliteStore(ConversationStore):
         )
         return [_message(seq, body) for seq, body in rows]
 
+    async def put(self, conversation_id: str, messages: list[StoredMessage]) -> None:
+        if messages:
+            await self._run(
+                "INSERT INTO messages (conversation_id, seq, body) VALUES (?, ?, ?) "
+                "ON CONFLICT (conversation_id, seq) DO UPDATE SET body = excluded.body",
+                [(conversation_id, m.seq, m.message.model_dump_json()) for m in messages],
+            )
+
     async def count_before(self, conversation_id: str, seq: int) -> int:
         rows = await self._run(
             "SELECT COUNT(*) FROM messages WHERE conversation_id = ? AND seq < ?",
@@ -242,6 +255,14 @@ class PostgresStore(ConversationStore):
             (conversation_id, after_seq, limit),
         )
         return [_message(seq, body) for seq, body in rows]
+
+    async def put(self, conversation_id: str, messages: list[StoredMessage]) -> None:
+        if messages:
+            await self._run(
+                "INSERT INTO messages (conversation_id, seq, body) VALUES (%s, %s, %s) "
+                "ON CONFLICT (conversation_id, seq) DO UPDATE SET body = excluded.body",
+                [(conversation_id, m.seq, m.message.model_dump_json()) for m in messages],
+            )
 
     async def count_before(self, conversation_id: str, seq: int) -> int:
         rows = await self._run(

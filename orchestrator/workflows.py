@@ -9,6 +9,7 @@ queries, the turn loop and continue-as-new. It never names a tool.
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -16,6 +17,7 @@ from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from orchestrator.dispatch import (
+        BOUNDED_FAN_OUT_PATCH,
         REDISCOVERY_PATCH,
         ToolDispatcher,
         discover,
@@ -56,6 +58,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from shared.caller import innermost_message
 
+K = TypeVar("K")
 RECENT_TURNS_KEPT = 10
 ANSWERS_KEPT = 20
 CARRIED_ANSWERS_BYTES = 512 * 1024
@@ -124,8 +127,15 @@ class ConversationWorkflow:
         )
 
     def _carry(self) -> CarriedState:
-        answered = _newest_within(self._memory.answered, CARRIED_ANSWERS_BYTES)
-        return self._memory.model_copy(update={"answered": answered})
+        memory = self._memory
+        answered = dict(_newest_within(list(memory.answered.items()), CARRIED_ANSWERS_BYTES))
+        recent = [
+            turn
+            for _, turn in _newest_within(
+                list(enumerate(memory.recent_turns)), CARRIED_ANSWERS_BYTES
+            )
+        ]
+        return memory.model_copy(update={"answered": answered, "recent_turns": recent})
 
     def _stage(self, message: ChatMessage) -> None:
         """Give a message the next sequence number; the next model step stores it."""
@@ -191,6 +201,17 @@ class ConversationWorkflow:
 
     @workflow.update(name=REFRESH_TOOLS_UPDATE)
     async def refresh_tools(self) -> ConversationStatus:
+        # A message waits for the refresh (its validator refuses one meanwhile): discovery's
+        # Nexus operations and a step's tool calls never add up past the in-flight limit.
+        self._busy = True
+        try:
+            return await self._refresh_tools()
+        finally:
+            self._busy = False
+            if self._ended:
+                self._phase = "ended"
+
+    async def _refresh_tools(self) -> ConversationStatus:
         await workflow.wait_condition(lambda: self._phase != "starting")
         if workflow.patched(REDISCOVERY_PATCH):
             # Endpoints created since the run started (missing ones) are picked up too.
@@ -278,7 +299,9 @@ class ConversationWorkflow:
                 return result(answer=reply.content or "")
 
             limit = config.max_tool_calls_per_step
-            calls, not_run = reply.tool_calls[:limit], reply.tool_calls[limit:]
+            calls, not_run = reply.tool_calls, []
+            if len(calls) > limit and workflow.patched(BOUNDED_FAN_OUT_PATCH):
+                calls, not_run = calls[:limit], calls[limit:]
             fresh = [call for call in calls if signature(call) not in executed]
             repeated = [call for call in calls if call not in fresh]
             executed.update(signature(call) for call in fresh)
@@ -287,7 +310,7 @@ class ConversationWorkflow:
                 fresh, await dispatcher.run_step(turn, step, fresh), strict=True
             ):
                 records.append(record)
-                self._stage(tool_message(call, content))
+                self._stage(tool_message(call, content, config.max_tool_message_chars))
             for call in repeated:
                 self._stage(tool_message(call, _REPEATED))
             if not_run:
@@ -360,13 +383,13 @@ def _not_run(limit: int) -> dict[str, str]:
     }
 
 
-def _newest_within(answers: dict[str, TurnResult], budget: int) -> dict[str, TurnResult]:
-    """The most recent answers whose JSON fits `budget` bytes, oldest first as they came."""
-    kept: list[tuple[str, TurnResult]] = []
+def _newest_within(items: list[tuple[K, TurnResult]], budget: int) -> list[tuple[K, TurnResult]]:
+    """The most recent items whose JSON fits `budget` bytes, oldest first as they came."""
+    kept: list[tuple[K, TurnResult]] = []
     used = 0
-    for message_id, result in reversed(answers.items()):
+    for key, result in reversed(items):
         used += len(result.model_dump_json())
         if used > budget:
             break
-        kept.append((message_id, result))
-    return dict(reversed(kept))
+        kept.append((key, result))
+    return kept[::-1]

@@ -30,6 +30,7 @@ from it_service.workflows import (
 )
 from orchestrator.client import ConversationClient
 from orchestrator.config import LLMSettings
+from orchestrator.models import ChatMessage, StoredMessage
 from orchestrator.store import open_store
 from orchestrator.worker import build_orchestrator_worker
 from shared.tool_activity import bounded_result
@@ -43,6 +44,7 @@ from tests.conftest import (
     orchestrator_settings,
 )
 from tests.support.fake_llm import FakeModelServer, completion
+from tests.support.histories import record_if_requested
 from tests.test_faults import FLAKY_ENDPOINT, FlakyService
 
 
@@ -145,6 +147,55 @@ async def test_a_restored_backup_lets_the_conversation_continue(
     ]
 
 
+async def test_a_model_step_retried_after_its_reply_was_stored_returns_that_reply(
+    stack: Stack, fake_model: FakeModelServer, tmp_path: Path
+) -> None:
+    """An attempt that stored the model's reply and then died must not ask the model again: the
+    tool calls the workflow runs have to be the ones in the transcript. And a reply an abandoned
+    step left where the workflow's next message goes is overwritten, not kept instead of it."""
+    store_path = tmp_path / "store.db"
+    queue = f"orch-store-{uuid.uuid4().hex[:8]}"
+    async with _orchestrator_on(stack, fake_model, store_path, queue) as conversations:
+        cid = _cid()
+        fake_model.script(completion("first answer"))
+        assert (await conversations.send(cid, "one")).ok  # seqs 0 system, 1 user, 2 assistant
+        store = open_store(f"sqlite:///{store_path}")
+        orphan = ChatMessage(role="assistant", content="left by an abandoned step")
+        stored = ChatMessage(role="assistant", content="stored by an earlier attempt")
+        await store.append(cid, [StoredMessage(seq=3, message=orphan)])
+        await store.append(cid, [StoredMessage(seq=4, message=stored)])
+        requests_before = len(fake_model.chat_requests())
+        result = await conversations.send(cid, "two")
+        transcript = [(m.seq, m.message.role, m.message.content) for m in await store.messages(cid)]
+        await store.close()
+    assert result.ok and result.answer == "stored by an earlier attempt", result
+    assert len(fake_model.chat_requests()) == requests_before
+    assert transcript[3:] == [(3, "user", "two"), (4, "assistant", "stored by an earlier attempt")]
+
+
+async def test_large_tool_results_are_cut_before_they_enter_the_step_payload(
+    stack: Stack, fake_model: FakeModelServer
+) -> None:
+    """32 results of ~60 KB each would make the next model step's input larger than Temporal's
+    2 MB payload limit and fail every workflow task; each tool message is cut instead."""
+    cid = _cid()
+    calls: list[tuple[str, dict[str, Any] | str]] = [
+        ("bulk_report", {"rows": 480 + i}) for i in range(32)
+    ]
+    async with custom_orchestrator(
+        stack, fake_model, tool_endpoints=[CANARY_ENDPOINT], max_parallel_tools=10
+    ) as conversations:
+        fake_model.script(completion(tool_calls=calls), completion("32 reports read"))
+        result = await conversations.send(cid, "thirty-two reports")
+        assert result.ok and result.answer == "32 reports read", result.error
+        assert len(result.tool_calls) == 32 and all(c.ok for c in result.tool_calls)
+        fake_model.script(completion("still here"))
+        assert (await conversations.send(cid, "and now?")).answer == "still here"
+    tool_messages = [m for m in fake_model.chat_requests()[-2]["messages"] if m["role"] == "tool"]
+    assert len(tool_messages) == 32
+    assert all(len(m["content"]) < 17_000 for m in tool_messages)
+
+
 def _sqlite_copy(source: Path, destination: Path) -> None:
     with sqlite3.connect(source) as src, sqlite3.connect(destination) as dst:
         src.backup(dst)
@@ -192,6 +243,7 @@ async def test_forty_tool_calls_in_one_step_complete_and_the_next_message_works(
         assert _most_in_flight(history) <= 10
         fake_model.script(completion("still fine"))
         assert (await conversations.send(cid, "and now?")).answer == "still fine"
+        await record_if_requested(conversations.handle(cid), "conversation_bounded_fan_out")
 
 
 async def test_calls_over_the_per_step_limit_are_answered_not_run(
@@ -234,6 +286,25 @@ async def test_oversized_tool_arguments_are_refused_before_scheduling(
         if e.HasField("activity_task_scheduled_event_attributes")
     ]
     assert "run_local_tool" not in scheduled
+
+
+async def test_deeply_nested_tool_arguments_are_refused_and_the_turn_completes(
+    stack: Stack, fake_model: FakeModelServer
+) -> None:
+    """Found by the fuzz suite: arguments nested ~200 levels deep could not be decoded in the
+    turn's record, so its local activity retried forever and the conversation hung."""
+    cid = _cid()
+    deep = json.loads("[" * 200 + "1" + "]" * 200)
+    async with custom_orchestrator(stack, fake_model) as conversations:
+        fake_model.script(
+            completion(tool_calls=[("calculator", {"expression": deep})]), completion("no")
+        )
+        result = await conversations.send(cid, "a very deep sum")
+        assert result.ok and result.answer == "no", result.error
+        [call] = result.tool_calls
+        assert not call.ok and "nested 201 levels deep; the limit is 32" in str(call.result)
+        fake_model.script(completion("next"))
+        assert (await conversations.send(cid, "next?")).answer == "next"
 
 
 async def test_a_team_truncates_an_oversized_result_with_a_marker(stack: Stack) -> None:
@@ -312,6 +383,7 @@ async def test_a_team_down_at_the_start_is_used_once_it_returns(
             ]
             assert not any("unavailable" in note for note in second.notes), second.notes
             assert (await conversations.status(cid)).unavailable_endpoints == []
+            await record_if_requested(conversations.handle(cid), "conversation_rediscovery")
     finally:
         await finance.stop()
 
