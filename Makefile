@@ -8,7 +8,7 @@ endif
 RUN := $(UV) run --frozen
 
 .DEFAULT_GOAL := help
-.PHONY: help install system-deps up down status test lint format bench bench-long chaos demo chat clean new-service terraform-teams
+.PHONY: help install system-deps up down status test lint format bench bench-long chaos demo chat clean new-service terraform-teams compose-rehearsal
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -20,7 +20,8 @@ install: .venv/.installed ## Install uv (if missing) and the locked dependencies
 	$(UV) sync --frozen
 	@touch $@
 
-# The store tests run a real PostgreSQL from Debian's packages; install them when we can.
+# The store tests and the compose rehearsal run a real PostgreSQL from Debian's packages; install
+# them when we can.
 system-deps:
 	@if ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || command -v pg_ctl >/dev/null 2>&1; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
@@ -65,6 +66,9 @@ bench: install ## Latency figures (see bench/README.md)
 
 chaos: install ## Kill workers and restart the server under 50 conversations; print the report
 	$(RUN) python -m infrastructure.chaos --conversations $(or $(CONVERSATIONS),50)
+
+compose-rehearsal: install system-deps ## docker-compose.yml's stack as local processes (no Docker): converse, restart workers, check history
+	@$(RUN) python -m infrastructure.compose_rehearsal
 
 bench-long: install ## One 10,000-turn conversation to completion (takes a while)
 	BENCH_LONG_TURNS=10000 $(RUN) python -m bench.long_conversation

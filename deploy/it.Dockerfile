@@ -16,6 +16,8 @@ RUN uv sync --frozen --no-default-groups --group it --no-install-project --pytho
 
 FROM python:3.11-slim
 RUN useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin app
+# The mount point of a named volume, owned by the app user: a new volume takes this owner.
+RUN mkdir -p /var/lib/agent/it && chown app:app /var/lib/agent/it && chmod 700 /var/lib/agent/it
 WORKDIR /app
 COPY --from=build /opt/venv /opt/venv
 COPY shared/ ./shared/

@@ -1,8 +1,6 @@
 """`python -m finance_service.worker`: this team's tool service, as its team.toml declares it."""
 
-import sys
-
-from shared.worker import serve_package
+from shared.worker import exit_process, serve_package
 
 if __name__ == "__main__":
-    sys.exit(serve_package(__package__ or "finance_service"))
+    exit_process(serve_package(__package__ or "finance_service"))

@@ -39,6 +39,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from infrastructure.setup import EndpointDefinition, StackSettings, ensure_stack
+from infrastructure.setup import write_private_file as _write_private_file
 from shared.auth import NexusAuthSettings
 from shared.config import (
     SECRETS_DIR_VARIABLE,
@@ -557,28 +558,6 @@ def _private_dir(path: Path) -> Path:
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(path, 0o700)
     return path
-
-
-def _write_private_file(path: Path, text: str) -> None:
-    """Replace `path` with `text`, mode 0600 from its first byte, whatever the umask or the mode a
-    file of that name had before: written to a fresh file and renamed over the old one, so the
-    secret is never in a file that others can read, nor ever half-written."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.unlink(missing_ok=True)
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.fchmod(descriptor, 0o600)  # the umask can only clear bits; make it exactly 0600
-        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
-            descriptor = -1  # the file object owns it now
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if descriptor >= 0:
-            os.close(descriptor)
-        temporary.unlink(missing_ok=True)
-        raise
 
 
 def _cmdline(pid: int) -> str:

@@ -4,19 +4,27 @@ Used by `make up`, by the test suite, and by the compose stack's one-shot setup 
 `python -m infrastructure.setup` waits for the server, then creates what is missing and corrects
 endpoints whose target changed. What it creates comes from the team manifests (`*/team.toml`, see
 shared.manifest), read as data: the setup image carries those files and no team code.
+
+With STORE_SETUP_ADMIN_URL set (the compose stack), it first gives the orchestrator's conversation
+store its own PostgreSQL database and user (see `ensure_store_database`): the password is made
+here, once, and kept as a file in the orchestrator's secrets directory (a named volume), so no
+password for it is ever committed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import sys
 import time
 from collections.abc import Sequence
 from datetime import timedelta
+from pathlib import Path
+from typing import Any
 
 from google.protobuf.duration_pb2 import Duration
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from temporalio.api.nexus.v1 import EndpointSpec, EndpointTarget
 from temporalio.api.operatorservice.v1 import (
@@ -159,13 +167,126 @@ async def ensure_stack(client: Client, stack: StackSettings) -> None:
         )
 
 
+# The file the orchestrator reads its store password from, in its SECRETS_DIR: the name
+# pydantic-settings gives OrchestratorSettings.store_password (ORCHESTRATOR_STORE_PASSWORD).
+# Spelled here, not imported: the setup image carries no orchestrator code.
+STORE_PASSWORD_FILE = "orchestrator_store_password"
+SQL_NAME_PATTERN = r"^[a-z_][a-z0-9_]{0,62}$"
+
+
+class StoreSetupSettings(BaseSettings):
+    """`STORE_SETUP_*`: the orchestrator's PostgreSQL database and user, made by the setup job.
+
+    Unset admin URL (`make up`, the tests): nothing to do. The admin password is best given as the
+    file `store_setup_admin_password` in SECRETS_DIR; the store user's password is generated once
+    and kept in `password_dir` (the orchestrator's secrets directory, shared through a volume)."""
+
+    model_config = SettingsConfigDict(env_prefix="STORE_SETUP_", env_file=".env", extra="ignore")
+
+    admin_url: str | None = Field(
+        default=None, description="postgresql://superuser@host:5432/postgres (no password)."
+    )
+    admin_password: SecretStr | None = None
+    database: str = Field(default="orchestrator", pattern=SQL_NAME_PATTERN)
+    user: str = Field(default="orchestrator", pattern=SQL_NAME_PATTERN)
+    password_dir: Path | None = Field(
+        default=None, description="Where the store user's password file is kept (a volume)."
+    )
+
+
+def write_private_file(path: Path, text: str) -> None:
+    """Replace `path` with `text`, mode 0600 from its first byte, whatever the umask or the mode a
+    file of that name had before: written to a fresh file and renamed over the old one, so the
+    secret is never in a file that others can read, nor ever half-written."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.unlink(missing_ok=True)
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.fchmod(descriptor, 0o600)  # the umask can only clear bits; make it exactly 0600
+        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+            descriptor = -1  # the file object owns it now
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        if descriptor >= 0:
+            os.close(descriptor)
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def store_password(directory: Path) -> str:
+    """The store user's password from `directory`, made (and written 0600) on first use."""
+    path = directory / STORE_PASSWORD_FILE
+    if path.is_file():
+        existing = path.read_text(encoding="utf-8").strip()
+        if existing:
+            return existing
+    password = secrets.token_urlsafe(32)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    write_private_file(path, password)
+    return password
+
+
+async def ensure_store_database(settings: StoreSetupSettings) -> str | None:
+    """Create the store's user and database unless they exist, and (re)set the user's password to
+    the one in the secrets directory. Idempotent. Returns what it did, or None when not asked."""
+    if not settings.admin_url:
+        return None
+    if settings.password_dir is None:
+        raise ConfigError(
+            "invalid configuration: STORE_SETUP_PASSWORD_DIR is required with STORE_SETUP_ADMIN_URL"
+        )
+    import psycopg  # the `store` dependency group: only a setup that makes a database needs it
+    from psycopg import sql
+
+    password = store_password(settings.password_dir)
+    admin = settings.admin_password.get_secret_value() if settings.admin_password else None
+    extra: dict[str, Any] = {"password": admin} if admin else {}
+    user, database = sql.Identifier(settings.user), sql.Identifier(settings.database)
+    done: list[str] = []
+    async with await psycopg.AsyncConnection.connect(
+        settings.admin_url, autocommit=True, connect_timeout=10, **extra
+    ) as conn:
+        role = await conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (settings.user,))
+        if await role.fetchone() is None:
+            await conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(user))
+            done.append("user created")
+        # Every run: the password in the volume is the one that works, even after a rotation
+        # (delete the file and run setup again).
+        await conn.execute(
+            sql.SQL("ALTER ROLE {} WITH LOGIN PASSWORD {}").format(user, sql.Literal(password))
+        )
+        found = await conn.execute(
+            "SELECT 1 FROM pg_database WHERE datname = %s", (settings.database,)
+        )
+        if await found.fetchone() is None:
+            await conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(database, user))
+            done.append("database created")
+        # Only its owner (and superusers) may connect: not the Temporal server's user.
+        await conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(database))
+    return ", ".join(done) or "unchanged"
+
+
 async def _main() -> int:
     try:
         temporal = load_settings(TemporalSettings)
         stack = load_settings(StackSettings)
+        store = load_settings(StoreSetupSettings)
     except ConfigError as err:
         log.error(str(err))
         return 2
+    try:
+        outcome = await ensure_store_database(store)
+    except ConfigError as err:
+        log.error(str(err))
+        return 2
+    except Exception as err:  # psycopg's errors: the database is not up yet, or refused us
+        log.error("store database setup failed", error=f"{type(err).__name__}: {err}")
+        return 1
+    if outcome is not None:
+        log.info("store database ready", database=store.database, user=store.user, outcome=outcome)
     try:
         client = await connect_when_ready(temporal, wait_seconds=120)
         await ensure_stack(client, stack)

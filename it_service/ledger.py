@@ -4,16 +4,18 @@ Temporal runs a tool at least once: a worker killed after the effect but before 
 recorded runs it again. Effects therefore carry the call id as an idempotency key (the IT session
 update id is derived from it). The ledger does the same: one row per call id, and an `attempts`
 count of how often the tool got that far, so a chaos run can show re-executions being absorbed
-(infrastructure/chaos.py reads this table). Enabled by `TOOL_LEDGER_PATH` (a SQLite file).
+(infrastructure/chaos.py reads this table). Enabled by `TOOL_LEDGER_PATH` (a SQLite file,
+ToolServiceSettings.ledger_path; the compose stack keeps it on a named volume).
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import sqlite3
 import time
 from pathlib import Path
+
+from shared.config import ToolServiceSettings, integration_settings
 
 
 def _write(path: Path, call_id: str, tool: str, conversation_id: str) -> None:
@@ -30,6 +32,6 @@ def _write(path: Path, call_id: str, tool: str, conversation_id: str) -> None:
 
 
 async def record_effect(call_id: str, tool: str, conversation_id: str) -> None:
-    path = os.environ.get("TOOL_LEDGER_PATH")
-    if path:
-        await asyncio.to_thread(_write, Path(path), call_id, tool, conversation_id)
+    path = integration_settings(ToolServiceSettings).ledger_path
+    if path is not None:
+        await asyncio.to_thread(_write, path, call_id, tool, conversation_id)

@@ -61,7 +61,10 @@ class OrchestratorActivities:
         self._client = client
         self._settings = settings
         self._llm = llm_settings
-        self._store = store or open_store(settings.store_url)
+        self._store = store or open_store(
+            settings.store_url,
+            settings.store_password.get_secret_value() if settings.store_password else None,
+        )
         self._window = ContextWindow(
             model=llm_settings.resolved_model,
             context_tokens=settings.context_tokens,

@@ -51,6 +51,11 @@ class OrchestratorSettings(BaseSettings, LoopSettings):
         default="sqlite:///.run/conversations.db",
         description="Where transcripts live: sqlite:///file.db or postgresql://user@host/db.",
     )
+    store_password: SecretStr | None = Field(
+        default=None,
+        description="The PostgreSQL store's password, kept out of the URL: best as the file "
+        "`orchestrator_store_password` in SECRETS_DIR (the compose stack's setup job writes it).",
+    )
     context_tokens: int | None = Field(
         default=None,
         ge=512,

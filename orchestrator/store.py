@@ -84,11 +84,13 @@ class ConversationStore(ABC):
     async def close(self) -> None: ...
 
 
-def open_store(url: str) -> ConversationStore:
+def open_store(url: str, password: str | None = None) -> ConversationStore:
+    """The store a URL names. `password` (PostgreSQL only) is kept out of the URL, so the URL can
+    sit in a committed env file and the password in a secret file."""
     if url.startswith("sqlite:///"):
         return SqliteStore(Path(url.removeprefix("sqlite:///")))
     if url.startswith(("postgresql://", "postgres://")):
-        return PostgresStore(url)
+        return PostgresStore(url, password)
     raise ValueError(
         f"unsupported store URL {url!r}: use sqlite:///path.db or postgresql://user@host/db"
     )
@@ -219,14 +221,18 @@ class SqliteStore(ConversationStore):
 class PostgresStore(ConversationStore):
     """psycopg 3, one connection per call: safe across event loops and worker restarts."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, password: str | None = None) -> None:
         self._url = url
+        # Passed beside the URL (libpq merges it), never spliced into it: no quoting to get wrong.
+        self._connect_args: dict[str, Any] = {"password": password} if password else {}
         self._schema_ready = False
 
     async def _run(self, sql: str, rows: list[tuple[Any, ...]] | tuple[Any, ...] = ()) -> list[Any]:
         import psycopg  # imported here: only orchestrators configured for PostgreSQL need it
 
-        async with await psycopg.AsyncConnection.connect(self._url, autocommit=True) as conn:
+        async with await psycopg.AsyncConnection.connect(
+            self._url, autocommit=True, **self._connect_args
+        ) as conn:
             if not self._schema_ready:
                 for statement in SCHEMA:
                     await conn.execute(statement)

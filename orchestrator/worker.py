@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
 from temporalio.client import Client
 from temporalio.worker import Worker
 
@@ -14,7 +12,7 @@ from orchestrator.workflows import ConversationWorkflow, ReadConversation
 from shared.auth import CallerTokenInterceptor, NexusAuthSettings
 from shared.config import ConfigError, OrchestratorTemporalSettings, load_settings
 from shared.log import configure_logging, get_logger
-from shared.worker import serve_worker
+from shared.worker import exit_process, serve_worker
 
 log = get_logger(__name__)
 
@@ -78,4 +76,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -101,6 +101,12 @@ class ToolServiceSettings(BaseSettings):
         description="Tool results larger than this (as JSON) are truncated with a marker.",
     )
 
+    ledger_path: Path | None = Field(
+        default=None,
+        description="SQLite file where side-effect tools record each effect by call id (the "
+        "chaos run reads it). State: in a container it belongs on a volume.",
+    )
+
     @property
     def fast_path_budget(self) -> timedelta:
         return timedelta(milliseconds=self.fast_path_budget_ms)

@@ -6,27 +6,33 @@ and everything it points at is checked to exist and to agree with the services' 
 
 from __future__ import annotations
 
+import ast
+import copy
 import fnmatch
+import importlib
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
 import tomllib
+import typing
 from functools import cache
-from pathlib import Path
+from pathlib import Path, PurePath, PurePosixPath
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import pytest
 from dotenv import dotenv_values
 from pydantic import BaseModel
+from pydantic_core import PydanticUndefined
 from pydantic_settings import BaseSettings
 from ruamel.yaml import YAML
 
 from finance_service.quotes import QuoteSettings
-from infrastructure.setup import StackSettings
+from infrastructure.setup import STORE_PASSWORD_FILE, StackSettings
 from it_service.jira import JiraSettings
 from orchestrator.config import LLMSettings, OrchestratorSettings
 from shared.auth import NexusAuthSettings
@@ -34,6 +40,7 @@ from shared.config import (
     OrchestratorTemporalSettings,
     TemporalSettings,
     ToolServiceSettings,
+    secret_file_name,
     temporal_settings_for,
 )
 from shared.manifest import MANIFEST_FILE, discover_teams, find_team
@@ -109,13 +116,13 @@ def env_files(service: dict[str, Any]) -> list[tuple[str, bool]]:
     return result
 
 
-def build_paths(service: dict[str, Any]) -> tuple[Path, Path]:
+def build_paths(service: dict[str, Any], base: Path = ROOT) -> tuple[Path, Path]:
     build = service["build"]
     if isinstance(build, str):
         context, dockerfile = build, "Dockerfile"
     else:
         context, dockerfile = build.get("context", "."), build.get("dockerfile", "Dockerfile")
-    context_dir = (COMPOSE_FILE.parent / context).resolve()
+    context_dir = (base / context).resolve()
     return context_dir, context_dir / dockerfile
 
 
@@ -683,3 +690,263 @@ def test_orchestrator_image_holds_no_team_folder() -> None:
     assert not any(
         MANIFEST_FILE in source or source.rstrip("/").endswith("_service") for source in sources
     )
+
+
+# --- state lives where it survives -------------------------------------------------------------
+# A container is recreated by every `docker compose up --build`: a file a service writes inside it
+# is gone. So every file a service's settings name (a Path setting, or a sqlite:/// URL) must sit
+# on a named volume, or be a compose secret (read-only input, /run/secrets). Which settings a
+# service loads is derived, not listed: the settings classes defined by the project modules its
+# command imports (statically, including imports inside functions), plus a team's manifest code.
+
+PROJECT_PACKAGES = {
+    path.parent.name for path in ROOT.glob("*/__init__.py") if not path.parent.name.startswith(".")
+}
+SECRETS_MOUNT = PurePosixPath("/run/secrets")
+
+
+def project_imports(module: str, seen: set[str] | None = None) -> set[str]:
+    """The project modules `module` imports, transitively, read from the source (nothing runs)."""
+    seen = set() if seen is None else seen
+    if module in seen or module.split(".")[0] not in PROJECT_PACKAGES:
+        return seen
+    source = ROOT.joinpath(*module.split("."))
+    path = source / "__init__.py" if source.is_dir() else source.with_suffix(".py")
+    if not path.is_file():
+        return seen
+    seen.add(module)
+    for node in ast.walk(ast.parse(path.read_text())):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+        for name in names:
+            parts = name.split(".")
+            for depth in range(1, len(parts) + 1):
+                project_imports(".".join(parts[:depth]), seen)
+    return seen
+
+
+def service_command(base: Path, service: dict[str, Any]) -> list[str]:
+    """What the container runs: compose's command, else the Dockerfile's CMD (exec form)."""
+    if "command" in service:
+        command = service["command"]
+        return command.split() if isinstance(command, str) else list(command)
+    _, dockerfile = build_paths(service, base)
+    cmds = [args for kw, args in dockerfile_instructions(dockerfile) if kw == "CMD"]
+    command = json.loads(cmds[-1])
+    assert isinstance(command, list)
+    return [str(part) for part in command]
+
+
+def loaded_settings(base: Path, service: dict[str, Any]) -> list[type[BaseSettings]]:
+    command = service_command(base, service)
+    assert command[:2] == ["python", "-m"], f"not a `python -m` command: {command}"
+    entry, args = command[2], command[3:]
+    modules = project_imports(entry)
+    package = entry.split(".")[0]
+    team_package = args[0] if entry == "shared.worker" and args else package
+    if (ROOT / team_package / MANIFEST_FILE).is_file():  # a team worker also runs its code
+        for path in find_team(team_package).import_paths():
+            project_imports(path.partition(":")[0], modules)
+    found: list[type[BaseSettings]] = []
+    for name in sorted(modules):
+        for value in vars(importlib.import_module(name)).values():
+            if (
+                isinstance(value, type)
+                and issubclass(value, BaseSettings)
+                and value.__module__ == name
+            ):
+                found.append(value)
+    return found
+
+
+def container_env(base: Path, service: dict[str, Any]) -> dict[str, str]:
+    """The variables the container starts with: Dockerfile ENV, env files, then `environment`."""
+    env: dict[str, str] = {}
+    if "build" in service:
+        _, dockerfile = build_paths(service, base)
+        for keyword, args in dockerfile_instructions(dockerfile):
+            if keyword == "ENV":
+                for pair in shlex.split(args):
+                    key, _, value = pair.partition("=")
+                    env[key] = value
+    for path, required in env_files(service):
+        if required or (base / path).is_file():
+            env.update({k: v for k, v in dotenv_values(base / path).items() if v is not None})
+    environment = service.get("environment", {})
+    if isinstance(environment, list):
+        environment = dict(item.split("=", 1) for item in environment)
+    env.update({str(k): str(v) for k, v in environment.items()})
+    return env
+
+
+def mentions_path(annotation: Any) -> bool:
+    if annotation is Path or annotation is PurePath:
+        return True
+    return any(mentions_path(arg) for arg in typing.get_args(annotation))
+
+
+def setting_paths(settings_type: type[BaseSettings], env: dict[str, str]) -> list[tuple[str, str]]:
+    """(variable, file) for every file this settings class would name in that environment."""
+    prefix = str(settings_type.model_config.get("env_prefix", "")).upper()
+    paths = []
+    for field, info in settings_type.model_fields.items():
+        variable = f"{prefix}{field}".upper()
+        value: Any = env.get(variable, info.default)
+        if value is None or value is PydanticUndefined:
+            continue
+        if isinstance(value, str) and value.startswith("sqlite:///"):
+            paths.append((variable, value.removeprefix("sqlite:///")))
+        elif mentions_path(info.annotation):
+            paths.append((variable, str(value)))
+    return paths
+
+
+def workdir(base: Path, service: dict[str, Any]) -> PurePosixPath:
+    if "working_dir" in service:
+        return PurePosixPath(service["working_dir"])
+    current = PurePosixPath("/")
+    if "build" in service:
+        _, dockerfile = build_paths(service, base)
+        for keyword, args in dockerfile_instructions(dockerfile):
+            if keyword == "WORKDIR":
+                current = current / args
+    return current
+
+
+def volume_mounts(service: dict[str, Any], declared: set[str]) -> list[PurePosixPath]:
+    """Where the service mounts a named (declared) volume."""
+    targets = []
+    for volume in service.get("volumes", []):
+        if isinstance(volume, dict):
+            if volume.get("type", "volume") == "volume" and volume.get("source") in declared:
+                targets.append(PurePosixPath(volume["target"]))
+            continue
+        source, _, rest = str(volume).partition(":")
+        if source in declared:
+            targets.append(PurePosixPath(rest.split(":")[0]))
+    return targets
+
+
+def state_outside_volumes(data: dict[str, Any], base: Path = ROOT) -> list[str]:
+    """Every file a built service's settings name that is neither on a named volume nor a secret."""
+    declared = set(data.get("volumes") or {})
+    problems = []
+    for name, service in data["services"].items():
+        if "build" not in service:
+            continue  # images we do not build (postgres, Temporal) keep their state on volumes
+        env = container_env(base, service)
+        mounts = volume_mounts(service, declared)
+        for settings_type in loaded_settings(base, service):
+            for variable, raw in setting_paths(settings_type, env):
+                path = workdir(base, service) / raw
+                if path.is_relative_to(SECRETS_MOUNT) or any(
+                    path.is_relative_to(mount) for mount in mounts
+                ):
+                    continue
+                problems.append(
+                    f"{name}: {variable} ({settings_type.__name__}) puts {path} inside the "
+                    "container, lost when it is recreated: use a named volume or a database"
+                )
+    return problems
+
+
+def test_every_state_path_a_service_uses_is_on_a_volume() -> None:
+    assert state_outside_volumes(compose()) == []
+
+
+def test_state_paths_are_derived_from_the_settings_each_service_loads() -> None:
+    data = compose()
+    orchestrator = loaded_settings(ROOT, data["services"]["orchestrator-worker"])
+    assert OrchestratorSettings in orchestrator and NexusAuthSettings in orchestrator
+    it = loaded_settings(ROOT, data["services"]["it-worker"])
+    assert ToolServiceSettings in it and JiraSettings in it
+    setup = [t.__name__ for t in loaded_settings(ROOT, data["services"]["setup"])]
+    assert "StoreSetupSettings" in setup and "DevStackSettings" not in setup
+    env = container_env(ROOT, data["services"]["it-worker"])
+    assert ("TOOL_LEDGER_PATH", "/var/lib/agent/it/ledger.db") in setting_paths(
+        ToolServiceSettings, env
+    )
+
+
+def with_change(service: str, **changes: Any) -> dict[str, Any]:
+    variant = copy.deepcopy(compose())
+    for key, value in changes.items():
+        if value is None:
+            variant["services"][service].pop(key, None)
+        else:
+            variant["services"][service][key] = value
+    return variant
+
+
+def test_state_check_bites_on_a_store_inside_the_container() -> None:
+    """The default store (sqlite:///.run/conversations.db, under WORKDIR /app) is refused..."""
+    store_in_container = with_change(
+        "orchestrator-worker",
+        environment={"ORCHESTRATOR_STORE_URL": "sqlite:///.run/conversations.db"},
+    )
+    problems = state_outside_volumes(store_in_container)
+    assert len(problems) == 1 and "ORCHESTRATOR_STORE_URL" in problems[0], problems
+    assert "/app/.run/conversations.db" in problems[0]
+    # ...as is the IT ledger once its volume is gone...
+    problems = state_outside_volumes(with_change("it-worker", volumes=None))
+    assert len(problems) == 1 and "TOOL_LEDGER_PATH" in problems[0], problems
+    # ...while a SQLite store on a named volume would be accepted.
+    on_volume = with_change(
+        "orchestrator-worker",
+        environment={"ORCHESTRATOR_STORE_URL": "sqlite:////var/lib/agent/store/c.db"},
+        volumes=["orchestrator-secrets:/var/lib/agent/store"],
+    )
+    assert state_outside_volumes(on_volume) == []
+
+
+def test_orchestrator_store_is_its_own_database_on_the_compose_postgresql() -> None:
+    """The store URL names the postgresql service, and the database and user the setup job makes;
+    its password is nowhere in the repository: the setup job writes it into the volume that the
+    orchestrator mounts as its SECRETS_DIR."""
+    data = compose()
+    setup = data["services"]["setup"]
+    orchestrator = data["services"]["orchestrator-worker"]
+    env = container_env(ROOT, orchestrator)
+    store = urlsplit(env["ORCHESTRATOR_STORE_URL"])
+    assert store.scheme == "postgresql" and store.password is None
+    postgres = [n for n, s in services().items() if str(s.get("image", "")).startswith("postgres:")]
+    assert [store.hostname] == postgres
+    assert depends_on(orchestrator).get(postgres[0]) == "service_healthy"
+    assert depends_on(setup).get(postgres[0]) == "service_healthy"
+    setup_env = setup["environment"]
+    assert store.username == setup_env["STORE_SETUP_USER"]
+    assert store.path == "/" + setup_env["STORE_SETUP_DATABASE"]
+    assert urlsplit(setup_env["STORE_SETUP_ADMIN_URL"]).hostname == postgres[0]
+    declared = set(data.get("volumes") or {})
+    password_dir = PurePosixPath(setup_env["STORE_SETUP_PASSWORD_DIR"])
+    secrets_dir = PurePosixPath(env["SECRETS_DIR"])
+    assert password_dir in volume_mounts(setup, declared)
+    assert secrets_dir in volume_mounts(orchestrator, declared)
+    shared_volume = {
+        str(v).split(":")[0] for v in setup["volumes"] if str(v).split(":")[1] == str(password_dir)
+    }
+    assert shared_volume == {
+        str(v).split(":")[0]
+        for v in orchestrator["volumes"]
+        if str(v).split(":")[1] == str(secrets_dir)
+    }
+    assert any(str(v).endswith(":ro") for v in orchestrator["volumes"]), (
+        "the orchestrator only reads it"
+    )
+    assert STORE_PASSWORD_FILE == secret_file_name(OrchestratorSettings, "store_password")
+
+
+@pytest.mark.parametrize("name", ["setup", "it-worker"])
+def test_volume_mount_points_belong_to_the_app_user(name: str) -> None:
+    """A new named volume takes the owner of its mount point in the image: the non-root app user
+    must own the directories it writes to, or the first write fails."""
+    service = services()[name]
+    _, dockerfile = build_paths(service)
+    runs = " ".join(args for kw, args in dockerfile_instructions(dockerfile) if kw == "RUN")
+    for mount in volume_mounts(service, set(compose().get("volumes") or {})):
+        assert f"mkdir -p {mount}" in runs and f"chown app:app {mount}" in runs, (
+            f"{dockerfile.name}: the mount point {mount} is not created for the app user"
+        )
