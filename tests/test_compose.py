@@ -32,6 +32,7 @@ from pydantic_settings import BaseSettings
 from ruamel.yaml import YAML
 
 from finance_service.quotes import QuoteSettings
+from infrastructure.compose_rehearsal import dockerfile_instructions
 from infrastructure.setup import STORE_PASSWORD_FILE, StackSettings
 from it_service.jira import JiraSettings
 from orchestrator.config import LLMSettings, OrchestratorSettings
@@ -124,24 +125,6 @@ def build_paths(service: dict[str, Any], base: Path = ROOT) -> tuple[Path, Path]
         context, dockerfile = build.get("context", "."), build.get("dockerfile", "Dockerfile")
     context_dir = (base / context).resolve()
     return context_dir, context_dir / dockerfile
-
-
-def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) pairs, with line continuations joined and comments dropped."""
-    instructions: list[tuple[str, str]] = []
-    pending = ""
-    for line in path.read_text().splitlines():
-        stripped = line.strip()
-        if not pending and (not stripped or stripped.startswith("#")):
-            continue
-        if stripped.endswith("\\"):
-            pending += stripped[:-1] + " "
-            continue
-        full = pending + stripped
-        pending = ""
-        keyword, _, args = full.partition(" ")
-        instructions.append((keyword.upper(), args.strip()))
-    return instructions
 
 
 def dockerignore_admits(patterns: list[str], path: str) -> bool:
