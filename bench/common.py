@@ -15,7 +15,7 @@ from typing import Any
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from infrastructure.devstack import embedded_server
+from infrastructure.dev_server import embedded_server
 from infrastructure.setup import EndpointDefinition
 from shared.manifest import discover_teams
 from shared.worker import build_manifest_worker

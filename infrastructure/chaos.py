@@ -28,7 +28,6 @@ import random
 import signal
 import socket
 import sqlite3
-import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -43,12 +42,13 @@ from temporalio.client import (
 )
 from temporalio.service import RPCError
 
-from infrastructure.devstack import DevStack, DevStackSettings, WorkerProcess
+from infrastructure.devstack import DevStack, DevStackSettings
+from infrastructure.stack_processes import WorkerProcess
 from orchestrator.client import ConversationClient
 from shared.config import ConfigError, TemporalSettings
 from shared.log import configure_logging
 from shared.manifest import TeamManifest, discover_teams
-from shared.temporal import connect
+from shared.temporal import connect, exit_process
 from shared.worker import resolve_import_path
 
 # Requests for the orchestrator's own local tools (calculator, weather), joined to the first team
@@ -409,8 +409,7 @@ def main() -> int:
     print_report(report)
     if args.json:
         args.json.write_text(json.dumps(report.summary(), indent=2))
-    sys.stdout.flush()
-    os._exit(0)
+    exit_process(0)
 
 
 if __name__ == "__main__":

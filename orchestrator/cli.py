@@ -14,7 +14,6 @@ from orchestrator.interrupt import exit_on_interrupt
 import asyncio
 import io
 import json
-import logging
 import os
 import sys
 import uuid
@@ -46,6 +45,7 @@ from orchestrator.render import (
 from orchestrator.store_commands import store_app
 from shared.config import ConfigError
 from shared.log import configure_logging
+from shared.temporal import exit_process
 
 app = typer.Typer(
     name="agent",
@@ -309,21 +309,13 @@ def main() -> NoReturn:
     The Temporal core runtime's threads outlive the last client; when the interpreter finalises
     while one of them still holds a Python object, it aborts (`Fatal Python error:
     PyGILState_Release`, exit 134, sometimes a segfault) after the answer was printed, and a
-    script would send its message again. The SDK has no way to stop that runtime, so the command
-    flushes its output and ends the process with the command's exit code via os._exit.
+    script would send its message again (see shared.temporal.exit_process).
     """
     exit_on_interrupt()
     # Logs (the SDK's and the core's, forwarded by shared.temporal) go to stderr only: stdout
     # carries answers and --json objects.
     configure_logging(level=os.environ.get("LOG_LEVEL", "WARNING"))
-    code = _run_app()
-    logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except Exception:  # a closed pipe: nothing more can be told to the reader
-            pass
-    os._exit(code)
+    exit_process(_run_app())
 
 
 def _run_app() -> int:

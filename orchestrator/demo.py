@@ -7,8 +7,6 @@ session state (the Jira project and tracked addresses) from one turn to the next
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
 import uuid
 
 from rich.console import Console
@@ -16,6 +14,7 @@ from rich.markup import escape
 
 from orchestrator.cli_support import CliError, open_conversations
 from orchestrator.render import OFFLINE_NOTICE, UI_ADDRESS, print_turn, send_with_status
+from shared.temporal import exit_process
 
 SCRIPT = [
     "What is (17.5 * 4) + 3, and what's the weather in Paris?",
@@ -69,9 +68,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    code = main()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # Skip interpreter finalisation: the Temporal core runtime's threads can abort it
-    # (PyGILState_Release) after the demo's client was used, turning success into exit 134.
-    os._exit(code)
+    exit_process(main())

@@ -12,7 +12,8 @@ from orchestrator.workflows import ConversationWorkflow, ReadConversation
 from shared.auth import CallerTokenInterceptor, NexusAuthSettings
 from shared.config import ConfigError, OrchestratorTemporalSettings, load_settings
 from shared.log import configure_logging, get_logger
-from shared.worker import exit_process, serve_worker
+from shared.temporal import exit_process
+from shared.worker import serve_worker
 
 log = get_logger(__name__)
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
 from temporalio.client import Client, Interceptor, TLSConfig
@@ -114,3 +117,20 @@ async def require_namespace(client: Client) -> None:
                 "TEMPORAL_NAMESPACE"
             ) from None
         raise
+
+
+def exit_process(code: int) -> NoReturn:
+    """Leave a process that used a Temporal client with `code`, skipping interpreter finalisation.
+
+    The Temporal core runtime's threads outlive the last client, and the SDK has no way to stop
+    them; finalising while one of them holds a Python object aborts the process (`Fatal Python
+    error: PyGILState_Release`, exit 134) after its work was done: a drained worker looks crashed
+    to its container runtime, and a CLI run whose answer was printed looks failed to a script.
+    """
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # a closed pipe: nothing more can be told
+            pass
+    os._exit(code)

@@ -13,14 +13,12 @@ from __future__ import annotations
 import asyncio
 import importlib
 import inspect
-import logging
-import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, NoReturn
+from typing import Any
 
 from temporalio.client import Client
 from temporalio.worker import Interceptor, Worker
@@ -36,7 +34,12 @@ from shared.config import (
 from shared.log import bind_context, configure_logging, get_logger
 from shared.manifest import ManifestError, TeamManifest, find_team
 from shared.nexus import ToolServiceHandler
-from shared.temporal import NamespaceMissingError, connect_when_ready, require_namespace
+from shared.temporal import (
+    NamespaceMissingError,
+    connect_when_ready,
+    exit_process,
+    require_namespace,
+)
 from shared.tool_activity import DEFAULT_MAX_RESULT_BYTES, ToolActivities
 from shared.tool_workflow import ToolWorkflow
 from shared.tools import ToolRegistry
@@ -226,19 +229,6 @@ def run_worker_process(serve: Callable[[], Coroutine[Any, Any, None]]) -> int:
         log.error("worker stopped", error=str(err).splitlines()[0])
         return 1
     return 0
-
-
-def exit_process(code: int) -> NoReturn:
-    """Leave a worker process with `code`, skipping interpreter finalisation: the Temporal core
-    runtime's threads can abort it (`Fatal Python error: PyGILState_Release`, exit 134) after a
-    clean drain on SIGTERM, which a container runtime would report as a crash."""
-    logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except Exception:  # a closed pipe: nothing more can be told
-            pass
-    os._exit(code)
 
 
 def main(argv: Sequence[str]) -> int:

@@ -20,7 +20,7 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from infrastructure.devstack import embedded_server
+from infrastructure.dev_server import embedded_server
 from infrastructure.probe import (
     PROBE_TASK_QUEUE,
     ExecuteToolProbe,

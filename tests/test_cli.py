@@ -20,7 +20,7 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError, RPCStatusCode
 
-from infrastructure.devstack import temporal_binary
+from infrastructure.dev_server import temporal_binary
 from orchestrator.client import MAX_MESSAGE_BYTES, InvalidMessageError
 from orchestrator.worker import build_orchestrator_worker
 from tests.conftest import (

@@ -32,7 +32,7 @@ from pydantic_settings import BaseSettings
 from ruamel.yaml import YAML
 
 from finance_service.quotes import QuoteSettings
-from infrastructure.compose_rehearsal import dockerfile_instructions
+from infrastructure.compose_file import depends_on, dockerfile_instructions, env_files
 from infrastructure.setup import STORE_PASSWORD_FILE, StackSettings
 from it_service.jira import JiraSettings
 from orchestrator.config import LLMSettings, OrchestratorSettings
@@ -94,27 +94,6 @@ def compose() -> dict[str, Any]:
 
 def services() -> dict[str, dict[str, Any]]:
     return compose()["services"]
-
-
-def depends_on(service: dict[str, Any]) -> dict[str, str]:
-    """depends_on in either short (list) or long (mapping) form, as {target: condition}."""
-    raw = service.get("depends_on", {})
-    if isinstance(raw, list):
-        return dict.fromkeys(raw, "service_started")
-    return {name: spec.get("condition", "service_started") for name, spec in raw.items()}
-
-
-def env_files(service: dict[str, Any]) -> list[tuple[str, bool]]:
-    """env_file entries as (path, required)."""
-    raw = service.get("env_file", [])
-    entries = [raw] if isinstance(raw, str) else raw
-    result = []
-    for entry in entries:
-        if isinstance(entry, str):
-            result.append((entry, True))
-        else:
-            result.append((entry["path"], entry.get("required", True) not in (False, "false")))
-    return result
 
 
 def build_paths(service: dict[str, Any], base: Path = ROOT) -> tuple[Path, Path]:

@@ -10,15 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from infrastructure.compose_rehearsal import (
-    AFTER_RESTART,
-    BEFORE_RESTART,
-    Overrides,
-    image_command,
-    load_compose,
-    rehearse,
-    start_order,
-)
+from infrastructure.compose_file import image_command, load_compose, start_order
+from infrastructure.compose_local import Overrides
+from infrastructure.compose_rehearsal import AFTER_RESTART, BEFORE_RESTART, rehearse
 from infrastructure.postgres import PostgresUnavailable
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from infrastructure.devstack import BASE_ENV_NAMES, BASE_ENV_PREFIXES, temporal_binary
+from infrastructure.dev_server import temporal_binary
+from infrastructure.stack_processes import BASE_ENV_NAMES, BASE_ENV_PREFIXES
 from shared.manifest import discover_teams
 
 # Secrets in `make up`'s environment, each meant for exactly one process (or none).

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from infrastructure.devstack import ORCHESTRATOR_WORKER, TEAM_ENV_PREFIXES, stack_workers
 from infrastructure.scaffold import TEMPLATE_DIR, ScaffoldError, TeamNames, check_name, scaffold
+from infrastructure.stack_processes import ORCHESTRATOR_WORKER, TEAM_ENV_PREFIXES, stack_workers
 from shared.config import temporal_settings_for
 from shared.manifest import (
     ManifestError,

