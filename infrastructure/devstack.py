@@ -32,7 +32,7 @@ from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client
 
-from infrastructure.dev_server import StartError, temporal_binary
+from infrastructure.dev_server import StartError, dynamic_config_flags, temporal_binary
 from infrastructure.setup import StackSettings, ensure_stack
 from infrastructure.setup import write_private_file as _write_private_file
 from infrastructure.stack_processes import (
@@ -65,6 +65,8 @@ class DevStackSettings(BaseSettings):
     # must be the same after a restart on the persisted database.
     http_port: int = Field(default=7243, ge=1, le=65535)
     ui_port: int = Field(default=8233, ge=1, le=65535)
+    # The server's Prometheus metrics (including `action`, what Temporal Cloud bills): off unless set.
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
     start_timeout_seconds: float = Field(default=60.0, gt=0)
 
     @property
@@ -229,6 +231,8 @@ class DevStack:
             str(s.ui_port),
             "--log-level",
             "warn",
+            *dynamic_config_flags(),
+            *(["--metrics-port", str(s.metrics_port)] if s.metrics_port else []),
             *(arg for ns in StackSettings().namespaces for arg in ("--namespace", ns)),
         ]
         # The server reads no settings of ours and holds no keys: the base list only.
@@ -346,7 +350,12 @@ class DevStack:
                     task_queue_type=worker.poll_type,  # type: ignore[arg-type]
                 )
             )
-            if response.pollers:
+            # The server lists pollers seen in the last minute: after a restart the dead
+            # process's are still there. Only this process's own (identity "<pid>@<host>") count.
+            pid = self._alive(worker.name)
+            if pid is not None and any(
+                poller.identity.startswith(f"{pid}@") for poller in response.pollers
+            ):
                 log.info("worker polling", worker=worker.name, task_queue=worker.task_queue)
                 waiting.pop(0)
                 continue

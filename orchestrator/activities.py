@@ -38,6 +38,7 @@ from orchestrator.models import (
 )
 from orchestrator.store import ConversationStore, open_store
 from orchestrator.tools import registry as local_registry
+from shared.heartbeat import heartbeating
 from shared.log import bound_context, get_logger
 from shared.tool_activity import run_registered_tool
 from shared.tools import ToolCall
@@ -126,43 +127,45 @@ class OrchestratorActivities:
             conversation_id=request.conversation_id,
             attempt=info.attempt,
         ):
-            cid = request.conversation_id
-            await self._check_store(cid, request.stored_before)
-            await self._store.put(cid, request.new_messages)
-            answered = await self._stored_reply(cid, request.reply_seq)
-            if answered is not None:
-                # An earlier attempt got and stored the model's reply, then failed to report it:
-                # answer with that reply, so the tool calls the workflow runs are the stored ones.
-                log.info("model step already answered; returning the stored reply")
-                return answered
+            async with heartbeating():
+                return await self._step(request, info)
+
+    async def _step(self, request: LlmRequest, info: activity.Info) -> LlmStepResult:
+        cid = request.conversation_id
+        await self._check_store(cid, request.stored_before)
+        await self._store.put(cid, request.new_messages)
+        answered = await self._stored_reply(cid, request.reply_seq)
+        if answered is not None:
+            # An earlier attempt got and stored the model's reply, then failed to report it:
+            # answer with that reply, so the tool calls the workflow runs are the stored ones.
+            log.info("model step already answered; returning the stored reply")
+            return answered
+        try:
+            messages, compacted = await build_context(
+                self._store, cid, self._window, self._summarise
+            )
             try:
+                response = await self._complete(messages, request.tools)
+            except litellm_errors.ContextWindowExceededError:
+                # The provider's count beat ours: fold older turns away and run the step again.
                 messages, compacted = await build_context(
-                    self._store, cid, self._window, self._summarise
+                    self._store, cid, self._window, self._summarise, force_compaction=True
                 )
-                try:
-                    response = await self._complete(messages, request.tools)
-                except litellm_errors.ContextWindowExceededError:
-                    # The provider's count beat ours: fold older turns away and run the step again.
-                    messages, compacted = await build_context(
-                        self._store, cid, self._window, self._summarise, force_compaction=True
-                    )
-                    response = await self._complete(messages, request.tools)
-                result = parse_response(response, reply_seq=request.reply_seq)
-            except Exception as err:
-                failure = classify_llm_error(err, trying_since=info.scheduled_time)
-                log.warning("model call failed", error=failure.message, kind=failure.type)
-                raise failure from None
-            reply = ChatMessage(
-                role="assistant", content=result.content, tool_calls=result.tool_calls
-            )
-            await self._store.append(cid, [StoredMessage(seq=request.reply_seq, message=reply)])
-            log.info(
-                "model answered",
-                tool_calls=[c.name for c in result.tool_calls],
-                prompt_tokens=result.usage.prompt_tokens,
-                compacted=compacted,
-            )
-            return result.model_copy(update={"compacted": compacted})
+                response = await self._complete(messages, request.tools)
+            result = parse_response(response, reply_seq=request.reply_seq)
+        except Exception as err:
+            failure = classify_llm_error(err, trying_since=info.scheduled_time)
+            log.warning("model call failed", error=failure.message, kind=failure.type)
+            raise failure from None
+        reply = ChatMessage(role="assistant", content=result.content, tool_calls=result.tool_calls)
+        await self._store.append(cid, [StoredMessage(seq=request.reply_seq, message=reply)])
+        log.info(
+            "model answered",
+            tool_calls=[c.name for c in result.tool_calls],
+            prompt_tokens=result.usage.prompt_tokens,
+            compacted=compacted,
+        )
+        return result.model_copy(update={"compacted": compacted})
 
     async def _stored_reply(self, conversation_id: str, reply_seq: int) -> LlmStepResult | None:
         stored = await self._store.messages(conversation_id, after_seq=reply_seq - 1, limit=1)

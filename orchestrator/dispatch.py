@@ -41,6 +41,7 @@ with workflow.unsafe.imports_passed_through():
         list_tools,
     )
     from shared.contract import NON_RETRYABLE_TOOL_ERRORS, ToolCall, ToolSpec
+    from shared.heartbeat import HEARTBEAT_TIMEOUT
 
 # A tool call's result as the turn's record keeps it (the full output is in the store): keeps every
 # turn's update result, and the answers carried across continue-as-new, small.
@@ -239,6 +240,7 @@ class ToolDispatcher:
                 start_to_close_timeout=timedelta(
                     seconds=registered.spec.timeout_seconds if registered else 30.0
                 ),
+                heartbeat_timeout=HEARTBEAT_TIMEOUT,
                 retry_policy=RetryPolicy(
                     maximum_attempts=registered.max_attempts if registered else 3,
                     non_retryable_error_types=NON_RETRYABLE_TOOL_ERRORS,

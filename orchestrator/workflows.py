@@ -57,6 +57,7 @@ with workflow.unsafe.imports_passed_through():
         Usage,
     )
     from shared.caller import innermost_message
+    from shared.heartbeat import HEARTBEAT_TIMEOUT
 
 K = TypeVar("K")
 RECENT_TURNS_KEPT = 10
@@ -343,6 +344,9 @@ class ConversationWorkflow:
             result_type=LlmStepResult,
             # Compaction may add a summarising model call to the step.
             start_to_close_timeout=timedelta(seconds=2 * self._config.llm_timeout_seconds + 10),
+            # The step heartbeats while the model answers: a killed worker's step is retried on
+            # another within seconds instead of after the whole start-to-close timeout.
+            heartbeat_timeout=HEARTBEAT_TIMEOUT,
             retry_policy=LLM_RETRY_POLICY,
             summary="model step",
         )

@@ -15,6 +15,7 @@ from shared.contract import (
     TOOL_NOT_FOUND,
     TOOL_TRANSIENT_ERROR,
 )
+from shared.heartbeat import heartbeating
 from shared.log import bound_context, get_logger
 from shared.tool_workflow import RUN_TOOL_ACTIVITY
 from shared.tools import ToolArgumentsError, ToolCall, ToolContext, ToolError, ToolRegistry
@@ -89,7 +90,8 @@ async def run_registered_tool(
             client=client,
         )
         try:
-            output = await registered.invoke(call.args, context)
+            async with heartbeating():
+                output = await registered.invoke(call.args, context)
         except ToolArgumentsError as err:
             raise ApplicationError(
                 str(err), type=TOOL_ARGUMENTS_ERROR, non_retryable=True

@@ -14,6 +14,7 @@ from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from shared.contract import NON_RETRYABLE_TOOL_ERRORS, TOOL_FAILED
+    from shared.heartbeat import HEARTBEAT_TIMEOUT
     from shared.tools import ToolResult, ToolWorkflowInput
 
 TOOL_WORKFLOW_NAME = "ToolWorkflow"
@@ -50,6 +51,9 @@ class ToolWorkflow:
                     RUN_TOOL_ACTIVITY,
                     request.call,
                     start_to_close_timeout=timeout,
+                    # The activity heartbeats while the tool runs: a dead worker's call is retried
+                    # within seconds, not after the tool's whole timeout.
+                    heartbeat_timeout=HEARTBEAT_TIMEOUT,
                     retry_policy=retry_policy,
                     summary=request.call.tool,
                 )

@@ -408,6 +408,15 @@ def test_dynamic_config_enables_async_nexus_callbacks() -> None:
         assert value("system.enableNexus") is True
 
 
+def test_self_hosted_server_is_tuned_like_the_embedded_one() -> None:
+    from infrastructure.dev_server import LATENCY_DYNAMIC_CONFIG
+
+    path, config = mounted_dynamic_config()
+    for key, wanted in LATENCY_DYNAMIC_CONFIG.items():
+        assert key in config, f"{path.name} lacks {key} (the 50 ms hand-off wait comes back)"
+        assert config[key][0]["value"] == wanted, f"{path.name}: {key} should be {wanted}"
+
+
 # --- setup job and workers --------------------------------------------------------------------
 
 

@@ -1,0 +1,73 @@
+"""A worker killed (SIGKILL) mid-turn is replaced and the turn goes on within seconds.
+
+The stack runs in its own processes, as `make up` runs it; `bench/recovery.py` holds the scenarios
+and reports the figures (`uv run python -m bench.recovery`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+from temporalio.api.enums.v1 import EventType, TimeoutType
+
+from bench.recovery import RecoveryStack, recover_orchestrator, recover_team
+from orchestrator.models import LLM_STEP_ACTIVITY
+from tests.support.fake_http import FakeHttpServer
+from tests.support.fake_llm import FakeModelServer, completion
+
+
+@pytest.fixture(scope="module")
+def servers() -> Iterator[tuple[FakeModelServer, FakeHttpServer]]:
+    model, quotes = FakeModelServer(), FakeHttpServer()
+    model.start()
+    quotes.start()
+    yield model, quotes
+    model.stop()
+    quotes.stop()
+
+
+@pytest.fixture(scope="module")
+async def stack(servers: tuple[FakeModelServer, FakeHttpServer]) -> AsyncIterator[RecoveryStack]:
+    async with RecoveryStack(*servers) as running:
+        yield running
+
+
+async def test_a_killed_orchestrator_worker_loses_only_the_heartbeat_timeout(
+    stack: RecoveryStack,
+) -> None:
+    stack.model.script(completion("hello"))
+    recovery = await recover_orchestrator(stack, "recovery-orchestrator")
+    assert recovery.result.ok, recovery.result.error
+    assert recovery.result.answer == "answered after the restart"
+    assert stack.client is not None
+    history = await stack.client.get_workflow_handle(recovery.conversation_id).fetch_history()
+    retried = [
+        event.activity_task_started_event_attributes
+        for event in history.events
+        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED
+        and event.activity_task_started_event_attributes.attempt > 1
+    ]
+    assert len(retried) == 1, "exactly the killed model step ran again"
+    failure = retried[0].last_failure.timeout_failure_info
+    # Retried because its heartbeats stopped, not after the step's start-to-close timeout.
+    assert failure.timeout_type == TimeoutType.TIMEOUT_TYPE_HEARTBEAT
+    scheduled = {
+        event.event_id: event.activity_task_scheduled_event_attributes.activity_type.name
+        for event in history.events
+        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+    }
+    assert scheduled[retried[0].scheduled_event_id] == LLM_STEP_ACTIVITY
+
+
+async def test_a_killed_team_worker_mid_call_is_replaced_and_the_call_answers(
+    stack: RecoveryStack,
+) -> None:
+    stack.model.script(completion("hello"))
+    before = len(stack.quotes.requests)
+    recovery = await recover_team(stack, "recovery-team")
+    assert recovery.result.ok, recovery.result.error
+    [call] = recovery.result.tool_calls
+    assert call.ok and call.result["price"] == "123.45", call
+    # The held request died with the worker; the tool ran again on the new one, once.
+    assert len(stack.quotes.requests) - before == 2
