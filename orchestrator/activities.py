@@ -25,6 +25,7 @@ from orchestrator.models import (
     READ_TURNS_ACTIVITY,
     RECORD_TURN_ACTIVITY,
     STORE_BEHIND_ERROR,
+    TOOL_CATALOG_MISSING_ERROR,
     AgentConfig,
     ChatMessage,
     LlmRequest,
@@ -49,6 +50,8 @@ log = get_logger(__name__)
 MAX_REPLY_TOOL_CALLS = 128
 MAX_REPLY_CHARS = 64_000
 MAX_REPLY_ARGUMENT_CHARS = 512_000  # all calls of one reply together
+# Tool lists kept in memory by digest (a handful of distinct lists per deployment; each ~6 KB).
+CATALOGS_CACHED = 64
 
 
 class OrchestratorActivities:
@@ -66,6 +69,7 @@ class OrchestratorActivities:
             settings.store_url,
             settings.store_password.get_secret_value() if settings.store_password else None,
         )
+        self._catalogs: dict[str, list[dict[str, Any]]] = {}
         self._window = ContextWindow(
             model=llm_settings.resolved_model,
             context_tokens=settings.context_tokens,
@@ -140,18 +144,19 @@ class OrchestratorActivities:
             # answer with that reply, so the tool calls the workflow runs are the stored ones.
             log.info("model step already answered; returning the stored reply")
             return answered
+        tools = await self._tools_for(request)
         try:
             messages, compacted = await build_context(
                 self._store, cid, self._window, self._summarise
             )
             try:
-                response = await self._complete(messages, request.tools)
+                response = await self._complete(messages, tools)
             except litellm_errors.ContextWindowExceededError:
                 # The provider's count beat ours: fold older turns away and run the step again.
                 messages, compacted = await build_context(
                     self._store, cid, self._window, self._summarise, force_compaction=True
                 )
-                response = await self._complete(messages, request.tools)
+                response = await self._complete(messages, tools)
             result = parse_response(response, reply_seq=request.reply_seq)
         except Exception as err:
             failure = classify_llm_error(err, trying_since=info.scheduled_time)
@@ -166,6 +171,32 @@ class OrchestratorActivities:
             compacted=compacted,
         )
         return result.model_copy(update={"compacted": compacted})
+
+    async def _tools_for(self, request: LlmRequest) -> list[dict[str, Any]]:
+        """The step's tool list: the one it carries (kept under its digest for the next steps),
+        or the one stored under its digest."""
+        digest = request.tools_digest
+        if request.tools is not None:
+            if digest and digest not in self._catalogs:
+                await self._store.put_catalog(digest, request.tools)
+                self._remember_catalog(digest, request.tools)
+            return request.tools
+        tools = self._catalogs.get(digest)
+        if tools is None:
+            tools = await self._store.catalog(digest)
+            if tools is None:
+                raise ApplicationError(
+                    f"no tool list is stored under digest {digest[:12]}; send it with the step",
+                    type=TOOL_CATALOG_MISSING_ERROR,
+                    non_retryable=True,
+                )
+            self._remember_catalog(digest, tools)
+        return tools
+
+    def _remember_catalog(self, digest: str, tools: list[dict[str, Any]]) -> None:
+        self._catalogs[digest] = tools
+        while len(self._catalogs) > CATALOGS_CACHED:
+            self._catalogs.pop(next(iter(self._catalogs)))
 
     async def _stored_reply(self, conversation_id: str, reply_seq: int) -> LlmStepResult | None:
         stored = await self._store.messages(conversation_id, after_seq=reply_seq - 1, limit=1)

@@ -10,6 +10,7 @@ tool message the model reads. Nothing here names a tool.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from datetime import timedelta
 from typing import Any
@@ -88,6 +89,7 @@ async def discover(config: AgentConfig, state: CarriedState, only: list[str] | N
         unavailable += [e for e in state.unavailable if e not in only]
     state.unavailable = unavailable
     state.routes = build_routes(sources)
+    state.catalog_digest = catalog_digest(model_tools(state.routes))
 
 
 async def rediscover_unavailable(config: AgentConfig, state: CarriedState) -> None:
@@ -124,6 +126,12 @@ def model_tools(routes: dict[str, ToolRoute]) -> list[dict[str, Any]]:
         )
         for route in routes.values()
     ]
+
+
+def catalog_digest(tools: list[dict[str, Any]]) -> str:
+    """The tool list's identity: model steps name the list by it instead of carrying it."""
+    canonical = json.dumps(tools, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 # ---- dispatch ----------------------------------------------------------------------------------

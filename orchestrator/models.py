@@ -31,6 +31,9 @@ LLM_CONTEXT_WINDOW = "LlmContextWindowExceeded"
 NON_RETRYABLE_LLM_ERRORS = [LLM_AUTH_ERROR, LLM_BAD_REQUEST, LLM_CONTEXT_WINDOW]
 # Raised (non-retryable) by the model step when the store holds less than the workflow wrote.
 STORE_BEHIND_ERROR = "ConversationStoreBehind"
+# Raised (non-retryable) by the model step when no tool list is stored under the step's digest:
+# the workflow sends the step again with the whole list.
+TOOL_CATALOG_MISSING_ERROR = "ToolCatalogMissing"
 OFFLINE_MODEL = "offline/keyword-router"
 
 
@@ -148,6 +151,12 @@ class CarriedState(BaseModel):
     discovered_at: float = Field(
         default=0.0, description="Workflow time (epoch seconds) of the last tool discovery."
     )
+    catalog_digest: str = Field(
+        default="", description="Digest of the tool list the routes give the model."
+    )
+    catalog_stored: str = Field(
+        default="", description="The digest whose tool list a model step last stored."
+    )
 
 
 class ConversationInput(BaseModel):
@@ -236,7 +245,12 @@ class LlmRequest(BaseModel):
     conversation_id: str
     new_messages: list[StoredMessage]
     reply_seq: int = Field(description="Sequence number the model's reply is stored under.")
-    tools: list[dict[str, Any]]
+    tools: list[dict[str, Any]] | None = Field(
+        default=None,
+        description="The whole tool list, sent only when the store may not hold it yet; "
+        "otherwise the step loads the list stored under `tools_digest`.",
+    )
+    tools_digest: str = ""
 
     @property
     def stored_before(self) -> int:

@@ -38,6 +38,12 @@ SCHEMA = [
         turn BIGINT NOT NULL,
         body TEXT NOT NULL,
         PRIMARY KEY (conversation_id, turn))""",
+    # The tool lists conversations send their model, by content digest: a model step names its
+    # list instead of carrying ~6 KB of schemas through history. Not part of what a backup must
+    # hold: a step that finds no list by its digest is sent the list again (see llm_step).
+    """CREATE TABLE IF NOT EXISTS tool_catalogs (
+        digest TEXT PRIMARY KEY,
+        body TEXT NOT NULL)""",
 ]
 
 
@@ -79,6 +85,13 @@ class ConversationStore(ABC):
     async def turns(
         self, conversation_id: str, *, offset: int = 0, limit: int = 1000
     ) -> list[TurnResult]: ...
+
+    @abstractmethod
+    async def put_catalog(self, digest: str, tools: list[dict[str, Any]]) -> None:
+        """Keep a tool list under its digest (a digest already present is left as it is)."""
+
+    @abstractmethod
+    async def catalog(self, digest: str) -> list[dict[str, Any]] | None: ...
 
     @abstractmethod
     async def close(self) -> None: ...
@@ -211,6 +224,16 @@ class SqliteStore(ConversationStore):
         )
         return [TurnResult.model_validate_json(body) for (body,) in rows]
 
+    async def put_catalog(self, digest: str, tools: list[dict[str, Any]]) -> None:
+        await self._run(
+            "INSERT OR IGNORE INTO tool_catalogs (digest, body) VALUES (?, ?)",
+            [(digest, json.dumps(tools))],
+        )
+
+    async def catalog(self, digest: str) -> list[dict[str, Any]] | None:
+        rows = await self._run("SELECT body FROM tool_catalogs WHERE digest = ?", (digest,))
+        return _catalog(rows)
+
     async def close(self) -> None:
         async with self._lock:
             if self._connection is not None:
@@ -308,8 +331,25 @@ class PostgresStore(ConversationStore):
         )
         return [TurnResult.model_validate_json(body) for (body,) in rows]
 
+    async def put_catalog(self, digest: str, tools: list[dict[str, Any]]) -> None:
+        await self._run(
+            "INSERT INTO tool_catalogs (digest, body) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+            [(digest, json.dumps(tools))],
+        )
+
+    async def catalog(self, digest: str) -> list[dict[str, Any]] | None:
+        rows = await self._run("SELECT body FROM tool_catalogs WHERE digest = %s", (digest,))
+        return _catalog(rows)
+
     async def close(self) -> None:
         return None
+
+
+def _catalog(rows: list[Any]) -> list[dict[str, Any]] | None:
+    if not rows:
+        return None
+    tools = json.loads(rows[0][0])
+    return tools if isinstance(tools, list) else None
 
 
 def _message(seq: int, body: str) -> StoredMessage:

@@ -20,6 +20,7 @@ with workflow.unsafe.imports_passed_through():
         BOUNDED_FAN_OUT_PATCH,
         REDISCOVERY_PATCH,
         ToolDispatcher,
+        catalog_digest,
         discover,
         model_tools,
         rediscover_unavailable,
@@ -38,6 +39,7 @@ with workflow.unsafe.imports_passed_through():
         REFRESH_TOOLS_UPDATE,
         SEND_MESSAGE_UPDATE,
         STATUS_QUERY,
+        TOOL_CATALOG_MISSING_ERROR,
         TURNS_QUERY,
         USAGE_QUERY,
         AgentConfig,
@@ -331,6 +333,24 @@ class ConversationWorkflow:
         return result(answer=note)
 
     async def _ask_model(self) -> LlmStepResult:
+        memory = self._memory
+        if not memory.catalog_digest:  # carried from a run that predates catalog digests
+            memory.catalog_digest = catalog_digest(model_tools(memory.routes))
+        digest = memory.catalog_digest
+        try:
+            # The tool list travels once per discovery; later steps name it by its digest.
+            reply = await self._model_step(full_catalog=memory.catalog_stored != digest)
+        except ActivityError as err:
+            cause = err.cause
+            if not (
+                isinstance(cause, ApplicationError) and cause.type == TOOL_CATALOG_MISSING_ERROR
+            ):
+                raise
+            reply = await self._model_step(full_catalog=True)
+        memory.catalog_stored = digest
+        return reply
+
+    async def _model_step(self, full_catalog: bool) -> LlmStepResult:
         assert self._config is not None
         memory = self._memory
         reply: LlmStepResult = await workflow.execute_activity(
@@ -339,7 +359,8 @@ class ConversationWorkflow:
                 conversation_id=self._conversation_id,
                 new_messages=memory.pending,
                 reply_seq=memory.next_seq,
-                tools=model_tools(memory.routes),
+                tools=model_tools(memory.routes) if full_catalog else None,
+                tools_digest=memory.catalog_digest,
             ),
             result_type=LlmStepResult,
             # Compaction may add a summarising model call to the step.

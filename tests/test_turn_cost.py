@@ -1,0 +1,82 @@
+"""What one turn costs in history: the tool list travels once, not in every model step."""
+
+from __future__ import annotations
+
+import sqlite3
+import tempfile
+import uuid
+from pathlib import Path
+
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client
+
+from orchestrator.client import ConversationClient
+from orchestrator.models import LLM_STEP_ACTIVITY, LlmRequest
+from orchestrator.worker import build_orchestrator_worker
+from tests.conftest import Stack, fake_llm_settings, orchestrator_settings
+from tests.support.fake_llm import FakeModelServer, completion
+
+
+async def _model_steps(client: Client, conversation_id: str) -> list[LlmRequest]:
+    history = await client.get_workflow_handle(conversation_id).fetch_history()
+    steps = []
+    for event in history.events:
+        if event.event_type != EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+            continue
+        attributes = event.activity_task_scheduled_event_attributes
+        if attributes.activity_type.name == LLM_STEP_ACTIVITY:
+            [request] = await client.data_converter.decode(
+                attributes.input.payloads, [LlmRequest]
+            )
+            steps.append(request)
+    return steps
+
+
+def _one_tool_turn(fake_model: FakeModelServer, n: int) -> None:
+    fake_model.script(
+        completion(tool_calls=[("calculator", {"expression": f"{n} + {n}"})]),
+        completion(f"{2 * n}"),
+    )
+
+
+async def test_the_tool_list_travels_once_and_again_only_when_the_store_lacks_it(
+    stack: Stack, fake_model: FakeModelServer
+) -> None:
+    client = stack.client("orchestrator")
+    task_queue = f"orchestrator-catalog-{uuid.uuid4().hex[:8]}"
+    store = Path(tempfile.mkdtemp(prefix="catalog-store-")) / "conversations.db"
+    conversations = ConversationClient(client, task_queue)
+    cid = f"catalog-{uuid.uuid4().hex[:8]}"
+
+    def worker():  # type: ignore[no-untyped-def]
+        return build_orchestrator_worker(
+            client,
+            task_queue=task_queue,
+            settings=orchestrator_settings(store_url=f"sqlite:///{store}"),
+            llm_settings=fake_llm_settings(fake_model),
+        )
+
+    async with worker():
+        for n in (1, 2, 3):
+            _one_tool_turn(fake_model, n)
+            assert (await conversations.send(cid, f"{n} + {n}?")).answer == f"{2 * n}"
+    steps = await _model_steps(client, cid)
+    assert len(steps) == 6
+    assert steps[0].tools, "the first step carries the tool list"
+    assert all(step.tools is None for step in steps[1:]), "later steps name it by digest"
+    assert len({step.tools_digest for step in steps}) == 1 and steps[0].tools_digest
+    # The model got the whole list every time.
+    requests = fake_model.chat_requests()
+    assert all(request["tools"] == requests[0]["tools"] for request in requests)
+    assert {t["function"]["name"] for t in requests[0]["tools"]} >= {"calculator"}
+
+    # A store that lost its tool lists (restored from an old backup, say), and a new worker
+    # without a cache: the step is refused, sent again with the list, and the turn goes on.
+    with sqlite3.connect(store) as connection:
+        connection.execute("DELETE FROM tool_catalogs")
+    async with worker():
+        _one_tool_turn(fake_model, 4)
+        assert (await conversations.send(cid, "4 + 4?")).answer == "8"
+    steps = await _model_steps(client, cid)
+    assert [step.tools is not None for step in steps[6:]] == [False, True, False]
+    assert fake_model.chat_requests()[-1]["tools"] == requests[0]["tools"]
