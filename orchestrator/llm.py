@@ -12,12 +12,20 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # never fetch the cost map at import
+# OpenAI and OpenAI-compatible providers through LiteLLM's own HTTP handler instead of the openai
+# SDK, which re-walks every message and tool schema against its types on each call: a step with
+# 100 messages went from ~55 to ~8 ms of CPU, with a byte-identical request body and the same
+# errors (bench/README.md). Set EXPERIMENTAL_OPENAI_BASE_LLM_HTTP_HANDLER=False to opt out.
+os.environ.setdefault("EXPERIMENTAL_OPENAI_BASE_LLM_HTTP_HANDLER", "True")
 
 import litellm
 import litellm.exceptions as litellm_errors
 from temporalio.exceptions import ApplicationError
 
 from orchestrator.models import LLM_AUTH_ERROR, LLM_BAD_REQUEST, LLM_CONTEXT_WINDOW
+
+# Otherwise LiteLLM prints provider lists to stdout whenever it prices a model it does not know.
+litellm.suppress_debug_info = True
 
 # `litellm` is re-exported: importing it through this module sets the variable above first.
 __all__ = [

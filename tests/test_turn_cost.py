@@ -13,7 +13,7 @@ from temporalio.client import Client
 from orchestrator.client import ConversationClient
 from orchestrator.models import LLM_STEP_ACTIVITY, LlmRequest
 from orchestrator.worker import build_orchestrator_worker
-from tests.conftest import Stack, fake_llm_settings, orchestrator_settings
+from tests.conftest import Orchestrator, Stack, fake_llm_settings, orchestrator_settings
 from tests.support.fake_llm import FakeModelServer, completion
 
 
@@ -25,9 +25,7 @@ async def _model_steps(client: Client, conversation_id: str) -> list[LlmRequest]
             continue
         attributes = event.activity_task_scheduled_event_attributes
         if attributes.activity_type.name == LLM_STEP_ACTIVITY:
-            [request] = await client.data_converter.decode(
-                attributes.input.payloads, [LlmRequest]
-            )
+            [request] = await client.data_converter.decode(attributes.input.payloads, [LlmRequest])
             steps.append(request)
     return steps
 
@@ -80,3 +78,14 @@ async def test_the_tool_list_travels_once_and_again_only_when_the_store_lacks_it
     steps = await _model_steps(client, cid)
     assert [step.tools is not None for step in steps[6:]] == [False, True, False]
     assert fake_model.chat_requests()[-1]["tools"] == requests[0]["tools"]
+
+
+async def test_model_calls_go_through_litellms_own_http_handler(
+    orchestrator: Orchestrator, fake_model: FakeModelServer
+) -> None:
+    """Not the openai SDK, whose per-call re-walk of every message and tool schema was most of a
+    model step's CPU: a LiteLLM upgrade that drops the switch shows here, not as a slow bench."""
+    fake_model.script(completion("hello"))
+    assert (await orchestrator.conversations.send(f"ua-{uuid.uuid4().hex[:8]}", "hi")).ok
+    [request] = [r for r in fake_model.requests if r.path.endswith("/chat/completions")]
+    assert (request.header("User-Agent") or "").startswith("litellm/"), request.header("User-Agent")
