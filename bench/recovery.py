@@ -2,9 +2,11 @@
 
 The stack runs as `make up` runs it (dev server and every worker in its own process). Two
 scenarios, each on a fresh conversation:
-- **orchestrator**: the model (a fake OpenAI-compatible server; the only stand-in) holds the first
-  request of the turn open; the orchestrator worker is killed while its model step waits on it and
-  started again at once. The step's next attempt runs on the new worker.
+- **orchestrator**, once per kind of model step (ORCHESTRATOR_MODEL_STEP): the model (a fake
+  OpenAI-compatible server; the only stand-in) holds the first request of the turn open; the
+  orchestrator worker is killed while its model step waits on it and started again at once. A
+  local step runs again when its workflow task times out (10 s); an activity step when its
+  heartbeats stop (10 s heartbeat timeout).
 - **team**: the model asks for the first sample call of a team whose tool calls an HTTP API it can
   be pointed at (Finance's stock quote, `QUOTE_API_URL`: a fake quote API holds the first request
   open); that team's worker is killed mid-call and started again.
@@ -105,6 +107,7 @@ class RecoveryStack:
                     "LITELLM_LOCAL_MODEL_COST_MAP": "True",
                     "ORCHESTRATOR_STORE_URL": f"sqlite:///{self.run_dir}/conversations.db",
                     "QUOTE_API_URL": f"{self.quotes.url}/quote/{{ticker}}",
+                    "ORCHESTRATOR_MODEL_STEP": "local",
                 }
             )
         )
@@ -150,9 +153,15 @@ async def _wait_for(predicate: Callable[[], bool], what: str, timeout: float = 6
         await asyncio.sleep(0.05)
 
 
-async def recover_orchestrator(stack: RecoveryStack, conversation_id: str) -> Recovery:
-    """Kill the orchestrator worker while its model step waits on the model."""
+async def recover_orchestrator(
+    stack: RecoveryStack, conversation_id: str, model_step: str = "local"
+) -> Recovery:
+    """Kill the orchestrator worker while its model step (run as `model_step`: see
+    ORCHESTRATOR_MODEL_STEP) waits on the model."""
     assert stack.client is not None
+    if os.environ.get("ORCHESTRATOR_MODEL_STEP", "local") != model_step:
+        os.environ["ORCHESTRATOR_MODEL_STEP"] = model_step  # restored when the stack exits
+        await stack.kill_and_restart("orchestrator")
     conversations = ConversationClient(stack.client, "orchestrator")
     await conversations.send(conversation_id, "warm up")  # started, tools discovered
     stack.model.script(
@@ -165,7 +174,8 @@ async def recover_orchestrator(stack: RecoveryStack, conversation_id: str) -> Re
     killed, back = await stack.kill_and_restart("orchestrator")
     result = await asyncio.wait_for(turn, TURN_TIMEOUT_SECONDS)
     done = time.monotonic()
-    return Recovery("orchestrator", result, done - back, done - killed, conversation_id)
+    killed_name = f"orchestrator ({model_step} model step)"
+    return Recovery(killed_name, result, done - back, done - killed, conversation_id)
 
 
 async def recover_team(stack: RecoveryStack, conversation_id: str) -> Recovery:
@@ -195,11 +205,12 @@ async def main() -> int:
     model.start()
     quotes.start()
     try:
-        model.script(completion("hello"), completion("hello"))
+        model.script(*[completion("hello")] * 3)
         async with RecoveryStack(model, quotes) as stack:
             figures = [
-                await recover_orchestrator(stack, "recovery-orchestrator"),
                 await recover_team(stack, "recovery-team"),
+                await recover_orchestrator(stack, "recovery-local-step", "local"),
+                await recover_orchestrator(stack, "recovery-activity-step", "activity"),
             ]
     finally:
         model.stop()
@@ -208,11 +219,11 @@ async def main() -> int:
     for figure in figures:
         state = "ok" if figure.result.ok else f"failed: {figure.result.error}"
         print(
-            f"  {figure.killed:13} killed mid-turn: answered {figure.seconds_after_back:5.1f} s "
+            f"  {figure.killed:35} killed mid-turn: answered {figure.seconds_after_back:5.1f} s "
             f"after the new worker polled, {figure.seconds_after_kill:5.1f} s after the kill "
             f"({state})"
         )
-    expected = ["answered after the restart", "AAPL is at 123.45 USD"]
+    expected = ["AAPL is at 123.45 USD", *["answered after the restart"] * 2]
     return 0 if [f.result.answer for f in figures] == expected else 1
 
 

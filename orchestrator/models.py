@@ -221,6 +221,14 @@ class LoopSettings(BaseModel):
         le=256_000,
         description="Longer tool arguments are refused before anything is scheduled.",
     )
+    model_step: Literal["local", "activity"] = Field(
+        default="local",
+        description="How a model step runs: `local`, a local activity in the conversation's "
+        "worker (no task round trip through the server: half the workflow tasks of a turn and "
+        "no activity tasks; a killed worker's step runs again after the workflow task timeout, "
+        "10 s); `activity`, a regular activity that heartbeats (its own task, visible to "
+        "queries while it runs).",
+    )
     rediscover_after_seconds: float = Field(
         default=10.0,
         ge=0,

@@ -14,6 +14,7 @@ from typing import TypeVar
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import TimeoutError as StepTimeoutError
 
 with workflow.unsafe.imports_passed_through():
     from orchestrator.dispatch import (
@@ -62,6 +63,12 @@ with workflow.unsafe.imports_passed_through():
     from shared.heartbeat import HEARTBEAT_TIMEOUT
 
 K = TypeVar("K")
+# Model steps as local activities (AgentConfig.model_step); conversations recorded before run
+# theirs as regular activities.
+LOCAL_MODEL_STEP_PATCH = "local-model-step"
+# How a failed model step surfaces: a regular activity's failure is wrapped in ActivityError; a
+# local activity's arrives as the activity's own error (or its timeout).
+MODEL_STEP_FAILURES = (ActivityError, ApplicationError, StepTimeoutError)
 RECENT_TURNS_KEPT = 10
 ANSWERS_KEPT = 20
 CARRIED_ANSWERS_BYTES = 512 * 1024
@@ -292,7 +299,7 @@ class ConversationWorkflow:
             self._phase = "thinking"
             try:
                 reply = await self._ask_model()
-            except ActivityError as err:
+            except MODEL_STEP_FAILURES as err:
                 return result(error=innermost_message(err))
             turn_usage = turn_usage.add(reply.usage)
             memory.usage = memory.usage.add(reply.usage)
@@ -340,8 +347,8 @@ class ConversationWorkflow:
         try:
             # The tool list travels once per discovery; later steps name it by its digest.
             reply = await self._model_step(full_catalog=memory.catalog_stored != digest)
-        except ActivityError as err:
-            cause = err.cause
+        except MODEL_STEP_FAILURES as err:
+            cause = err.cause if isinstance(err, ActivityError) else err
             if not (
                 isinstance(cause, ApplicationError) and cause.type == TOOL_CATALOG_MISSING_ERROR
             ):
@@ -351,26 +358,42 @@ class ConversationWorkflow:
         return reply
 
     async def _model_step(self, full_catalog: bool) -> LlmStepResult:
-        assert self._config is not None
-        memory = self._memory
-        reply: LlmStepResult = await workflow.execute_activity(
-            LLM_STEP_ACTIVITY,
-            LlmRequest(
-                conversation_id=self._conversation_id,
-                new_messages=memory.pending,
-                reply_seq=memory.next_seq,
-                tools=model_tools(memory.routes) if full_catalog else None,
-                tools_digest=memory.catalog_digest,
-            ),
-            result_type=LlmStepResult,
-            # Compaction may add a summarising model call to the step.
-            start_to_close_timeout=timedelta(seconds=2 * self._config.llm_timeout_seconds + 10),
-            # The step heartbeats while the model answers: a killed worker's step is retried on
-            # another within seconds instead of after the whole start-to-close timeout.
-            heartbeat_timeout=HEARTBEAT_TIMEOUT,
-            retry_policy=LLM_RETRY_POLICY,
-            summary="model step",
+        config, memory = self._config, self._memory
+        assert config is not None
+        request = LlmRequest(
+            conversation_id=self._conversation_id,
+            new_messages=memory.pending,
+            reply_seq=memory.next_seq,
+            tools=model_tools(memory.routes) if full_catalog else None,
+            tools_digest=memory.catalog_digest,
         )
+        # Compaction may add a summarising model call to the step.
+        timeout = timedelta(seconds=2 * config.llm_timeout_seconds + 10)
+        reply: LlmStepResult
+        if config.model_step == "local" and workflow.patched(LOCAL_MODEL_STEP_PATCH):
+            # Runs inside this workflow task: no activity task to schedule, dispatch and report,
+            # and no workflow task to wake the loop afterwards. The step is idempotent (keyed by
+            # sequence number in the store), so a rerun after a crash answers the same.
+            reply = await workflow.execute_local_activity(
+                LLM_STEP_ACTIVITY,
+                request,
+                result_type=LlmStepResult,
+                start_to_close_timeout=timeout,
+                retry_policy=LLM_RETRY_POLICY,
+                summary="model step",
+            )
+        else:
+            reply = await workflow.execute_activity(
+                LLM_STEP_ACTIVITY,
+                request,
+                result_type=LlmStepResult,
+                start_to_close_timeout=timeout,
+                # The step heartbeats while the model answers: a killed worker's step is retried
+                # on another within seconds instead of after the whole start-to-close timeout.
+                heartbeat_timeout=HEARTBEAT_TIMEOUT,
+                retry_policy=LLM_RETRY_POLICY,
+                summary="model step",
+            )
         # The activity stored the delta and the reply under these sequence numbers.
         memory.pending = []
         memory.next_seq += 1

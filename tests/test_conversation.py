@@ -14,7 +14,13 @@ from temporalio.service import RPCError
 from orchestrator.client import ConversationClient, InvalidMessageError
 from orchestrator.models import SEND_MESSAGE_UPDATE, TurnResult
 from orchestrator.worker import build_orchestrator_worker
-from tests.conftest import Orchestrator, Stack, fake_llm_settings, orchestrator_settings
+from tests.conftest import (
+    Orchestrator,
+    Stack,
+    custom_orchestrator,
+    fake_llm_settings,
+    orchestrator_settings,
+)
 from tests.support.fake_http import Reply
 from tests.support.fake_llm import FakeModelServer, completion, error, last_tool_messages
 
@@ -188,14 +194,8 @@ async def test_update_validator_rejections(
             await handle.execute_update(SEND_MESSAGE_UPDATE, text, result_type=TurnResult)
         assert reason in str(rejected.value.cause)
 
-    # A second message while the first is still being answered.
-    fake_model.script(Reply(200, completion("Slow answer.").body, delay=1.5))
-    first = asyncio.create_task(orchestrator.conversations.send(cid, "Take your time"))
-    await asyncio.sleep(0.5)
-    with pytest.raises(WorkflowUpdateFailedError) as busy:
-        await orchestrator.conversations.send(cid, "Are you there?")
-    assert "still being answered" in str(busy.value.cause)
-    assert (await first).answer == "Slow answer."
+    fake_model.script(completion("Slow answer."))
+    assert (await orchestrator.conversations.send(cid, "Take your time")).ok
 
     await orchestrator.conversations.end(cid)
     with pytest.raises(
@@ -205,6 +205,41 @@ async def test_update_validator_rejections(
     # Nothing rejected was recorded: the store holds exactly the two answered messages.
     turns = await orchestrator.conversations.turns(cid)
     assert [t.message for t in turns] == ["Hi", "Take your time"]
+
+
+async def test_a_message_during_a_model_step_run_as_an_activity_is_refused(
+    stack: Stack, fake_model: FakeModelServer
+) -> None:
+    """With regular-activity model steps the workflow is idle while the model thinks, so a second
+    message is validated at once, and refused."""
+    cid = _conversation()
+    async with custom_orchestrator(stack, fake_model, model_step="activity") as conversations:
+        fake_model.script(Reply(200, completion("Slow answer.").body, delay=1.5))
+        first = asyncio.create_task(conversations.send(cid, "Take your time"))
+        await asyncio.sleep(0.5)
+        with pytest.raises(WorkflowUpdateFailedError) as busy:
+            await conversations.send(cid, "Are you there?")
+        assert "still being answered" in str(busy.value.cause)
+        assert (await first).answer == "Slow answer."
+
+
+async def test_a_message_during_a_local_model_step_is_answered_next(
+    orchestrator: Orchestrator, fake_model: FakeModelServer
+) -> None:
+    """With local-activity model steps (the default) the step runs inside a workflow task, and
+    the server holds a second message until that task completes: it is answered after the first,
+    not refused, and nothing is lost or answered twice."""
+    cid = _conversation()
+    fake_model.script(
+        Reply(200, completion("Slow answer.").body, delay=1.5), completion("Still here.")
+    )
+    first = asyncio.create_task(orchestrator.conversations.send(cid, "Take your time"))
+    await asyncio.sleep(0.5)
+    second = await orchestrator.conversations.send(cid, "Are you there?")
+    assert (await first).answer == "Slow answer."
+    assert second.answer == "Still here."
+    turns = await orchestrator.conversations.turns(cid)
+    assert [t.message for t in turns] == ["Take your time", "Are you there?"]
 
 
 async def test_worker_restart_between_turns_keeps_memory(

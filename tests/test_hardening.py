@@ -279,7 +279,7 @@ async def test_oversized_tool_arguments_are_refused_before_scheduling(
         assert len(json.dumps(call.args)) < 4000  # the record keeps a preview, not the payload
         history = await conversations.handle(cid).fetch_history()
     kinds = {e.WhichOneof("attributes") for e in history.events}
-    assert "activity_task_scheduled_event_attributes" in kinds  # the model steps
+    assert "marker_recorded_event_attributes" in kinds  # the model steps (local activities)
     scheduled = [
         e.activity_task_scheduled_event_attributes.activity_type.name
         for e in history.events

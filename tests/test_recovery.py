@@ -33,11 +33,27 @@ async def stack(servers: tuple[FakeModelServer, FakeHttpServer]) -> AsyncIterato
         yield running
 
 
-async def test_a_killed_orchestrator_worker_loses_only_the_heartbeat_timeout(
+async def test_a_killed_worker_s_local_model_step_runs_again_after_the_task_timeout(
     stack: RecoveryStack,
 ) -> None:
     stack.model.script(completion("hello"))
-    recovery = await recover_orchestrator(stack, "recovery-orchestrator")
+    recovery = await recover_orchestrator(stack, "recovery-local", "local")
+    assert recovery.result.ok, recovery.result.error
+    assert recovery.result.answer == "answered after the restart"
+    assert stack.client is not None
+    history = await stack.client.get_workflow_handle(recovery.conversation_id).fetch_history()
+    kinds = [event.event_type for event in history.events]
+    # The dead worker's workflow task (running the step) timed out and went to the new worker;
+    # the step never became a slow activity retry.
+    assert EventType.EVENT_TYPE_WORKFLOW_TASK_TIMED_OUT in kinds
+    assert EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED not in kinds
+
+
+async def test_a_killed_worker_s_activity_model_step_is_retried_on_its_heartbeat_timeout(
+    stack: RecoveryStack,
+) -> None:
+    stack.model.script(completion("hello"))
+    recovery = await recover_orchestrator(stack, "recovery-activity", "activity")
     assert recovery.result.ok, recovery.result.error
     assert recovery.result.answer == "answered after the restart"
     assert stack.client is not None

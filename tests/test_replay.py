@@ -50,7 +50,10 @@ async def test_live_conversation_replays(
     history = await orchestrator.conversations.handle(cid).fetch_history()
     result = await _replayer().replay_workflow(history)
     assert result.replay_failure is None
-    await record_if_requested(orchestrator.conversations.handle(cid), "conversation_tools")
+    # conversation_tools.json: the same conversation recorded when model steps were activities.
+    await record_if_requested(
+        orchestrator.conversations.handle(cid), "conversation_local_model_steps"
+    )
 
 
 @pytest.mark.parametrize("path", sorted(HISTORIES.glob("*.json")), ids=lambda p: p.stem)

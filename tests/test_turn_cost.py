@@ -50,7 +50,9 @@ async def test_the_tool_list_travels_once_and_again_only_when_the_store_lacks_it
         return build_orchestrator_worker(
             client,
             task_queue=task_queue,
-            settings=orchestrator_settings(store_url=f"sqlite:///{store}"),
+            # Regular activities, whose inputs history records (a local step's input is not
+            # recorded at all; its result is, in a marker).
+            settings=orchestrator_settings(store_url=f"sqlite:///{store}", model_step="activity"),
             llm_settings=fake_llm_settings(fake_model),
         )
 
