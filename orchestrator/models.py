@@ -207,10 +207,13 @@ class LoopSettings(BaseModel):
     # Temporal Cloud allows 30 in-flight Nexus operations per workflow; a step never schedules
     # more than this many tool calls at once, so no model reply can hit that limit.
     max_parallel_tools: int = Field(
-        default=10, ge=1, le=30, description="Tool calls of one step that run at the same time."
+        default=20,
+        ge=1,
+        le=30,
+        description="Tool calls of one step in flight at once; more run as earlier ones finish.",
     )
     max_tool_calls_per_step: int = Field(
-        default=32,
+        default=64,
         ge=1,
         le=128,
         description="Tool calls run per model step; the model is told the rest were not run.",
