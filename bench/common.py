@@ -8,7 +8,6 @@ import statistics
 import tempfile
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +17,11 @@ from temporalio.worker import Worker
 from infrastructure.dev_server import embedded_server
 from infrastructure.setup import EndpointDefinition
 from shared.manifest import discover_teams
+from shared.nexus import DEFAULT_FAST_PATH_BUDGET
 from shared.worker import build_manifest_worker
 
 RESULTS_DIR = Path(__file__).parent / "results"
-FAST_PATH_BUDGET = timedelta(milliseconds=500)
+FAST_PATH_BUDGET = DEFAULT_FAST_PATH_BUDGET
 
 
 @asynccontextmanager

@@ -87,10 +87,11 @@ class ToolServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(**_ENV, env_prefix="TOOL_")
 
     fast_path_budget_ms: int = Field(
-        default=500,
+        default=5000,
         ge=0,
-        le=5000,
-        description="How long the handler waits for a tool workflow before completing async. "
+        le=9000,
+        description="How long the handler waits for a tool workflow before completing async "
+        "(never past the request's deadline: Temporal Cloud gives a handler < 10 s). "
         "0 disables the fast path.",
     )
 

@@ -1,11 +1,18 @@
 """The generic Nexus handler that serves any team's tool registry.
 
 `execute_tool` always runs the tool as a durable workflow in the team's namespace. It has a fast
-path: the handler starts the workflow, then waits a short budget for its result. A tool that
-finishes within the budget is answered synchronously, which skips the callback round trip that
-makes a workflow-backed operation cost ~10x a sync one. A slower tool falls back to the ordinary
-asynchronous workflow-run operation: the handler re-issues the start with the Nexus completion
-callback attached to the already-running workflow (USE_EXISTING), and returns its token.
+path: the handler starts the workflow, then waits for its result, for up to a budget (5 s by
+default, never past the request's own deadline). A tool that finishes within it is answered
+synchronously, which skips the callback round trip of a workflow-backed operation. A slower tool
+falls back to the ordinary asynchronous workflow-run operation: the handler re-issues the start
+with the Nexus completion callback attached to the already-running workflow (USE_EXISTING), and
+returns its token.
+
+The budget is long on purpose. Attaching the callback late costs the server extra work (the
+tool workflow's in-flight task fails with UnhandledCommand and runs again), and a short budget
+(it was 500 ms) is exceeded by ordinary tools as soon as the machine is busy: the more load, the
+more fall-backs, the more load. With seconds of budget only tools that are slow by nature fall
+back, and for them the extra task is small beside their own run time.
 
 Idempotency comes from the workflow id, which is derived from the call id, with REJECT_DUPLICATE:
 a call whose workflow already closed is answered from that run's result instead of running again.
@@ -14,7 +21,7 @@ a call whose workflow already closed is answered from that run's result instead 
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import nexusrpc
@@ -44,7 +51,9 @@ from shared.tools import (
 
 log = get_logger(__name__)
 
-DEFAULT_FAST_PATH_BUDGET = timedelta(milliseconds=500)
+DEFAULT_FAST_PATH_BUDGET = timedelta(seconds=5)
+# Left of the request's deadline for the fall-back start, which attaches the callback.
+DEADLINE_MARGIN = timedelta(seconds=1)
 
 
 class ExecuteToolHandler(TemporalOperationHandler[ToolCall, ToolResult]):
@@ -76,7 +85,8 @@ class ExecuteToolHandler(TemporalOperationHandler[ToolCall, ToolResult]):
                 "id_conflict_policy": WorkflowIDConflictPolicy.USE_EXISTING,
                 "static_summary": f"{call.tool} for {call.conversation_id or 'unknown caller'}",
             }
-            if self._budget > 0:
+            budget = self._budget_for(ctx)
+            if budget > 0:
                 try:
                     # Eager start hands the first workflow task straight to this worker.
                     handle = await client.client.start_workflow(
@@ -85,7 +95,7 @@ class ExecuteToolHandler(TemporalOperationHandler[ToolCall, ToolResult]):
                 except WorkflowAlreadyStartedError:
                     return TemporalOperationResult.sync(await self._closed_run_result(client, call))
                 try:
-                    result = await asyncio.wait_for(_result(handle), timeout=self._budget)
+                    result = await asyncio.wait_for(_result(handle), timeout=budget)
                     log.info("tool answered on the fast path")
                     return TemporalOperationResult.sync(result)
                 except TimeoutError:
@@ -96,6 +106,14 @@ class ExecuteToolHandler(TemporalOperationHandler[ToolCall, ToolResult]):
                 # Closed between the budget running out and the callback being attached.
                 return TemporalOperationResult.sync(await self._closed_run_result(client, call))
             return started
+
+    def _budget_for(self, ctx: TemporalStartOperationContext) -> float:
+        """Seconds to wait on the fast path: the budget, cut short by the request's deadline."""
+        deadline = ctx.request_deadline
+        if deadline is None or self._budget <= 0:
+            return self._budget
+        left = (deadline - datetime.now(UTC) - DEADLINE_MARGIN).total_seconds()
+        return max(0.0, min(self._budget, left))
 
     def _validated_request(self, call: ToolCall) -> ToolWorkflowInput:
         registered = self._registry.get(call.tool)
