@@ -72,6 +72,13 @@ class OrchestratorSettings(BaseSettings, LoopSettings):
     max_tool_output_chars: int = Field(
         default=4000, ge=200, description="Longer tool outputs are truncated for the model."
     )
+    workflow_sandbox: bool = Field(
+        default=False,
+        description="Run the conversation workflows in Temporal's workflow sandbox. Off by "
+        "default: the sandbox re-enters its restricted environment on every activation and "
+        "payload, ~30% of a turn's worker CPU (bench/README.md). The test suite and the replay "
+        "tests run the same code with it on, so a non-deterministic call still fails in CI.",
+    )
 
     @field_validator("store_url")
     @classmethod

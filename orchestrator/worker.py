@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from temporalio.client import Client
-from temporalio.worker import Worker
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from orchestrator.activities import OrchestratorActivities
 from orchestrator.config import LLMSettings, OrchestratorSettings
@@ -43,6 +44,9 @@ def build_orchestrator_worker(
             activities.read_turns,
         ],
         interceptors=interceptors,
+        workflow_runner=(
+            SandboxedWorkflowRunner() if settings.workflow_sandbox else UnsandboxedWorkflowRunner()
+        ),
     )
 
 

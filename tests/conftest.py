@@ -136,6 +136,9 @@ def orchestrator_settings(**overrides: Any) -> OrchestratorSettings:
         "max_steps": 5,
         "max_message_chars": 2000,
         "store_url": STORE_URL,
+        # The tests run the workflow code in the sandbox, which refuses non-deterministic calls;
+        # deployed workers run without it, for speed (see OrchestratorSettings).
+        "workflow_sandbox": True,
     }
     values.update(overrides)
     return OrchestratorSettings(**values)
