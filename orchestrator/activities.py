@@ -136,9 +136,11 @@ class OrchestratorActivities:
 
     async def _step(self, request: LlmRequest, info: activity.Info) -> LlmStepResult:
         cid = request.conversation_id
-        await self._check_store(cid, request.stored_before)
-        await self._store.put(cid, request.new_messages)
-        answered = await self._stored_reply(cid, request.reply_seq)
+        start = await self._store.start_step(
+            cid, request.stored_before, request.new_messages, request.reply_seq
+        )
+        self._check_store(cid, start.held, request.stored_before)
+        answered = _stored_reply(start.reply)
         if answered is not None:
             # An earlier attempt got and stored the model's reply, then failed to report it:
             # answer with that reply, so the tool calls the workflow runs are the stored ones.
@@ -198,18 +200,10 @@ class OrchestratorActivities:
         while len(self._catalogs) > CATALOGS_CACHED:
             self._catalogs.pop(next(iter(self._catalogs)))
 
-    async def _stored_reply(self, conversation_id: str, reply_seq: int) -> LlmStepResult | None:
-        stored = await self._store.messages(conversation_id, after_seq=reply_seq - 1, limit=1)
-        if not stored or stored[0].seq != reply_seq or stored[0].message.role != "assistant":
-            return None
-        reply = stored[0].message
-        return LlmStepResult(content=reply.content, tool_calls=reply.tool_calls)
-
-    async def _check_store(self, conversation_id: str, expected: int) -> None:
+    def _check_store(self, conversation_id: str, held: int, expected: int) -> None:
         """Refuse to run the model on a transcript with holes: a store that lost messages (deleted,
         truncated, restored from an old backup) must be a loud error, never a silent fresh start.
         """
-        held = await self._store.count_before(conversation_id, expected)
         if held == expected:
             return
         log.error("conversation store is behind", held=held, expected=expected)
@@ -264,6 +258,13 @@ class OrchestratorActivities:
     @activity.defn(name=LOCAL_TOOL_ACTIVITY)
     async def run_local_tool(self, call: ToolCall) -> Any:
         return await run_registered_tool(local_registry, self._client, call)
+
+
+def _stored_reply(stored: ChatMessage | None) -> LlmStepResult | None:
+    """The reply an earlier attempt of this step stored, if any."""
+    if stored is None or stored.role != "assistant":
+        return None
+    return LlmStepResult(content=stored.content, tool_calls=stored.tool_calls)
 
 
 def parse_response(response: Any, *, reply_seq: int = 0) -> LlmStepResult:

@@ -75,10 +75,8 @@ async def build_context(
     force_compaction: bool = False,
 ) -> tuple[list[dict[str, Any]], bool]:
     """Return (messages for the model, whether older turns were compacted now)."""
-    system = await store.messages(conversation_id, after_seq=-1, limit=1)
-    summary = await store.summary(conversation_id)
-    start = summary.upto_seq if summary else 0
-    recent = await store.messages(conversation_id, after_seq=start)
+    rows = await store.context_rows(conversation_id)
+    system, summary, recent = rows.system, rows.summary, rows.recent
     messages = _assemble(window, system, summary, recent)
     user_turns = sum(1 for m in recent if m.message.role == "user")
     too_many_turns = (

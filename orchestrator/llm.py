@@ -6,6 +6,7 @@ rate limit's Retry-After becomes the next retry delay.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from datetime import UTC, datetime, timedelta
@@ -26,6 +27,11 @@ from orchestrator.models import LLM_AUTH_ERROR, LLM_BAD_REQUEST, LLM_CONTEXT_WIN
 
 # Otherwise LiteLLM prints provider lists to stdout whenever it prices a model it does not know.
 litellm.suppress_debug_info = True
+# LiteLLM logs every call at INFO through its own handler ("LiteLLM completion() model= ..."):
+# a line per model step that our own "model answered" line already covers, and ~4% of the
+# worker's CPU under load. Its warnings and errors still show.
+for _name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
 
 # `litellm` is re-exported: importing it through this module sets the variable above first.
 __all__ = [

@@ -15,12 +15,16 @@ import json
 import os
 import sqlite3
 from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
 from orchestrator.models import ChatMessage, StoredMessage, TurnResult
+
+T = TypeVar("T")
 
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS messages (
@@ -50,6 +54,24 @@ SCHEMA = [
 class Summary(BaseModel):
     upto_seq: int
     text: str
+
+
+@dataclass
+class StepStart:
+    """What a model step finds when it starts (see `ConversationStore.start_step`)."""
+
+    held: int  # messages stored below the step's first new one
+    reply: ChatMessage | None  # what the store already holds at the step's reply number
+
+
+@dataclass
+class ContextRows:
+    """What the model's view is built from: the system prompt, the latest summary, and every
+    message after the summary."""
+
+    system: list[StoredMessage]
+    summary: Summary | None
+    recent: list[StoredMessage]
 
 
 class ConversationStore(ABC):
@@ -95,6 +117,31 @@ class ConversationStore(ABC):
 
     @abstractmethod
     async def close(self) -> None: ...
+
+    # ---- what one model step does, as single calls a backend can serve in one round trip ----
+    async def start_step(
+        self,
+        conversation_id: str,
+        stored_before: int,
+        new_messages: list[StoredMessage],
+        reply_seq: int,
+    ) -> StepStart:
+        """Count the messages below `stored_before`; only if none is missing, write
+        `new_messages` and read what is stored at `reply_seq`."""
+        held = await self.count_before(conversation_id, stored_before)
+        if held != stored_before:
+            return StepStart(held=held, reply=None)
+        await self.put(conversation_id, new_messages)
+        stored = await self.messages(conversation_id, after_seq=reply_seq - 1, limit=1)
+        reply = stored[0].message if stored and stored[0].seq == reply_seq else None
+        return StepStart(held=held, reply=reply)
+
+    async def context_rows(self, conversation_id: str) -> ContextRows:
+        system = await self.messages(conversation_id, after_seq=-1, limit=1)
+        summary = await self.summary(conversation_id)
+        start = summary.upto_seq if summary else 0
+        recent = await self.messages(conversation_id, after_seq=start)
+        return ContextRows(system=system, summary=summary, recent=recent)
 
 
 def open_store(url: str, password: str | None = None) -> ConversationStore:
@@ -240,6 +287,68 @@ class SqliteStore(ConversationStore):
                 self._connection.close()
                 self._connection = None
 
+    async def _transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """`work` on the connection in one worker-thread hop, then one commit."""
+
+        def run() -> T:
+            connection = self._connect()
+            result = work(connection)
+            connection.commit()
+            return result
+
+        async with self._lock:
+            return await asyncio.to_thread(run)
+
+    async def start_step(
+        self,
+        conversation_id: str,
+        stored_before: int,
+        new_messages: list[StoredMessage],
+        reply_seq: int,
+    ) -> StepStart:
+        def work(connection: sqlite3.Connection) -> StepStart:
+            (held,) = connection.execute(
+                "SELECT COUNT(*) FROM messages WHERE conversation_id = ? AND seq < ?",
+                (conversation_id, stored_before),
+            ).fetchone()
+            if held != stored_before:
+                return StepStart(held=int(held), reply=None)
+            connection.executemany(
+                "INSERT INTO messages (conversation_id, seq, body) VALUES (?, ?, ?) "
+                "ON CONFLICT (conversation_id, seq) DO UPDATE SET body = excluded.body",
+                [(conversation_id, m.seq, m.message.model_dump_json()) for m in new_messages],
+            )
+            row = connection.execute(
+                "SELECT body FROM messages WHERE conversation_id = ? AND seq = ?",
+                (conversation_id, reply_seq),
+            ).fetchone()
+            reply = ChatMessage.model_validate_json(row[0]) if row else None
+            return StepStart(held=int(held), reply=reply)
+
+        return await self._transaction(work)
+
+    async def context_rows(self, conversation_id: str) -> ContextRows:
+        def work(connection: sqlite3.Connection) -> ContextRows:
+            select = (
+                "SELECT seq, body FROM messages WHERE conversation_id = ? AND seq > ? ORDER BY seq"
+            )
+            system = connection.execute(select + " LIMIT 1", (conversation_id, -1)).fetchall()
+            found = connection.execute(
+                "SELECT upto_seq, body FROM summaries WHERE conversation_id = ? "
+                "ORDER BY upto_seq DESC LIMIT 1",
+                (conversation_id,),
+            ).fetchone()
+            summary = Summary(upto_seq=found[0], text=found[1]) if found else None
+            start = summary.upto_seq if summary else 0
+            recent = connection.execute(select, (conversation_id, start)).fetchall()
+            return ContextRows(
+                system=[_message(seq, body) for seq, body in system],
+                summary=summary,
+                recent=[_message(seq, body) for seq, body in recent],
+            )
+
+        return await self._transaction(work)
+
 
 class PostgresStore(ConversationStore):
     """psycopg 3, one connection per call: safe across event loops and worker restarts."""
@@ -353,4 +462,4 @@ def _catalog(rows: list[Any]) -> list[dict[str, Any]] | None:
 
 
 def _message(seq: int, body: str) -> StoredMessage:
-    return StoredMessage(seq=seq, message=ChatMessage.model_validate(json.loads(body)))
+    return StoredMessage(seq=seq, message=ChatMessage.model_validate_json(body))
