@@ -32,7 +32,12 @@ from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client
 
-from infrastructure.dev_server import StartError, dynamic_config_flags, temporal_binary
+from infrastructure.dev_server import (
+    StartError,
+    dynamic_config_flags,
+    sqlite_pragma_flags,
+    temporal_binary,
+)
 from infrastructure.setup import StackSettings, ensure_stack
 from infrastructure.setup import write_private_file as _write_private_file
 from infrastructure.stack_processes import (
@@ -232,6 +237,7 @@ class DevStack:
             "--log-level",
             "warn",
             *dynamic_config_flags(),
+            *sqlite_pragma_flags(),
             *(["--metrics-port", str(s.metrics_port)] if s.metrics_port else []),
             *(arg for ns in StackSettings().namespaces for arg in ("--namespace", ns)),
         ]
