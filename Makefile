@@ -64,6 +64,7 @@ bench: install ## Latency figures (see bench/README.md)
 	$(RUN) python -m bench.agent_loop
 	$(RUN) python -m bench.long_conversation
 	$(RUN) python -m bench.stack_throughput
+	$(RUN) python -m bench.recovery
 
 chaos: install ## Kill workers and restart the server under 50 conversations; print the report
 	$(RUN) python -m infrastructure.chaos --conversations $(or $(CONVERSATIONS),50)
