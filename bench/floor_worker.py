@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pydantic import Field
 from temporalio.client import Client
-from temporalio.worker import Interceptor, Worker
+from temporalio.worker import Interceptor, UnsandboxedWorkflowRunner, Worker
 
 from bench.floor import FLOOR_TASK_QUEUE, FloorWorkflow, floor_noop
 from shared.auth import CallerTokenInterceptor, NexusAuthSettings
@@ -40,6 +40,8 @@ def build_signed_floor_worker(client: Client, task_queue: str, auth: NexusAuthSe
         workflows=[FloorWorkflow],
         activities=[floor_noop],
         interceptors=interceptors,
+        # Like the orchestrator's default: the floor must not pay for a sandbox the agent skips.
+        workflow_runner=UnsandboxedWorkflowRunner(),
     )
 
 

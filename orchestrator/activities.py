@@ -33,7 +33,6 @@ from orchestrator.models import (
     LlmToolCall,
     ReadConversationInput,
     RecordTurnInput,
-    StoredMessage,
     TurnResult,
     Usage,
 )
@@ -69,7 +68,7 @@ class OrchestratorActivities:
             settings.store_url,
             settings.store_password.get_secret_value() if settings.store_password else None,
         )
-        self._catalogs: dict[str, list[dict[str, Any]]] = {}
+        self._catalogs: dict[str, str] = {}  # digest -> the tool list's JSON
         self._window = ContextWindow(
             model=llm_settings.resolved_model,
             context_tokens=settings.context_tokens,
@@ -165,7 +164,14 @@ class OrchestratorActivities:
             log.warning("model call failed", error=failure.message, kind=failure.type)
             raise failure from None
         reply = ChatMessage(role="assistant", content=result.content, tool_calls=result.tool_calls)
-        await self._store.append(cid, [StoredMessage(seq=request.reply_seq, message=reply)])
+        kept = await self._store.put_reply(cid, request.reply_seq, reply)
+        if kept != reply:
+            # Another attempt of this step (its worker presumed dead) stored its reply first: the
+            # workflow must act on the stored one, or its tool calls would not be the transcript's.
+            log.info("an earlier attempt stored this step's reply first; returning that one")
+            stored = _stored_reply(kept)
+            if stored is not None:
+                return stored.model_copy(update={"usage": result.usage, "model": result.model})
         log.info(
             "model answered",
             tool_calls=[c.name for c in result.tool_calls],
@@ -183,20 +189,23 @@ class OrchestratorActivities:
                 await self._store.put_catalog(digest, request.tools)
                 self._remember_catalog(digest, request.tools)
             return request.tools
-        tools = self._catalogs.get(digest)
-        if tools is None:
-            tools = await self._store.catalog(digest)
-            if tools is None:
-                raise ApplicationError(
-                    f"no tool list is stored under digest {digest[:12]}; send it with the step",
-                    type=TOOL_CATALOG_MISSING_ERROR,
-                    non_retryable=True,
-                )
-            self._remember_catalog(digest, tools)
-        return tools
+        cached = self._catalogs.get(digest)
+        if cached is not None:
+            # A fresh list per call: provider transforms may change tool dicts in place.
+            tools: list[dict[str, Any]] = json.loads(cached)
+            return tools
+        stored = await self._store.catalog(digest)
+        if stored is None:
+            raise ApplicationError(
+                f"no tool list is stored under digest {digest[:12]}; send it with the step",
+                type=TOOL_CATALOG_MISSING_ERROR,
+                non_retryable=True,
+            )
+        self._remember_catalog(digest, stored)
+        return stored
 
     def _remember_catalog(self, digest: str, tools: list[dict[str, Any]]) -> None:
-        self._catalogs[digest] = tools
+        self._catalogs[digest] = json.dumps(tools)
         while len(self._catalogs) > CATALOGS_CACHED:
             self._catalogs.pop(next(iter(self._catalogs)))
 

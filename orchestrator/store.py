@@ -136,6 +136,12 @@ class ConversationStore(ABC):
         reply = stored[0].message if stored and stored[0].seq == reply_seq else None
         return StepStart(held=held, reply=reply)
 
+    async def put_reply(self, conversation_id: str, seq: int, reply: ChatMessage) -> ChatMessage:
+        """Store a model reply at `seq` unless one is there already; return the one kept."""
+        await self.append(conversation_id, [StoredMessage(seq=seq, message=reply)])
+        stored = await self.messages(conversation_id, after_seq=seq - 1, limit=1)
+        return stored[0].message if stored and stored[0].seq == seq else reply
+
     async def context_rows(self, conversation_id: str) -> ContextRows:
         system = await self.messages(conversation_id, after_seq=-1, limit=1)
         summary = await self.summary(conversation_id)
@@ -324,6 +330,20 @@ class SqliteStore(ConversationStore):
             ).fetchone()
             reply = ChatMessage.model_validate_json(row[0]) if row else None
             return StepStart(held=int(held), reply=reply)
+
+        return await self._transaction(work)
+
+    async def put_reply(self, conversation_id: str, seq: int, reply: ChatMessage) -> ChatMessage:
+        def work(connection: sqlite3.Connection) -> ChatMessage:
+            connection.execute(
+                "INSERT OR IGNORE INTO messages (conversation_id, seq, body) VALUES (?, ?, ?)",
+                (conversation_id, seq, reply.model_dump_json()),
+            )
+            row = connection.execute(
+                "SELECT body FROM messages WHERE conversation_id = ? AND seq = ?",
+                (conversation_id, seq),
+            ).fetchone()
+            return ChatMessage.model_validate_json(row[0]) if row else reply
 
         return await self._transaction(work)
 

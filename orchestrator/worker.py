@@ -12,6 +12,7 @@ from orchestrator.store import ConversationStore
 from orchestrator.workflows import ConversationWorkflow, ReadConversation
 from shared.auth import CallerTokenInterceptor, NexusAuthSettings
 from shared.config import ConfigError, OrchestratorTemporalSettings, load_settings
+from shared.heartbeat import HEARTBEAT_THROTTLE
 from shared.log import configure_logging, get_logger
 from shared.temporal import exit_process
 from shared.worker import serve_worker
@@ -44,6 +45,7 @@ def build_orchestrator_worker(
             activities.read_turns,
         ],
         interceptors=interceptors,
+        max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
         workflow_runner=(
             SandboxedWorkflowRunner() if settings.workflow_sandbox else UnsandboxedWorkflowRunner()
         ),

@@ -95,7 +95,9 @@ class ExecuteToolHandler(TemporalOperationHandler[ToolCall, ToolResult]):
                 except WorkflowAlreadyStartedError:
                     return TemporalOperationResult.sync(await self._closed_run_result(client, call))
                 try:
-                    result = await asyncio.wait_for(_result(handle), timeout=budget)
+                    # Measured again: the start itself may have taken a while under load, and the
+                    # fall-back start must still fit before the request's deadline.
+                    result = await asyncio.wait_for(_result(handle), timeout=self._budget_for(ctx))
                     log.info("tool answered on the fast path")
                     return TemporalOperationResult.sync(result)
                 except TimeoutError:

@@ -31,6 +31,7 @@ from shared.config import (
     load_settings,
     temporal_settings_for,
 )
+from shared.heartbeat import HEARTBEAT_THROTTLE
 from shared.log import bind_context, configure_logging, get_logger
 from shared.manifest import ManifestError, TeamManifest, find_team
 from shared.nexus import ToolServiceHandler
@@ -113,6 +114,7 @@ def build_team_worker(
         activities=[ToolActivities(registry, client, max_result_bytes).run_tool, *activities],
         nexus_service_handlers=[ToolServiceHandler(registry, task_queue, fast_path_budget)],
         interceptors=interceptors,
+        max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
     )
 
 

@@ -102,3 +102,25 @@ async def test_turns_page_in_order(
 def test_unknown_url_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="unsupported store URL"):
         open_store("mysql://x")
+
+
+async def test_a_step_starts_with_one_call_and_keeps_the_first_reply(
+    store: ConversationStore, request: pytest.FixtureRequest
+) -> None:
+    cid = f"c-{request.node.name}"
+    await store.append(cid, [_msg(0, "system", "system")])
+    # Two messages missing below the step's first new one: nothing is written.
+    behind = await store.start_step(cid, 3, [_msg(3, "lost?")], 4)
+    assert (behind.held, behind.reply) == (1, None)
+    assert [m.seq for m in await store.messages(cid)] == [0]
+    started = await store.start_step(cid, 1, [_msg(1, "hello")], 2)
+    assert (started.held, started.reply) == (1, None)
+    # Two attempts of one step race: the store keeps the first reply and both get it back.
+    first = ChatMessage(role="assistant", content="first")
+    assert await store.put_reply(cid, 2, first) == first
+    assert await store.put_reply(cid, 2, ChatMessage(role="assistant", content="second")) == first
+    again = await store.start_step(cid, 1, [_msg(1, "hello")], 2)
+    assert again.reply == first
+    rows = await store.context_rows(cid)
+    assert [m.seq for m in rows.system] == [0] and rows.summary is None
+    assert [m.message.content for m in rows.recent] == ["hello", "first"]

@@ -7,6 +7,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
+import pytest
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 
@@ -37,8 +38,9 @@ def _one_tool_turn(fake_model: FakeModelServer, n: int) -> None:
     )
 
 
+@pytest.mark.parametrize("model_step", ["activity", "local"])
 async def test_the_tool_list_travels_once_and_again_only_when_the_store_lacks_it(
-    stack: Stack, fake_model: FakeModelServer
+    stack: Stack, fake_model: FakeModelServer, model_step: str
 ) -> None:
     client = stack.client("orchestrator")
     task_queue = f"orchestrator-catalog-{uuid.uuid4().hex[:8]}"
@@ -50,9 +52,7 @@ async def test_the_tool_list_travels_once_and_again_only_when_the_store_lacks_it
         return build_orchestrator_worker(
             client,
             task_queue=task_queue,
-            # Regular activities, whose inputs history records (a local step's input is not
-            # recorded at all; its result is, in a marker).
-            settings=orchestrator_settings(store_url=f"sqlite:///{store}", model_step="activity"),
+            settings=orchestrator_settings(store_url=f"sqlite:///{store}", model_step=model_step),
             llm_settings=fake_llm_settings(fake_model),
         )
 
@@ -60,26 +60,31 @@ async def test_the_tool_list_travels_once_and_again_only_when_the_store_lacks_it
         for n in (1, 2, 3):
             _one_tool_turn(fake_model, n)
             assert (await conversations.send(cid, f"{n} + {n}?")).answer == f"{2 * n}"
-    steps = await _model_steps(client, cid)
-    assert len(steps) == 6
-    assert steps[0].tools, "the first step carries the tool list"
-    assert all(step.tools is None for step in steps[1:]), "later steps name it by digest"
-    assert len({step.tools_digest for step in steps}) == 1 and steps[0].tools_digest
     # The model got the whole list every time.
     requests = fake_model.chat_requests()
+    assert len(requests) == 6
     assert all(request["tools"] == requests[0]["tools"] for request in requests)
     assert {t["function"]["name"] for t in requests[0]["tools"]} >= {"calculator"}
+    if model_step == "activity":  # a regular activity's input is in history; a local one's is not
+        steps = await _model_steps(client, cid)
+        assert len(steps) == 6
+        assert steps[0].tools, "the first step carries the tool list"
+        assert all(step.tools is None for step in steps[1:]), "later steps name it by digest"
+        assert len({step.tools_digest for step in steps}) == 1 and steps[0].tools_digest
 
     # A store that lost its tool lists (restored from an old backup, say), and a new worker
     # without a cache: the step is refused, sent again with the list, and the turn goes on.
     with sqlite3.connect(store) as connection:
-        connection.execute("DELETE FROM tool_catalogs")
+        assert connection.execute("DELETE FROM tool_catalogs").rowcount == 1
     async with worker():
         _one_tool_turn(fake_model, 4)
         assert (await conversations.send(cid, "4 + 4?")).answer == "8"
-    steps = await _model_steps(client, cid)
-    assert [step.tools is not None for step in steps[6:]] == [False, True, False]
     assert fake_model.chat_requests()[-1]["tools"] == requests[0]["tools"]
+    with sqlite3.connect(store) as connection:
+        assert connection.execute("SELECT COUNT(*) FROM tool_catalogs").fetchone() == (1,)
+    if model_step == "activity":
+        steps = await _model_steps(client, cid)
+        assert [step.tools is not None for step in steps[6:]] == [False, True, False]
 
 
 async def test_model_calls_go_through_litellms_own_http_handler(
