@@ -7,9 +7,9 @@ scenarios, each on a fresh conversation:
   orchestrator worker is killed while its model step waits on it and started again at once. A
   local step runs again when its workflow task times out (10 s); an activity step when its
   heartbeats stop (10 s heartbeat timeout).
-- **team**: the model asks for the first sample call of a team whose tool calls an HTTP API it can
-  be pointed at (Finance's stock quote, `QUOTE_API_URL`: a fake quote API holds the first request
-  open); that team's worker is killed mid-call and started again.
+- **team**: the model asks for a team's first `upstream_calls` entry (team.toml: a tool that waits
+  on an HTTP API the worker finds through one setting); a stand-in for that API holds the request
+  open, and the team's worker is killed mid-call and started again.
 The figures are the time from the restarted worker polling again (its own poller, by process id)
 to the turn's answer, and from the kill to the answer. Without heartbeats the model step waited
 out its 130 s start-to-close timeout.
@@ -38,14 +38,21 @@ from infrastructure.devstack import DevStack, DevStackSettings
 from orchestrator.client import ConversationClient
 from orchestrator.models import TurnResult
 from shared.config import TemporalSettings
-from shared.manifest import discover_teams
+from shared.manifest import TeamManifest, UpstreamCall, discover_teams
 from shared.temporal import connect
 from tests.support.fake_http import FakeHttpServer, Reply
 from tests.support.fake_llm import FakeModelServer, completion
 
 HELD_OPEN_SECONDS = 300.0  # the held request never answers in time: only a retry completes the turn
 TURN_TIMEOUT_SECONDS = 120.0
-QUOTE_TOOL = "stock_price"
+TEAM_ANSWER = "the tool answered after the restart"
+
+
+def _upstream_call() -> tuple[TeamManifest, UpstreamCall]:
+    for team in discover_teams():
+        if team.upstream_calls:
+            return team, team.upstream_calls[0]
+    raise SystemExit("no team manifest declares `upstream_calls`: no team scenario to run")
 
 
 @dataclass
@@ -55,6 +62,15 @@ class Recovery:
     seconds_after_back: float
     seconds_after_kill: float
     conversation_id: str
+
+
+def _upstream_settings(base: str) -> dict[str, str]:
+    """Every team's upstream API setting, pointed at the stand-in."""
+    return {
+        call.url_variable: call.url.replace("{base}", base)
+        for team in discover_teams()
+        for call in team.upstream_calls
+    }
 
 
 def _free_port() -> int:
@@ -79,11 +95,11 @@ def _environment(values: dict[str, str]) -> Iterator[None]:
 
 
 class RecoveryStack:
-    """The embedded stack in its own processes, its model and quote API the fake servers."""
+    """The embedded stack in its own processes, its model and the teams' upstream APIs the fake servers."""
 
-    def __init__(self, model: FakeModelServer, quotes: FakeHttpServer) -> None:
+    def __init__(self, model: FakeModelServer, upstream: FakeHttpServer) -> None:
         self.model = model
-        self.quotes = quotes
+        self.upstream = upstream
         self.run_dir = Path(tempfile.mkdtemp(prefix="recovery-"))
         self.settings = DevStackSettings(
             run_dir=self.run_dir,
@@ -106,7 +122,7 @@ class RecoveryStack:
                     "LLM_API_KEY": "sk-recovery",
                     "LITELLM_LOCAL_MODEL_COST_MAP": "True",
                     "ORCHESTRATOR_STORE_URL": f"sqlite:///{self.run_dir}/conversations.db",
-                    "QUOTE_API_URL": f"{self.quotes.url}/quote/{{ticker}}",
+                    **_upstream_settings(self.upstream.url),
                     "ORCHESTRATOR_MODEL_STEP": "local",
                 }
             )
@@ -179,21 +195,19 @@ async def recover_orchestrator(
 
 
 async def recover_team(stack: RecoveryStack, conversation_id: str) -> Recovery:
-    """Kill the worker of the team that serves the quote tool while the tool waits on its API."""
+    """Kill the worker of a team whose tool waits on its HTTP API, mid-call."""
     assert stack.client is not None
-    # The team whose manifest names the quote tool among its sample calls.
-    team = next(t for t in discover_teams() if any(c.tool == QUOTE_TOOL for c in t.sample_calls))
+    team, call = _upstream_call()
     conversations = ConversationClient(stack.client, "orchestrator")
     await conversations.send(conversation_id, "warm up")
-    quote = {"price": "123.45", "currency": "USD"}
-    stack.quotes.script(Reply(200, quote, delay=HELD_OPEN_SECONDS), Reply(200, quote))
+    stack.upstream.script(Reply(200, call.answer, delay=HELD_OPEN_SECONDS), Reply(200, call.answer))
     stack.model.script(
-        completion(tool_calls=[(QUOTE_TOOL, {"ticker": "AAPL"})]),
-        completion("AAPL is at 123.45 USD"),
+        completion(tool_calls=[(call.tool, call.args)]),
+        completion(TEAM_ANSWER),
     )
-    before = len(stack.quotes.requests)
-    turn = asyncio.create_task(conversations.send(conversation_id, "price of AAPL?"))
-    await _wait_for(lambda: len(stack.quotes.requests) > before, "the tool's API call")
+    before = len(stack.upstream.requests)
+    turn = asyncio.create_task(conversations.send(conversation_id, f"please run {call.tool}"))
+    await _wait_for(lambda: len(stack.upstream.requests) > before, "the tool's API call")
     killed, back = await stack.kill_and_restart(team.service)
     result = await asyncio.wait_for(turn, TURN_TIMEOUT_SECONDS)
     done = time.monotonic()
@@ -201,12 +215,12 @@ async def recover_team(stack: RecoveryStack, conversation_id: str) -> Recovery:
 
 
 async def main() -> int:
-    model, quotes = FakeModelServer(), FakeHttpServer()
+    model, upstream = FakeModelServer(), FakeHttpServer()
     model.start()
-    quotes.start()
+    upstream.start()
     try:
         model.script(*[completion("hello")] * 3)
-        async with RecoveryStack(model, quotes) as stack:
+        async with RecoveryStack(model, upstream) as stack:
             figures = [
                 await recover_team(stack, "recovery-team"),
                 await recover_orchestrator(stack, "recovery-local-step", "local"),
@@ -214,7 +228,7 @@ async def main() -> int:
             ]
     finally:
         model.stop()
-        quotes.stop()
+        upstream.stop()
     print("recovery after SIGKILL mid-turn (worker restarted at once; goal <= 15 s)")
     for figure in figures:
         state = "ok" if figure.result.ok else f"failed: {figure.result.error}"
@@ -223,7 +237,7 @@ async def main() -> int:
             f"after the new worker polled, {figure.seconds_after_kill:5.1f} s after the kill "
             f"({state})"
         )
-    expected = ["AAPL is at 123.45 USD", *["answered after the restart"] * 2]
+    expected = [TEAM_ANSWER, *["answered after the restart"] * 2]
     return 0 if [f.result.answer for f in figures] == expected else 1
 
 

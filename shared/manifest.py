@@ -62,6 +62,19 @@ class SampleCall(BaseModel):
     args: dict[str, Any] = Field(default_factory=dict)
 
 
+class UpstreamCall(BaseModel):
+    """A call whose tool waits on an HTTP API the team's worker finds through one setting: the
+    recovery bench stands in for the API, holds the request open and kills the worker meanwhile."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    tool: str = Field(pattern=TOOL_NAME_PATTERN)
+    args: dict[str, Any] = Field(default_factory=dict)
+    url_variable: str = Field(pattern=r"^[A-Z][A-Z0-9_]*$", description="The setting's variable.")
+    url: str = Field(description="Its value, with {base} for the stand-in's address.")
+    answer: dict[str, Any] = Field(description="A JSON body the API could answer with.")
+
+
 class TeamManifest(BaseModel):
     """One team's identity and what its worker serves. See the module docstring for the file."""
 
@@ -81,6 +94,7 @@ class TeamManifest(BaseModel):
     # them by their words, so the chaos run can drive every team without knowing its tools.
     examples: list[str] = Field(default_factory=list)
     sample_calls: list[SampleCall] = Field(default_factory=list)
+    upstream_calls: list[UpstreamCall] = Field(default_factory=list)
     # Optional "module:function": `async (client of the team's namespace, conversation id) -> int`,
     # how many of the team's effects were applied more than once in that conversation. The chaos
     # run calls it after killing workers; a team with per-conversation state knows what to count.

@@ -80,10 +80,10 @@ async def test_a_killed_team_worker_mid_call_is_replaced_and_the_call_answers(
     stack: RecoveryStack,
 ) -> None:
     stack.model.script(completion("hello"))
-    before = len(stack.quotes.requests)
+    before = len(stack.upstream.requests)
     recovery = await recover_team(stack, "recovery-team")
     assert recovery.result.ok, recovery.result.error
     [call] = recovery.result.tool_calls
     assert call.ok and call.result["price"] == "123.45", call
     # The held request died with the worker; the tool ran again on the new one, once.
-    assert len(stack.quotes.requests) - before == 2
+    assert len(stack.upstream.requests) - before == 2
