@@ -179,6 +179,7 @@ async def recover_orchestrator(
         os.environ["ORCHESTRATOR_MODEL_STEP"] = model_step  # restored when the stack exits
         await stack.kill_and_restart("orchestrator")
     conversations = ConversationClient(stack.client, "orchestrator")
+    stack.model.script(completion("hello"))
     await conversations.send(conversation_id, "warm up")  # started, tools discovered
     stack.model.script(
         Reply(200, completion("too late").body, delay=HELD_OPEN_SECONDS),
@@ -199,6 +200,7 @@ async def recover_team(stack: RecoveryStack, conversation_id: str) -> Recovery:
     assert stack.client is not None
     team, call = _upstream_call()
     conversations = ConversationClient(stack.client, "orchestrator")
+    stack.model.script(completion("hello"))
     await conversations.send(conversation_id, "warm up")
     stack.upstream.script(Reply(200, call.answer, delay=HELD_OPEN_SECONDS), Reply(200, call.answer))
     stack.model.script(
@@ -219,7 +221,6 @@ async def main() -> int:
     model.start()
     upstream.start()
     try:
-        model.script(*[completion("hello")] * 3)
         async with RecoveryStack(model, upstream) as stack:
             figures = [
                 await recover_team(stack, "recovery-team"),

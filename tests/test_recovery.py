@@ -14,7 +14,7 @@ from temporalio.api.enums.v1 import EventType, TimeoutType
 from bench.recovery import RecoveryStack, recover_orchestrator, recover_team
 from orchestrator.models import LLM_STEP_ACTIVITY
 from tests.support.fake_http import FakeHttpServer
-from tests.support.fake_llm import FakeModelServer, completion
+from tests.support.fake_llm import FakeModelServer
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,6 @@ async def stack(servers: tuple[FakeModelServer, FakeHttpServer]) -> AsyncIterato
 async def test_a_killed_worker_s_local_model_step_runs_again_after_the_task_timeout(
     stack: RecoveryStack,
 ) -> None:
-    stack.model.script(completion("hello"))
     recovery = await recover_orchestrator(stack, "recovery-local", "local")
     assert recovery.result.ok, recovery.result.error
     assert recovery.result.answer == "answered after the restart"
@@ -52,7 +51,6 @@ async def test_a_killed_worker_s_local_model_step_runs_again_after_the_task_time
 async def test_a_killed_worker_s_activity_model_step_is_retried_on_its_heartbeat_timeout(
     stack: RecoveryStack,
 ) -> None:
-    stack.model.script(completion("hello"))
     recovery = await recover_orchestrator(stack, "recovery-activity", "activity")
     assert recovery.result.ok, recovery.result.error
     assert recovery.result.answer == "answered after the restart"
@@ -79,7 +77,6 @@ async def test_a_killed_worker_s_activity_model_step_is_retried_on_its_heartbeat
 async def test_a_killed_team_worker_mid_call_is_replaced_and_the_call_answers(
     stack: RecoveryStack,
 ) -> None:
-    stack.model.script(completion("hello"))
     before = len(stack.upstream.requests)
     recovery = await recover_team(stack, "recovery-team")
     assert recovery.result.ok, recovery.result.error
