@@ -18,7 +18,7 @@ from datetime import timedelta
 from temporalio import activity, workflow
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
-from temporalio.worker import Worker
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 with workflow.unsafe.imports_passed_through():
     from bench.calls import BenchCall
@@ -87,4 +87,12 @@ class FloorWorkflow:
 
 
 def build_floor_worker(client: Client, task_queue: str = FLOOR_TASK_QUEUE) -> Worker:
-    return Worker(client, task_queue=task_queue, workflows=[FloorWorkflow], activities=[floor_noop])
+    # Unsandboxed, like the orchestrator's default: the floor must not pay for a sandbox the agent
+    # skips.
+    return Worker(
+        client,
+        task_queue=task_queue,
+        workflows=[FloorWorkflow],
+        activities=[floor_noop],
+        workflow_runner=UnsandboxedWorkflowRunner(),
+    )
