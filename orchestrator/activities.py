@@ -48,7 +48,9 @@ log = get_logger(__name__)
 # Hard bounds on one model reply (the workflow's own per-step limits are settings and lower).
 MAX_REPLY_TOOL_CALLS = 128
 MAX_REPLY_CHARS = 64_000
-MAX_REPLY_ARGUMENT_CHARS = 512_000  # all calls of one reply together
+# All calls of one reply together, in UTF-8 bytes: the reply is a local activity's result, recorded
+# in a marker of the workflow task's completion, which Temporal refuses over 2 MB.
+MAX_REPLY_ARGUMENT_BYTES = 512_000
 # Tool lists kept in memory by digest (a handful of distinct lists per deployment; each ~6 KB).
 CATALOGS_CACHED = 64
 
@@ -294,18 +296,19 @@ def parse_response(response: Any, *, reply_seq: int = 0) -> LlmStepResult:
             requested=len(requested),
             kept=MAX_REPLY_TOOL_CALLS,
         )
-    argument_chars = 0
+    argument_bytes = 0
     for index, call in enumerate(requested[:MAX_REPLY_TOOL_CALLS]):
         arguments = call.function.arguments
         if not isinstance(arguments, str):
             arguments = json.dumps(arguments)
         arguments = arguments or ""
-        if argument_chars + len(arguments) > MAX_REPLY_ARGUMENT_CHARS:
+        size = len(arguments.encode("utf-8", errors="replace"))
+        if argument_bytes + size > MAX_REPLY_ARGUMENT_BYTES:
             # Not JSON on purpose: the workflow refuses the call and tells the model why.
             arguments = (
                 f"<{len(arguments)} characters of arguments omitted: the reply is too large>"
             )
-        argument_chars += len(arguments)
+        argument_bytes += size
         tool_calls.append(
             LlmToolCall(
                 id=call.id or f"call-{reply_seq}-{index}",

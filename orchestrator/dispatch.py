@@ -284,13 +284,18 @@ def refused(call: LlmToolCall, service: str, kind: ToolErrorKind | str, message:
     return record, {"error": kind, "message": message}
 
 
-def tool_message(call: LlmToolCall, content: Any, limit: int | None = None) -> ChatMessage:
-    """The tool message the model reads. With `limit`, a longer content is cut with a marker:
-    every tool message of a step travels in the next model step's payload, which has to stay far
-    below Temporal's 2 MB limit (32 calls x 16,000 characters is about 0.5 MB)."""
+def tool_message(
+    call: LlmToolCall, content: Any, limit: int | None = None, max_bytes: int | None = None
+) -> ChatMessage:
+    """The tool message the model reads. With `limit` (characters) and `max_bytes` (UTF-8), a
+    longer content is cut with a marker: every tool message of a step travels in the next model
+    step's payload, which has to stay far below Temporal's 2 MB limit."""
     text = json.dumps(content, default=str, ensure_ascii=False)
     if limit is not None and len(text) > limit:
         text = text[:limit] + f"…[truncated {len(text) - limit} characters]"
+    if max_bytes is not None and len(encoded := text.encode("utf-8", errors="replace")) > max_bytes:
+        kept = encoded[: max(0, max_bytes - 64)].decode("utf-8", errors="ignore")
+        text = kept + f"…[truncated {len(text) - len(kept)} characters]"
     return ChatMessage(role="tool", tool_call_id=call.id, name=call.name, content=text)
 
 

@@ -73,9 +73,9 @@ RECENT_TURNS_KEPT = 10
 ANSWERS_KEPT = 20
 CARRIED_ANSWERS_BYTES = 512 * 1024
 DEFAULT_MAX_MESSAGE_CHARS = 8000
-# All tool messages of one step together: they travel in the next model step's input, which must
-# stay far below Temporal's 2 MB payload limit however many calls the step made.
-STEP_TOOL_MESSAGES_CHARS = 512_000
+# All tool messages of one step together, in UTF-8 bytes: they travel in the next model step's
+# input, which must stay far below Temporal's 2 MB payload limit however many calls the step made.
+STEP_TOOL_MESSAGES_BYTES = 512_000
 
 LLM_RETRY_POLICY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
@@ -319,14 +319,14 @@ class ConversationWorkflow:
             repeated = [call for call in calls if call not in fresh]
             executed.update(signature(call) for call in fresh)
             self._phase = "running_tools"
-            message_limit = min(
-                config.max_tool_message_chars, STEP_TOOL_MESSAGES_CHARS // max(1, len(fresh))
-            )
+            message_bytes = STEP_TOOL_MESSAGES_BYTES // max(1, len(fresh))
             for call, (record, content) in zip(
                 fresh, await dispatcher.run_step(turn, step, fresh), strict=True
             ):
                 records.append(record)
-                self._stage(tool_message(call, content, message_limit))
+                self._stage(
+                    tool_message(call, content, config.max_tool_message_chars, message_bytes)
+                )
             for call in repeated:
                 self._stage(tool_message(call, _REPEATED))
             if not_run:

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import tempfile
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 
+from orchestrator.activities import parse_response
 from orchestrator.client import ConversationClient
-from orchestrator.models import LLM_STEP_ACTIVITY, LlmRequest
+from orchestrator.dispatch import tool_message
+from orchestrator.models import LLM_STEP_ACTIVITY, LlmRequest, LlmToolCall
 from orchestrator.worker import build_orchestrator_worker
 from tests.conftest import Orchestrator, Stack, fake_llm_settings, orchestrator_settings
 from tests.support.fake_llm import FakeModelServer, completion
@@ -96,3 +100,39 @@ async def test_model_calls_go_through_litellms_own_http_handler(
     assert (await orchestrator.conversations.send(f"ua-{uuid.uuid4().hex[:8]}", "hi")).ok
     [request] = [r for r in fake_model.requests if r.path.endswith("/chat/completions")]
     assert (request.header("User-Agent") or "").startswith("litellm/"), request.header("User-Agent")
+
+
+def test_a_step_s_tool_messages_are_bounded_in_bytes_not_only_characters() -> None:
+    """4-byte characters: 16,000 of them are 64 KB, so a character limit alone would let a
+    step's messages grow to four times their budget."""
+    call = LlmToolCall(id="c1", name="echo", arguments="{}")
+    message = tool_message(call, {"text": "😀" * 20_000}, limit=16_000, max_bytes=10_000)
+    assert message.content is not None
+    assert len(message.content.encode()) <= 10_000
+    assert "truncated" in message.content
+
+
+def test_a_reply_s_tool_arguments_are_bounded_in_bytes() -> None:
+    arguments = json.dumps({"text": "😀" * 100_000}, ensure_ascii=False)  # 100,000 chars, 400 KB
+    reply = SimpleNamespace(
+        choices=[
+            SimpleNamespace(
+                message=SimpleNamespace(
+                    content=None,
+                    tool_calls=[
+                        SimpleNamespace(
+                            id=f"call_{i}",
+                            function=SimpleNamespace(name="echo", arguments=arguments),
+                        )
+                        for i in range(2)
+                    ],
+                )
+            )
+        ],
+        usage=None,
+        model="fake",
+    )
+    result = parse_response(reply)
+    # 800 KB asked for, 512 KB allowed: the second call's arguments are replaced by a note.
+    assert result.tool_calls[0].arguments == arguments
+    assert result.tool_calls[1].arguments.startswith("<")
