@@ -12,35 +12,29 @@ from datetime import timedelta
 from typing import TypeVar
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError
-from temporalio.exceptions import TimeoutError as StepTimeoutError
+from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from orchestrator.dispatch import (
         BOUNDED_FAN_OUT_PATCH,
         REDISCOVERY_PATCH,
         ToolDispatcher,
-        catalog_digest,
         discover,
-        model_tools,
         rediscover_unavailable,
         signature,
         tool_message,
     )
+    from orchestrator.model_step import MODEL_STEP_FAILURES, ask_model
     from orchestrator.models import (
         CONVERSATION_WORKFLOW,
         END_UPDATE,
-        LLM_STEP_ACTIVITY,
         LOAD_CONFIG_ACTIVITY,
-        NON_RETRYABLE_LLM_ERRORS,
         READ_CONVERSATION_WORKFLOW,
         READ_TURNS_ACTIVITY,
         RECORD_TURN_ACTIVITY,
         REFRESH_TOOLS_UPDATE,
         SEND_MESSAGE_UPDATE,
         STATUS_QUERY,
-        TOOL_CATALOG_MISSING_ERROR,
         TURNS_QUERY,
         USAGE_QUERY,
         AgentConfig,
@@ -49,8 +43,6 @@ with workflow.unsafe.imports_passed_through():
         ConversationInput,
         ConversationPhase,
         ConversationStatus,
-        LlmRequest,
-        LlmStepResult,
         ReadConversationInput,
         RecordTurnInput,
         RunningTool,
@@ -60,15 +52,8 @@ with workflow.unsafe.imports_passed_through():
         Usage,
     )
     from shared.caller import innermost_message
-    from shared.heartbeat import HEARTBEAT_TIMEOUT
 
 K = TypeVar("K")
-# Model steps as local activities (AgentConfig.model_step); conversations recorded before run
-# theirs as regular activities.
-LOCAL_MODEL_STEP_PATCH = "local-model-step"
-# How a failed model step surfaces: a regular activity's failure is wrapped in ActivityError; a
-# local activity's arrives as the activity's own error (or its timeout).
-MODEL_STEP_FAILURES = (ActivityError, ApplicationError, StepTimeoutError)
 RECENT_TURNS_KEPT = 10
 ANSWERS_KEPT = 20
 CARRIED_ANSWERS_BYTES = 512 * 1024
@@ -76,14 +61,6 @@ DEFAULT_MAX_MESSAGE_CHARS = 8000
 # All tool messages of one step together, in UTF-8 bytes: they travel in the next model step's
 # input, which must stay far below Temporal's 2 MB payload limit however many calls the step made.
 STEP_TOOL_MESSAGES_BYTES = 512_000
-
-LLM_RETRY_POLICY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(seconds=30),
-    maximum_attempts=8,
-    non_retryable_error_types=NON_RETRYABLE_LLM_ERRORS,
-)
 
 
 @workflow.defn(name=CONVERSATION_WORKFLOW)
@@ -301,7 +278,7 @@ class ConversationWorkflow:
         for step in range(1, config.max_steps + 1):
             self._phase = "thinking"
             try:
-                reply = await self._ask_model()
+                reply = await ask_model(self._conversation_id, config, memory)
             except MODEL_STEP_FAILURES as err:
                 return result(error=innermost_message(err))
             turn_usage = turn_usage.add(reply.usage)
@@ -344,66 +321,6 @@ class ConversationWorkflow:
         note = f"stopped after {config.max_steps} model steps without a final answer"
         notes.append(note)
         return result(answer=note)
-
-    async def _ask_model(self) -> LlmStepResult:
-        memory = self._memory
-        if not memory.catalog_digest:  # carried from a run that predates catalog digests
-            memory.catalog_digest = catalog_digest(model_tools(memory.routes))
-        digest = memory.catalog_digest
-        try:
-            # The tool list travels once per discovery; later steps name it by its digest.
-            reply = await self._model_step(full_catalog=memory.catalog_stored != digest)
-        except MODEL_STEP_FAILURES as err:
-            cause = err.cause if isinstance(err, ActivityError) else err
-            if not (
-                isinstance(cause, ApplicationError) and cause.type == TOOL_CATALOG_MISSING_ERROR
-            ):
-                raise
-            reply = await self._model_step(full_catalog=True)
-        memory.catalog_stored = digest
-        return reply
-
-    async def _model_step(self, full_catalog: bool) -> LlmStepResult:
-        config, memory = self._config, self._memory
-        assert config is not None
-        request = LlmRequest(
-            conversation_id=self._conversation_id,
-            new_messages=memory.pending,
-            reply_seq=memory.next_seq,
-            tools=model_tools(memory.routes) if full_catalog else None,
-            tools_digest=memory.catalog_digest,
-        )
-        # Compaction may add a summarising model call to the step.
-        timeout = timedelta(seconds=2 * config.llm_timeout_seconds + 10)
-        reply: LlmStepResult
-        if config.model_step == "local" and workflow.patched(LOCAL_MODEL_STEP_PATCH):
-            # Runs inside this workflow task: no activity task to schedule, dispatch and report,
-            # and no workflow task to wake the loop afterwards. The step is idempotent (keyed by
-            # sequence number in the store), so a rerun after a crash answers the same.
-            reply = await workflow.execute_local_activity(
-                LLM_STEP_ACTIVITY,
-                request,
-                result_type=LlmStepResult,
-                start_to_close_timeout=timeout,
-                retry_policy=LLM_RETRY_POLICY,
-                summary="model step",
-            )
-        else:
-            reply = await workflow.execute_activity(
-                LLM_STEP_ACTIVITY,
-                request,
-                result_type=LlmStepResult,
-                start_to_close_timeout=timeout,
-                # The step heartbeats while the model answers: a killed worker's step is retried
-                # on another within seconds instead of after the whole start-to-close timeout.
-                heartbeat_timeout=HEARTBEAT_TIMEOUT,
-                retry_policy=LLM_RETRY_POLICY,
-                summary="model step",
-            )
-        # The activity stored the delta and the reply under these sequence numbers.
-        memory.pending = []
-        memory.next_seq += 1
-        return reply
 
 
 @workflow.defn(name=READ_CONVERSATION_WORKFLOW)

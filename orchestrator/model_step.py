@@ -1,0 +1,104 @@
+"""One model step of a conversation, as workflow code: the LLM activity, run local or regular.
+
+By default (`AgentConfig.model_step == "local"`) the step is a local activity: it runs inside the
+workflow task, so a turn schedules, dispatches and reports no activity task per step and needs no
+workflow task to wake the loop afterwards. The step is idempotent (keyed by sequence number in the
+store), so a rerun after a crash answers the same. As a regular activity it heartbeats.
+
+The tool list travels once per discovery; later steps name it by its digest, and a step whose
+store has lost the list is sent again with it.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import TimeoutError as StepTimeoutError
+
+with workflow.unsafe.imports_passed_through():
+    from orchestrator.dispatch import catalog_digest, model_tools
+    from orchestrator.models import (
+        LLM_STEP_ACTIVITY,
+        NON_RETRYABLE_LLM_ERRORS,
+        TOOL_CATALOG_MISSING_ERROR,
+        AgentConfig,
+        CarriedState,
+        LlmRequest,
+        LlmStepResult,
+    )
+    from shared.heartbeat import HEARTBEAT_TIMEOUT
+
+# Model steps as local activities (AgentConfig.model_step); conversations recorded before run
+# theirs as regular activities.
+LOCAL_MODEL_STEP_PATCH = "local-model-step"
+# How a failed model step surfaces: a regular activity's failure is wrapped in ActivityError; a
+# local activity's arrives as the activity's own error (or its timeout).
+MODEL_STEP_FAILURES = (ActivityError, ApplicationError, StepTimeoutError)
+
+LLM_RETRY_POLICY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=30),
+    maximum_attempts=8,
+    non_retryable_error_types=NON_RETRYABLE_LLM_ERRORS,
+)
+
+
+async def ask_model(
+    conversation_id: str, config: AgentConfig, memory: CarriedState
+) -> LlmStepResult:
+    """Store `memory.pending`, ask the model, and advance the sequence numbers past its reply."""
+    if not memory.catalog_digest:  # carried from a run that predates catalog digests
+        memory.catalog_digest = catalog_digest(model_tools(memory.routes))
+    digest = memory.catalog_digest
+    try:
+        reply = await _step(conversation_id, config, memory, memory.catalog_stored != digest)
+    except MODEL_STEP_FAILURES as err:
+        cause = err.cause if isinstance(err, ActivityError) else err
+        if not (isinstance(cause, ApplicationError) and cause.type == TOOL_CATALOG_MISSING_ERROR):
+            raise
+        reply = await _step(conversation_id, config, memory, full_catalog=True)
+    memory.catalog_stored = digest
+    # The activity stored the delta and the reply under these sequence numbers.
+    memory.pending = []
+    memory.next_seq += 1
+    return reply
+
+
+async def _step(
+    conversation_id: str, config: AgentConfig, memory: CarriedState, full_catalog: bool
+) -> LlmStepResult:
+    request = LlmRequest(
+        conversation_id=conversation_id,
+        new_messages=memory.pending,
+        reply_seq=memory.next_seq,
+        tools=model_tools(memory.routes) if full_catalog else None,
+        tools_digest=memory.catalog_digest,
+    )
+    # Compaction may add a summarising model call to the step.
+    timeout = timedelta(seconds=2 * config.llm_timeout_seconds + 10)
+    if config.model_step == "local" and workflow.patched(LOCAL_MODEL_STEP_PATCH):
+        local: LlmStepResult = await workflow.execute_local_activity(
+            LLM_STEP_ACTIVITY,
+            request,
+            result_type=LlmStepResult,
+            start_to_close_timeout=timeout,
+            retry_policy=LLM_RETRY_POLICY,
+            summary="model step",
+        )
+        return local
+    remote: LlmStepResult = await workflow.execute_activity(
+        LLM_STEP_ACTIVITY,
+        request,
+        result_type=LlmStepResult,
+        start_to_close_timeout=timeout,
+        # A killed worker's step is retried on another within seconds, not after the whole
+        # start-to-close timeout.
+        heartbeat_timeout=HEARTBEAT_TIMEOUT,
+        retry_policy=LLM_RETRY_POLICY,
+        summary="model step",
+    )
+    return remote
