@@ -23,7 +23,6 @@ import asyncio
 import os
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -73,12 +72,6 @@ def _upstream_settings(base: str) -> dict[str, str]:
     }
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @contextmanager
 def _environment(values: dict[str, str]) -> Iterator[None]:
     """Set variables that `make up`'s children inherit (each only its own prefixes)."""
@@ -101,13 +94,7 @@ class RecoveryStack:
         self.model = model
         self.upstream = upstream
         self.run_dir = Path(tempfile.mkdtemp(prefix="recovery-"))
-        self.settings = DevStackSettings(
-            run_dir=self.run_dir,
-            port=_free_port(),
-            http_port=_free_port(),
-            ui_port=_free_port(),
-            start_timeout_seconds=120,
-        )
+        self.settings = DevStackSettings.throwaway(self.run_dir, start_timeout_seconds=120)
         self.stack = DevStack(self.settings, discover_teams())
         self.client: Client | None = None
         self._environment = ExitStack()

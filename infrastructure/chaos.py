@@ -26,7 +26,6 @@ import json
 import os
 import random
 import signal
-import socket
 import sqlite3
 import tempfile
 import time
@@ -141,12 +140,6 @@ class ChaosReport:
             "turn_ms_chaos_p50": pct(self.chaos_ms, 0.5),
             "turn_ms_chaos_p95": pct(self.chaos_ms, 0.95),
         }
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def _send_until_answered(
@@ -284,13 +277,7 @@ async def run_chaos(
     run_dir = Path(tempfile.mkdtemp(prefix="chaos-"))
     ledger = run_dir / "ledger.db"
     os.environ["TOOL_LEDGER_PATH"] = str(ledger)  # inherited by the workers the stack starts
-    settings = DevStackSettings(
-        run_dir=run_dir,
-        port=_free_port(),
-        http_port=_free_port(),
-        ui_port=_free_port(),
-        start_timeout_seconds=120,
-    )
+    settings = DevStackSettings.throwaway(run_dir, start_timeout_seconds=120)
     teams = discover_teams()
     script = chaos_script(teams)
     # Each team's own check of its state, run against its namespace after the chaos phase.

@@ -5,6 +5,7 @@ and an in-memory one with the stack's namespaces and endpoints for tests and ben
 from __future__ import annotations
 
 import shutil
+import socket
 import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -54,6 +55,18 @@ def dynamic_config_flags(values: dict[str, int] = LATENCY_DYNAMIC_CONFIG) -> lis
         for key, value in values.items()
         for flag in ("--dynamic-config-value", f"{key}={value}")
     ]
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free ports on 127.0.0.1 (all held open until all are chosen)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 def temporal_binary() -> str:

@@ -35,6 +35,7 @@ from temporalio.client import Client
 from infrastructure.dev_server import (
     StartError,
     dynamic_config_flags,
+    free_ports,
     sqlite_pragma_flags,
     temporal_binary,
 )
@@ -73,6 +74,22 @@ class DevStackSettings(BaseSettings):
     # The server's Prometheus metrics (including `action`, what Temporal Cloud bills): off unless set.
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
     start_timeout_seconds: float = Field(default=60.0, gt=0)
+
+    @classmethod
+    def throwaway(
+        cls, run_dir: Path, *, metrics: bool = False, **values: object
+    ) -> DevStackSettings:
+        """A stack for one run (chaos, benches) in `run_dir`, on free ports (the server's metrics
+        too, with `metrics`), whatever DEVSTACK_* or `.env` say about those."""
+        port, http_port, ui_port, metrics_port = free_ports(4)
+        return cls(
+            run_dir=run_dir,
+            port=port,
+            http_port=http_port,
+            ui_port=ui_port,
+            metrics_port=metrics_port if metrics else None,
+            **values,  # type: ignore[arg-type]
+        )
 
     @property
     def address(self) -> str:
