@@ -130,13 +130,24 @@ async def latency(runner: Runner) -> dict[str, list[float]]:
         "floor_one_tool": (runner.floor(1), floor_id),
         "floor_three_tools": (runner.floor(3), floor_id),
     }
+    return await interleaved(kinds, WARMUP_TURNS, LATENCY_TURNS)
+
+
+Turn = Callable[[str, int], Awaitable[None]]
+
+
+async def interleaved(
+    kinds: dict[str, tuple[Turn, str]], warmup: int, turns: int
+) -> dict[str, list[float]]:
+    """Latency samples of each kind of turn (a turn function and the workflow it runs on),
+    interleaved turn by turn, so drift and other processes' noise fall on all kinds alike."""
     samples: dict[str, list[float]] = {kind: [] for kind in kinds}
     # Warm-up: the first turn starts the workflow (and the conversation discovers its tools);
-    # the next ones warm connections, caches and the sandbox.
-    for index in range(WARMUP_TURNS):
+    # the next ones warm connections and caches.
+    for index in range(warmup):
         for run, key in kinds.values():
             await run(key, -1 - index)
-    for index in range(LATENCY_TURNS):
+    for index in range(turns):
         for kind, (run, key) in kinds.items():
             samples[kind].append(await timed(run, key, index))
     return samples

@@ -26,19 +26,15 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -48,9 +44,10 @@ from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client
 
-from bench.agent_loop import Runner, timed
+from bench.agent_loop import Runner, interleaved, timed
 from bench.calls import bench_calls
 from bench.common import RESULTS_DIR, percentile, save, summarise
+from bench.costs import ACTION_METRIC, Probe, phase_costs
 from bench.fake_model import fake_model_server, plans_for
 from bench.floor import FLOOR_TASK_QUEUE
 from infrastructure.devstack import DevStack, DevStackSettings
@@ -69,12 +66,10 @@ TURNS_PER_CONVERSATION = int(os.environ.get("BENCH_STACK_TURNS_PER_CONVERSATION"
 PHASE_TIMEOUT = 300.0  # seconds: one whole throughput phase (each turn has its own 60 s)
 SETTLE_SECONDS = 1.0  # after a phase, before the "after" readings: tool workflows still closing
 FLOOR_PROCESS = "bench-floor"
-ACTION_METRIC = "action"  # what the dev server counts as billable actions (Temporal Cloud's unit)
 # The goals this bench is judged against.
 GOAL_THROUGHPUT_RATIO = 1.2  # agent turns/s >= 1.2 x floor turns/s
 GOAL_ONE_TOOL_P50_MS = 125.0
 GOAL_ONE_TOOL_P50_RATIO = 1.25  # agent one-tool p50 <= 1.25 x floor's
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 class BenchFailure(RuntimeError):
@@ -82,25 +77,6 @@ class BenchFailure(RuntimeError):
 
 
 # ---- processes --------------------------------------------------------------------------------
-def free_ports(count: int) -> list[int]:
-    """`count` distinct free ports on 127.0.0.1 (all held open until all are chosen)."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [int(sock.getsockname()[1]) for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of every thread of `pid` so far, in seconds."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat.rpartition(")")[2].split()  # after "pid (comm)": field 3 (state) is index 0
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-
 def children_matching(text: str) -> list[int]:
     """Pids of this process's children whose command line contains `text`."""
     found = []
@@ -187,91 +163,6 @@ async def wait_for_poller(
         await asyncio.sleep(0.3)
 
 
-# ---- readings -----------------------------------------------------------------------------------
-_SAMPLE = re.compile(r"^([A-Za-z_:][A-Za-z0-9_:]*)(?:\{(.*)\})?\s+(\S+)")
-_LABEL = re.compile(r'([A-Za-z_][A-Za-z0-9_]*)="((?:[^"\\]|\\.)*)"')
-
-
-def parse_counter(text: str, metric: str) -> dict[tuple[tuple[str, str], ...], float]:
-    """Every sample of `metric` in Prometheus text format, by its (sorted) labels."""
-    samples: dict[tuple[tuple[str, str], ...], float] = {}
-    for line in text.splitlines():
-        match = _SAMPLE.match(line)
-        if match is None or match.group(1) != metric:
-            continue
-        labels = tuple(sorted(_LABEL.findall(match.group(2) or "")))
-        samples[labels] = samples.get(labels, 0.0) + float(match.group(3))
-    return samples
-
-
-def scrape(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-        text: str = response.read().decode()
-        return text
-
-
-@dataclass
-class Reading:
-    """What every process has spent so far, and the server's action counter so far."""
-
-    at: float
-    cpu_s: dict[str, float]
-    actions: dict[tuple[tuple[str, str], ...], float]
-
-
-@dataclass
-class Probe:
-    pids: dict[str, int]
-    metrics_port: int
-    action_labels_seen: set[str] = field(default_factory=set)
-
-    def read(self) -> Reading:
-        cpu = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
-        actions = parse_counter(scrape(self.metrics_port), ACTION_METRIC)
-        for labels in actions:
-            self.action_labels_seen.update(name for name, _ in labels)
-        return Reading(time.perf_counter(), cpu, actions)
-
-
-def action_type(labels: tuple[tuple[str, str], ...]) -> str:
-    named = dict(labels)
-    return named.get("action_type") or named.get("type") or ",".join(f"{k}={v}" for k, v in labels)
-
-
-def phase_costs(before: Reading, after: Reading, turns: int) -> dict[str, Any]:
-    """CPU ms per turn of each process and actions per turn (total, by namespace, by type)."""
-    cpu_ms = {
-        name: round((after.cpu_s[name] - before.cpu_s[name]) * 1000 / turns, 2)
-        for name in after.cpu_s
-    }
-    delta = {
-        labels: value - before.actions.get(labels, 0.0) for labels, value in after.actions.items()
-    }
-    by_type: dict[str, float] = {}
-    by_namespace: dict[str, float] = {}
-    for labels, value in delta.items():
-        if value <= 0:
-            continue
-        by_type[action_type(labels)] = by_type.get(action_type(labels), 0.0) + value
-        namespace = dict(labels).get("namespace", "?")
-        by_namespace[namespace] = by_namespace.get(namespace, 0.0) + value
-    total = sum(by_type.values())
-    return {
-        "turns": turns,
-        "cpu_ms_per_turn": cpu_ms,
-        "cpu_ms_per_turn_total": round(sum(cpu_ms.values()), 2),
-        "actions_per_turn": round(total / turns, 2),
-        "actions_per_turn_by_type": {
-            kind: round(value / turns, 2)
-            for kind, value in sorted(by_type.items(), key=lambda item: -item[1])
-        },
-        "actions_per_turn_by_namespace": {
-            ns: round(value / turns, 2)
-            for ns, value in sorted(by_namespace.items(), key=lambda item: -item[1])
-        },
-    }
-
-
 # ---- phases ------------------------------------------------------------------------------------
 async def latency(runner: Runner) -> dict[str, list[float]]:
     """One conversation and one floor workflow, one-tool turns interleaved turn by turn."""
@@ -280,14 +171,7 @@ async def latency(runner: Runner) -> dict[str, list[float]]:
         "agent": (runner.agent(1), f"bench-stack-agent-latency-{tag}"),
         "floor": (runner.floor(1), f"bench-stack-floor-latency-{tag}"),
     }
-    samples: dict[str, list[float]] = {kind: [] for kind in kinds}
-    for index in range(WARMUP_TURNS):
-        for run, key in kinds.values():
-            await run(key, -1 - index)
-    for index in range(LATENCY_TURNS):
-        for kind, (run, key) in kinds.items():
-            samples[kind].append(await timed(run, key, index))
-    return samples
+    return await interleaved(kinds, WARMUP_TURNS, LATENCY_TURNS)
 
 
 async def run_all(coroutines: list[Awaitable[None]], timeout: float) -> None:
@@ -543,17 +427,9 @@ def main() -> int:
     started = time.perf_counter()
     root = Path(tempfile.mkdtemp(prefix="bench-stack-"))
     try:
-        port, http_port, ui_port, metrics_port = free_ports(4)
-        # Explicit values: DevStackSettings would otherwise read DEVSTACK_* and `.env`.
         stack = DevStack(
-            DevStackSettings(
-                run_dir=root / "run",
-                ip="127.0.0.1",
-                port=port,
-                http_port=http_port,
-                ui_port=ui_port,
-                metrics_port=metrics_port,
-                start_timeout_seconds=90.0,
+            DevStackSettings.throwaway(
+                root / "run", metrics=True, ip="127.0.0.1", start_timeout_seconds=90.0
             )
         )
         calls = bench_calls()
