@@ -69,6 +69,9 @@ class CallBinding(BaseModel):
     call_id: str = Field(description="ToolCall.call_id; empty for operations that run no tool.")
     args_sha256: str = Field(description="sha256 of the canonical JSON of the tool arguments.")
     cid: str = Field(description="Conversation id; empty when the input names none.")
+    approval_sha256: str = Field(
+        default="", description="sha256 of the call's approval (who decided what); empty: none."
+    )
 
 
 # Field -> how a refusal names it. Ordered: the first mismatch is the one reported.
@@ -78,6 +81,7 @@ BOUND_FIELDS = {
     "call_id": "call id",
     "args_sha256": "arguments",
     "cid": "conversation id",
+    "approval_sha256": "approval",
 }
 
 
@@ -109,6 +113,11 @@ def bind_call(operation: str, request: Any) -> CallBinding:
             call_id=request.call_id,
             args_sha256=canonical_sha256(request.args),
             cid=request.conversation_id,
+            approval_sha256=(
+                canonical_sha256(request.approval.model_dump(mode="json"))
+                if request.approval is not None
+                else ""
+            ),
         )
     # Inputs that run no tool (ListToolsRequest) are bound as a whole.
     return CallBinding(
@@ -128,6 +137,8 @@ def check_call(claims: CallBinding, served: CallBinding) -> None:
             continue
         if name == "args_sha256":
             raise TokenError("caller token was issued for different arguments")
+        if name == "approval_sha256":
+            raise TokenError("caller token was issued for a different approval (or none)")
         raise TokenError(f"caller token was issued for {label} '{signed}', not '{requested}'")
 
 

@@ -11,7 +11,9 @@ import re
 from typing import Any
 
 import nexusrpc
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from shared.approval import ApprovalPolicy, CallApproval
 
 TOOL_SERVICE_NAME = "ToolService"
 
@@ -36,9 +38,20 @@ class ToolSpec(BaseModel):
     description: str
     parameters: dict[str, Any] = Field(description="JSON schema of the arguments object.")
     version: str = "1.0.0"
-    requires_approval: bool = False
+    requires_approval: bool = Field(
+        default=False, description="Whether any call may need approval: `approval` says when."
+    )
+    approval: ApprovalPolicy = Field(default_factory=ApprovalPolicy)
     timeout_seconds: float = Field(gt=0, description="Upper bound for one execution.")
     service: str = Field(description="The owning team's service name.")
+
+    @model_validator(mode="after")
+    def _flag_follows_policy(self) -> ToolSpec:
+        # A catalog from before policies says only `requires_approval`: read it as "always".
+        if self.requires_approval and not self.approval.gated:
+            object.__setattr__(self, "approval", ApprovalPolicy.always())
+        object.__setattr__(self, "requires_approval", self.approval.gated)
+        return self
 
 
 class ToolCatalog(BaseModel):
@@ -55,6 +68,9 @@ class ToolCall(BaseModel):
     tool: str = Field(min_length=1, max_length=128)
     args: dict[str, Any] = Field(default_factory=dict)
     conversation_id: str = Field(default="", max_length=200)
+    approval: CallApproval | None = Field(
+        default=None, description="The decision on a call that needed one (bound by the token)."
+    )
 
     @property
     def workflow_id(self) -> str:

@@ -127,10 +127,15 @@ class ExecuteToolHandler(TemporalOperationHandler[ToolCall, ToolResult]):
                 type=HandlerErrorType.NOT_FOUND,
             )
         try:
-            registered.validate_arguments(call.args)
+            problem = registered.approval_problem(call)
         except ToolArgumentsError as err:
             log.info("rejected tool arguments", error=str(err))
             raise HandlerError(str(err), type=HandlerErrorType.BAD_REQUEST) from None
+        if problem:
+            # The team's own gate: whatever the caller decided, a call its policy holds back runs
+            # only with an approval for this call id (bound by the caller's signed token).
+            log.warning("refused a call without its approval", error=problem)
+            raise HandlerError(problem, type=HandlerErrorType.UNAUTHORIZED)
         return ToolWorkflowInput(
             call=call,
             service=self._registry.service,

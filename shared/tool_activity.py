@@ -88,6 +88,7 @@ async def run_registered_tool(
             namespace=info.namespace,
             task_queue=info.task_queue,
             client=client,
+            approval=call.approval,
         )
         try:
             async with heartbeating():

@@ -10,7 +10,7 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
     from shared.contract import NON_RETRYABLE_TOOL_ERRORS, TOOL_FAILED
@@ -61,6 +61,8 @@ class ToolWorkflow:
                     summary=request.call.tool,
                 )
         except ActivityError as err:
+            if is_cancelled_exception(err):
+                raise  # the caller cancelled the call (a cancelled turn): the run ends CANCELED
             # Surface the tool's own message, not the activity wrapper, to the caller.
             cause = err.cause
             message = cause.message if isinstance(cause, ApplicationError) else str(cause or err)

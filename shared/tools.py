@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, get_type_hints, overload
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 from pydantic_core import to_jsonable_python
 
+from shared.approval import ApprovalPolicy, CallApproval, approval_problem
 from shared.contract import (
     TOOL_NAME_PATTERN,
     ToolCall,
@@ -91,6 +92,7 @@ class ToolContext:
     namespace: str
     task_queue: str
     client: temporalio.client.Client
+    approval: CallApproval | None = None  # who approved the call, when its policy asked
 
 
 ToolFunction = Callable[..., Awaitable[Any]]
@@ -112,6 +114,14 @@ class RegisteredTool:
         except ValidationError as err:
             raise ToolArgumentsError(describe_validation_error(self.spec.name, err)) from None
         return {name: getattr(model, name) for name in type(model).model_fields}
+
+    def approval_problem(self, call: ToolCall) -> str | None:
+        """Why this call may not run without (another) approval, judged on its validated
+        arguments; None when it may run. Raises ToolArgumentsError for bad arguments."""
+        kwargs = self.validate_arguments(call.args)
+        return approval_problem(
+            self.spec.approval, self.spec.name, call.call_id, kwargs, call.approval
+        )
 
     async def invoke(self, args: dict[str, Any], context: ToolContext) -> Any:
         kwargs = self.validate_arguments(args)
@@ -150,6 +160,7 @@ class ToolRegistry:
         name: str | None = None,
         version: str = "1.0.0",
         requires_approval: bool = False,
+        approval: ApprovalPolicy | None = None,
         timeout: timedelta = timedelta(seconds=30),
         max_attempts: int = 5,
     ) -> Callable[[FunctionT], FunctionT]: ...
@@ -162,10 +173,15 @@ class ToolRegistry:
         name: str | None = None,
         version: str = "1.0.0",
         requires_approval: bool = False,
+        approval: ApprovalPolicy | None = None,
         timeout: timedelta = timedelta(seconds=30),
         max_attempts: int = 5,
     ) -> Any:
-        """Register an async function as a tool. Usable bare (`@tool`) or with options."""
+        """Register an async function as a tool. Usable bare (`@tool`) or with options.
+
+        `approval` says when a call needs a person's decision (shared.approval);
+        `requires_approval=True` is short for `ApprovalPolicy.always()`.
+        """
 
         def register(fn: ToolFunction) -> ToolFunction:
             self.add(
@@ -173,6 +189,7 @@ class ToolRegistry:
                 name=name,
                 version=version,
                 requires_approval=requires_approval,
+                approval=approval,
                 timeout=timeout,
                 max_attempts=max_attempts,
             )
@@ -187,6 +204,7 @@ class ToolRegistry:
         name: str | None = None,
         version: str = "1.0.0",
         requires_approval: bool = False,
+        approval: ApprovalPolicy | None = None,
         timeout: timedelta = timedelta(seconds=30),
         max_attempts: int = 5,
     ) -> RegisteredTool:
@@ -201,12 +219,14 @@ class ToolRegistry:
             raise ValueError(f"tool '{tool_name}' needs a docstring: it is the model's description")
         schema = arguments_model.model_json_schema()
         schema.pop("title", None)
+        policy = approval or (ApprovalPolicy.always() if requires_approval else ApprovalPolicy())
+        policy.check_fields(tool_name, arguments_model.model_fields)
         spec = ToolSpec(
             name=tool_name,
             description=description,
             parameters=schema,
             version=version,
-            requires_approval=requires_approval,
+            approval=policy,
             timeout_seconds=timeout.total_seconds(),
             service=self.service,
         )
