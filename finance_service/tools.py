@@ -7,10 +7,25 @@ from decimal import Decimal, localcontext
 from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, Field
+from temporalio.client import WithStartWorkflowOperation, WorkflowUpdateFailedError
+from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
 
+from finance_service.ledger import (
+    LEDGER_WORKFLOW_ID,
+    LIMIT_ERROR,
+    Currency,
+    Expense,
+    ExpenseLedgerWorkflow,
+    ExpenseListing,
+    ExpenseRequest,
+    LedgerStart,
+)
 from finance_service.quotes import QuoteSettings, StockQuote, fetch_quote
+from shared.approval import ApprovalPolicy, Arg
 from shared.config import integration_settings
-from shared.tools import ToolRegistry
+from shared.tools import ToolContext, ToolError, ToolRegistry
 
 registry = ToolRegistry(service="finance")
 tool = registry.tool
@@ -28,6 +43,20 @@ Ticker = Annotated[
         description="Stock ticker symbol, e.g. AAPL or BRK.B.",
     ),
 ]
+
+
+def _upper(value: Any) -> Any:
+    return value.strip().upper() if isinstance(value, str) else value
+
+
+# The validator comes after the Field: the other order would drop the pattern from the schema.
+CostCentre = Annotated[
+    str,
+    Field(pattern=r"^CC-\d{3,6}$", description="Cost centre code, e.g. CC-1001."),
+    BeforeValidator(_upper),
+]
+# Over this amount a person must approve the expense before the team records it.
+APPROVAL_THRESHOLD = 500
 
 
 class RoiResult(BaseModel):
@@ -79,3 +108,68 @@ async def calculate_roi(
         profit=str(profit),
         roi_percent=str(roi_percent),
     )
+
+
+@tool(
+    timeout=timedelta(seconds=10),
+    approval=ApprovalPolicy.when(Arg("amount") > APPROVAL_THRESHOLD),
+)
+async def submit_expense(
+    amount: Annotated[
+        Decimal,
+        Field(gt=0, le=Decimal("1e9"), decimal_places=2, description="Amount spent."),
+    ],
+    currency: Annotated[Currency, BeforeValidator(_upper), Field(description="ISO 4217 code.")],
+    cost_centre: CostCentre,
+    reason: Annotated[str, Field(min_length=1, max_length=500, description="What it was for.")],
+    context: ToolContext,
+) -> Expense:
+    """Submit an expense claim to the Finance ledger, charged to a cost centre.
+
+    Amounts over 500 need a person's approval first. Finance refuses an expense over 10000, and
+    more than 25000 a day (UTC) per cost centre and currency.
+    """
+    request = ExpenseRequest(
+        call_id=context.call_id,
+        conversation_id=context.conversation_id,
+        amount=amount,
+        currency=currency,
+        cost_centre=cost_centre,
+        reason=reason,
+        approved_by=context.approval.approver if context.approval else "",
+    )
+    start = WithStartWorkflowOperation(
+        ExpenseLedgerWorkflow.run,
+        LedgerStart(),
+        id=LEDGER_WORKFLOW_ID,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        task_queue=context.task_queue,
+    )
+    try:
+        # The call id as update id: a retried activity is answered with the first recording.
+        return await context.client.execute_update_with_start_workflow(
+            ExpenseLedgerWorkflow.record_expense,
+            request,
+            start_workflow_operation=start,
+            id=f"record_expense-{context.call_id}",
+        )
+    except WorkflowUpdateFailedError as err:
+        cause = err.cause
+        if isinstance(cause, ApplicationError) and cause.type == LIMIT_ERROR:
+            raise ToolError(cause.message) from None
+        raise
+
+
+@tool(timeout=timedelta(seconds=5))
+async def list_expenses(
+    context: ToolContext,
+    limit: Annotated[int, Field(ge=1, le=100, description="How many, newest first.")] = 20,
+) -> ExpenseListing:
+    """List the recorded expense claims, newest first, with today's totals per cost centre."""
+    handle = context.client.get_workflow_handle_for(ExpenseLedgerWorkflow.run, LEDGER_WORKFLOW_ID)
+    try:
+        return await handle.query(ExpenseLedgerWorkflow.expenses, limit)
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:  # nothing submitted yet
+            return ExpenseListing(expenses=[], day_totals=[], recorded_total=0)
+        raise

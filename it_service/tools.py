@@ -14,7 +14,15 @@ from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.workflow import UpdateMethodMultiParam
 
-from it_service.jira import JiraMetrics, JiraSettings, fetch_metrics
+from it_service.jira import (
+    IssueType,
+    JiraMetrics,
+    JiraSettings,
+    Priority,
+    Ticket,
+    create_issue,
+    fetch_metrics,
+)
 from it_service.ledger import record_effect
 from it_service.workflows import (
     ITSessionWorkflow,
@@ -24,6 +32,7 @@ from it_service.workflows import (
     TrackedAddress,
     session_workflow_id,
 )
+from shared.approval import ApprovalPolicy
 from shared.config import integration_settings
 from shared.tools import ToolContext, ToolError, ToolRegistry
 
@@ -115,6 +124,36 @@ async def get_ip_history(context: ToolContext) -> IpHistory:
     """List the IP addresses tracked in this conversation (the newest 100), oldest first."""
     state = await _session_state(context)
     return IpHistory(conversation_id=state.conversation_id, addresses=state.ip_history)
+
+
+@tool(timeout=timedelta(seconds=30), approval=ApprovalPolicy.always())
+async def create_ticket(
+    project: JiraProjectKey,
+    summary: Annotated[
+        str, Field(min_length=1, max_length=255, description="One-line title of the issue.")
+    ],
+    context: ToolContext,
+    description: Annotated[
+        str, Field(max_length=10_000, description="Details; blank lines separate paragraphs.")
+    ] = "",
+    priority: Annotated[Priority | None, Field(description="Jira priority name.")] = None,
+    issue_type: Annotated[IssueType, Field(description="Jira issue type.")] = "Task",
+) -> Ticket:
+    """File a Jira issue (a ticket) in a project. Every call needs a person's approval first.
+
+    Filed once per call: a retried call returns the issue its first attempt filed.
+    """
+    ticket = await create_issue(
+        call_id=context.call_id,
+        project=project,
+        summary=summary,
+        description=description,
+        issue_type=issue_type,
+        priority=priority,
+        settings=integration_settings(JiraSettings),
+    )
+    await record_effect(context.call_id, "create_ticket", context.conversation_id)
+    return ticket
 
 
 def _require_conversation(context: ToolContext) -> str:

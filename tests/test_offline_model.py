@@ -30,8 +30,9 @@ from orchestrator.models import OFFLINE_MODEL
 from orchestrator.offline_model import OfflineKeywordRouter, register_offline_model
 from orchestrator.tools import openai_tool
 from orchestrator.tools import registry as local_registry
+from shared.approval import CallApproval
 from shared.caller import ToolOutcome
-from shared.tools import RegisteredTool, ToolArgumentsError
+from shared.tools import RegisteredTool, ToolArgumentsError, ToolCall
 
 REGISTRIES = {"local": local_registry, "it": it_registry, "finance": finance_registry}
 REGISTERED: dict[str, RegisteredTool] = {
@@ -237,6 +238,96 @@ async def test_finance_results_and_a_validation_error_are_summarised(
     messages.append(tool_message(message.tool_calls[0].id, error))
     answer = (await complete(messages)).choices[0].message.content
     assert answer == f"track_ip: error bad_request\n  message: {refused.value}"
+
+
+GATED_TURNS = [
+    (
+        "Submit an expense of 750 EUR for cost centre CC-1001: team offsite dinner",
+        [
+            (
+                "submit_expense",
+                {
+                    "amount": 750,
+                    "currency": "EUR",
+                    "cost_centre": "CC-1001",
+                    "reason": "team offsite dinner",
+                },
+            )
+        ],
+    ),
+    (
+        "Submit an expense of 120 EUR for cost centre CC-1001: taxi",
+        [
+            (
+                "submit_expense",
+                {"amount": 120, "currency": "EUR", "cost_centre": "CC-1001", "reason": "taxi"},
+            )
+        ],
+    ),
+    (
+        "Create a ticket in OPS: VPN drops every hour",
+        [("create_ticket", {"project": "OPS", "summary": "VPN drops every hour"})],
+    ),
+    ("Show the recent expenses", [("list_expenses", {})]),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), GATED_TURNS, ids=[t for t, _ in GATED_TURNS])
+async def test_write_requests_route_with_their_arguments(
+    text: str, expected: list[tuple[str, dict[str, Any]]]
+) -> None:
+    assert calls_of(await complete(user(text))) == expected
+    assert calls_of(await complete(user(text), tools=tool_dicts(qualified=True))) == [
+        (f"{SERVICE_OF[n]}__{n}", args) for n, args in expected
+    ]
+    for name, args in expected:
+        REGISTERED[name].validate_arguments(args)
+
+
+@pytest.mark.parametrize(
+    "verdict", [None, "deny"], ids=["refused-without-approval", "denied-by-a-person"]
+)
+async def test_a_refused_gated_call_is_answered_in_words(verdict: str | None) -> None:
+    messages, message = await run_turn(GATED_TURNS[0][0])
+    [tool_call] = message.tool_calls
+    registered = REGISTERED["submit_expense"]
+    approval = (
+        None
+        if verdict is None
+        else CallApproval(
+            call_id=tool_call.id, verdict="deny", approver="ada", decided_at="2026-01-05T10:00:00Z"
+        )
+    )
+    gated = ToolCall(
+        call_id=tool_call.id,
+        tool="submit_expense",
+        args=json.loads(tool_call.function.arguments),
+        approval=approval,
+    )
+    # What the team's handler answers, as the orchestrator passes it to the model.
+    problem = registered.approval_problem(gated)
+    assert problem is not None
+    messages.append(tool_message(tool_call.id, {"error": "unauthenticated", "message": problem}))
+
+    answer = (await complete(messages)).choices[0].message.content
+
+    assert answer == f"submit_expense: error unauthenticated\n  message: {problem}"
+    assert ("nothing was started" if verdict is None else "denied by ada") in answer
+
+
+async def test_a_call_denied_before_it_was_sent_is_answered_in_words() -> None:
+    messages, message = await run_turn(GATED_TURNS[2][0])
+    [tool_call] = message.tool_calls
+    # The shape of a call the conversation itself did not send: an error kind and a sentence.
+    denied = {"error": "denied", "message": "not run: ada denied this call: use the VPN runbook"}
+    messages.append(tool_message(tool_call.id, denied))
+
+    answer = (await complete(messages)).choices[0].message.content
+
+    assert answer.splitlines() == [
+        "create_ticket: error denied",
+        "  message: not run: ada denied this call: use the VPN runbook",
+    ]
 
 
 def calls_of_message(message: Any) -> list[tuple[str, dict[str, Any]]]:

@@ -1,9 +1,10 @@
 """Arguments for a tool, taken from the user's text and guided only by the tool's JSON schema.
 
 Numbers go to numeric properties, addresses to address-formatted ones, arithmetic to properties
-described as formulas, enum members and `pattern` matches to theirs, and a capitalised name
-("in New York", "of MSFT") to a required free-text property. A required property the text does not
-give gets an empty value of its type: the tool's own validation then says what is missing.
+described as formulas, enum members and `pattern` matches to theirs, and to a required free-text
+property the words after a colon ("in OPS: VPN drops every hour") or else a capitalised name
+("in New York", "of MSFT"). A required property the text does not give gets an empty value of its
+type: the tool's own validation then says what is missing.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ _OPERATOR_AFTER_DIGIT = re.compile(r"\d\s*\)*\s*[-+*/%^]")
 _OPERATORS = {"plus": "+", "minus": "-", "times": "*", "multiplied by": "*", "divided by": "/"}
 _WORD_OPERATOR = re.compile(r"\b(plus|minus|times|multiplied by|divided by)\b", re.IGNORECASE)
 _SIGN_OPERATOR = re.compile("(?<=[\\d)])\\s*[x\u00d7\u00f7]\\s*(?=[\\d(])")
+_AFTER_COLON = re.compile(r":\s+(\S.*)$", re.DOTALL)
 _RAW_TOKEN = re.compile(r"[^\s,;!?\"'()\[\]{}]+")
 _EMPTY: dict[str, Any] = {"integer": 0, "number": 0, "boolean": False, "array": [], "object": {}}
 
@@ -120,7 +122,12 @@ def _string_value(prop: Property, text: str, usable: Callable[[str], bool]) -> A
         tokens = (m.group().strip(".:") for m in _RAW_TOKEN.finditer(text))
         return next((w for w in tokens if usable(w) and matches(w)), None)
     # Free text we cannot tell apart from the request itself is left out unless required.
-    return _named_value(text, usable) if prop.required else None
+    if not prop.required:
+        return None
+    # "...: <prose>" is how people put a sentence of their own after the request's keywords.
+    after = _AFTER_COLON.search(text)
+    prose = after.group(1).strip(" .") if after else ""
+    return prose if prose and usable(prose) else _named_value(text, usable)
 
 
 def fill_arguments(tool: Tool, text: str) -> tuple[dict[str, Any], int]:
