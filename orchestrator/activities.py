@@ -23,6 +23,7 @@ from orchestrator.models import (
     LOAD_CONFIG_ACTIVITY,
     LOCAL_TOOL_ACTIVITY,
     READ_TURNS_ACTIVITY,
+    RECORD_APPROVAL_ACTIVITY,
     RECORD_TURN_ACTIVITY,
     STORE_BEHIND_ERROR,
     TOOL_CATALOG_MISSING_ERROR,
@@ -32,6 +33,7 @@ from orchestrator.models import (
     LlmStepResult,
     LlmToolCall,
     ReadConversationInput,
+    RecordApprovalInput,
     RecordTurnInput,
     TurnResult,
     Usage,
@@ -259,6 +261,10 @@ class OrchestratorActivities:
     @activity.defn(name=RECORD_TURN_ACTIVITY)
     async def record_turn(self, request: RecordTurnInput) -> None:
         await self._store.put_turn(request.conversation_id, request.turn, request.result)
+
+    @activity.defn(name=RECORD_APPROVAL_ACTIVITY)
+    async def record_approval(self, request: RecordApprovalInput) -> None:
+        await self._store.put_approval(request.conversation_id, request.record)
 
     @activity.defn(name=READ_TURNS_ACTIVITY)
     async def read_turns(self, request: ReadConversationInput) -> list[TurnResult]:

@@ -1,9 +1,9 @@
 """Tool discovery and dispatch for a conversation: workflow code, deterministic, no I/O.
 
 Discovery turns the teams' catalogs into routes (model-facing name -> endpoint and spec). Dispatch
-runs one model step's calls: it parses and bounds the arguments, runs local tools as activities and
-remote ones over Nexus behind a per-endpoint circuit breaker, never more than a few at once, and
-turns every result or failure into one `ToolOutcome`, which becomes the turn's record and the
+runs one model step's calls: it parses and bounds the arguments, says whether a call needs approval,
+runs local tools as activities and remote ones over Nexus behind a per-endpoint circuit breaker,
+and turns every result or failure into one `ToolOutcome`, which becomes the turn's record and the
 tool message the model reads. Nothing here names a tool.
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -54,6 +55,21 @@ REDISCOVERY_PATCH = "rediscover-unavailable-endpoints"
 
 MAX_ARGUMENT_DEPTH = 32
 StepResult = tuple[ToolCallRecord, Any]  # the turn's record, and the content the model reads
+
+
+@dataclass(frozen=True)
+class ApprovalNeed:
+    reason: str
+    approvers: list[str]  # empty: any operator
+    nobody_may_approve: bool = False  # the team's and the deployment's approvers share no one
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A model's tool call, routed and with parsed arguments, ready to run."""
+
+    route: ToolRoute
+    call: ToolCall
 
 
 # ---- discovery ---------------------------------------------------------------------------------
@@ -150,23 +166,8 @@ class ToolDispatcher:
         self._state = state
         self._running = running  # shown by the status query while the calls run
 
-    async def run_step(self, turn: int, step: int, calls: list[LlmToolCall]) -> list[StepResult]:
-        """Run a step's calls in parallel, never more than `max_parallel_tools` at once: the
-        server caps in-flight Nexus operations (30 per workflow) and pending activities, and a
-        command over a cap fails every workflow task of the conversation."""
-        limit = self._config.max_parallel_tools
-        if len(calls) <= limit or not workflow.patched(BOUNDED_FAN_OUT_PATCH):
-            runs = (self._run(turn, step, index, call) for index, call in enumerate(calls))
-            return list(await asyncio.gather(*runs))
-        slots = asyncio.Semaphore(limit)
-
-        async def bounded(index: int, call: LlmToolCall) -> StepResult:
-            async with slots:
-                return await self._run(turn, step, index, call)
-
-        return list(await asyncio.gather(*(bounded(i, c) for i, c in enumerate(calls))))
-
-    async def _run(self, turn: int, step: int, index: int, call: LlmToolCall) -> StepResult:
+    def resolve(self, turn: int, step: int, index: int, call: LlmToolCall) -> Resolved | StepResult:
+        """The call as a team will receive it, or why it cannot be made (a StepResult)."""
         route = self._state.routes.get(call.name)
         service = route.spec.service if route else "unknown"
         args, problem = self._parse_arguments(call)
@@ -175,7 +176,8 @@ class ToolDispatcher:
             return refused(call, service, "not_found", f"unknown tool; available: {known}")
         if args is None:
             return refused(call, service, "bad_request", problem)
-        # Stable across retries and replays, unique across turns and across reuse of the id.
+        # Stable across retries, replays and continue-as-new (the first run's id), unique across
+        # turns and across reuse of the conversation id.
         run_tag = workflow.info().first_execution_run_id[:8]
         tool_call = ToolCall(
             call_id=f"{self._conversation_id}-{run_tag}-{turn}-{step}-{index}",
@@ -183,7 +185,32 @@ class ToolDispatcher:
             args=args,
             conversation_id=self._conversation_id,
         )
-        running = RunningTool(name=route.spec.name, service=service)
+        return Resolved(route=route, call=tool_call)
+
+    def approval_needed(self, resolved: Resolved) -> ApprovalNeed | None:
+        """Why the call needs a person's decision and who may give it, or None. The team's
+        policy, tightened by this deployment's (`approval_policies`), never relaxed."""
+        spec = resolved.route.spec
+        policies = [spec.approval]
+        deployment = self._config.deployment_policy(spec.service, spec.name)
+        if deployment is not None:
+            policies.append(deployment)
+        applying = [(p, r) for p in policies if (r := p.reason(resolved.call.args)) is not None]
+        if not applying:
+            return None
+        reasons = [reason for _, reason in applying]
+        # Every policy that asks for approval must admit the decider: the stricter wins, and
+        # lists of approvers that share no one leave no one.
+        lists = [list(p.approvers) for p, _ in applying if p.approvers]
+        approvers = lists[0] if lists else []
+        for other in lists[1:]:
+            approvers = [name for name in approvers if name in other]
+        nobody = bool(lists) and not approvers
+        return ApprovalNeed("; ".join(reasons), approvers, nobody)
+
+    async def execute(self, call: LlmToolCall, resolved: Resolved) -> StepResult:
+        route, tool_call = resolved.route, resolved.call
+        running = RunningTool(name=route.spec.name, service=route.spec.service)
         self._running.append(running)
         try:
             if route.endpoint is None:
@@ -192,7 +219,7 @@ class ToolDispatcher:
                 outcome = await self._run_remote(route.endpoint, tool_call)
         finally:
             self._running.remove(running)
-        return settled(call, service, args, outcome)
+        return settled(call, route.spec.service, tool_call.args, outcome)
 
     def _parse_arguments(self, call: LlmToolCall) -> tuple[dict[str, Any] | None, str]:
         limit = self._config.max_tool_arguments_chars

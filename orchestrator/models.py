@@ -7,14 +7,17 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
+from shared.approval import ApprovalPolicy, Verdict
 from shared.tools import ToolSpec
 
 CONVERSATION_WORKFLOW = "ConversationWorkflow"
 SEND_MESSAGE_UPDATE = "send_message"
 END_UPDATE = "end"
 REFRESH_TOOLS_UPDATE = "refresh_tools"
+DECIDE_UPDATE = "decide"
+CANCEL_UPDATE = "cancel"
 STATUS_QUERY = "status"
 USAGE_QUERY = "usage"
 TURNS_QUERY = "turns"
@@ -25,6 +28,11 @@ LLM_STEP_ACTIVITY = "llm_step"
 LOCAL_TOOL_ACTIVITY = "run_local_tool"
 RECORD_TURN_ACTIVITY = "record_turn"
 READ_TURNS_ACTIVITY = "read_turns"
+RECORD_APPROVAL_ACTIVITY = "record_approval"
+# A message's update fails with this type when the conversation continued as new while the
+# message waited (a turn paused on approvals, or queued behind one): the client sends the same
+# message id again, and the next run, which carries the message, answers it.
+CONVERSATION_CONTINUED_ERROR = "ConversationContinuedAsNew"
 LLM_AUTH_ERROR = "LlmAuthError"
 LLM_BAD_REQUEST = "LlmBadRequest"
 LLM_CONTEXT_WINDOW = "LlmContextWindowExceeded"
@@ -66,6 +74,21 @@ class Usage(BaseModel):
         )
 
 
+class ApprovalRecord(BaseModel):
+    """How a gated call was decided: kept in the turn's record, the store and the history."""
+
+    call_id: str
+    tool: str
+    service: str
+    verdict: Verdict
+    approver: str = Field(description="Who decided; `system` for a timeout or a cancelled turn.")
+    reason: str = ""
+    decided_at: str = Field(description="ISO 8601 (workflow time).")
+    turn: int
+    policy_reason: str = Field(default="", description="Why the call needed approval.")
+    timed_out: bool = False
+
+
 class ToolCallRecord(BaseModel):
     """One executed tool call, as the CLI's `--json` shows it."""
 
@@ -74,6 +97,44 @@ class ToolCallRecord(BaseModel):
     args: dict[str, Any] | str
     ok: bool
     result: Any = None
+    approval: ApprovalRecord | None = None
+
+
+class PendingApproval(BaseModel):
+    """A call waiting for a person's decision, as the status query shows it."""
+
+    call_id: str
+    tool: str
+    service: str
+    args: dict[str, Any] | str
+    reason: str = Field(description="Why it needs approval: the policy's condition.")
+    approvers: list[str] = Field(default_factory=list, description="Empty: any operator.")
+    turn: int
+    requested_at: str = Field(description="ISO 8601.")
+    expires_at: str = Field(description="ISO 8601: denied automatically then.")
+
+
+class Decision(BaseModel):
+    """The `decide` update's argument: one person's verdict on one pending call."""
+
+    call_id: str = Field(min_length=1, max_length=200)
+    verdict: Verdict
+    approver: str = Field(min_length=1, max_length=200)
+    reason: str = Field(default="", max_length=2000)
+
+
+class CancelRequest(BaseModel):
+    """The `cancel` update's argument."""
+
+    requested_by: str = Field(default="", max_length=200)
+    reason: str = Field(default="", max_length=2000)
+
+
+class CancelResult(BaseModel):
+    conversation_id: str
+    cancelled: bool = Field(description="False: no turn was running or waiting.")
+    turn: int = 0
+    dropped_approvals: list[str] = Field(default_factory=list, description="Their call ids.")
 
 
 class TurnResult(BaseModel):
@@ -85,6 +146,7 @@ class TurnResult(BaseModel):
     ok: bool = True
     error: str | None = None
     notes: list[str] = Field(default_factory=list)
+    cancelled: bool = Field(default=False, description="The turn was cancelled or interrupted.")
 
 
 class RunningTool(BaseModel):
@@ -92,7 +154,10 @@ class RunningTool(BaseModel):
     service: str
 
 
-ConversationPhase = Literal["starting", "idle", "thinking", "running_tools", "ended"]
+ConversationPhase = Literal[
+    "starting", "idle", "thinking", "running_tools", "awaiting_approval", "ended"
+]
+DoubleTexting = Literal["reject", "queue", "interrupt"]
 
 
 class ConversationStatus(BaseModel):
@@ -104,6 +169,9 @@ class ConversationStatus(BaseModel):
     offline_model: bool = False
     tools: list[str] = Field(default_factory=list)
     unavailable_endpoints: list[str] = Field(default_factory=list)
+    pending_approvals: list[PendingApproval] = Field(default_factory=list)
+    queued_messages: int = Field(default=0, description="Messages waiting behind the turn.")
+    double_texting: DoubleTexting = "queue"
 
 
 class StoredMessage(BaseModel):
@@ -127,6 +195,43 @@ class CircuitBreaker(BaseModel):
 
     failures: int = 0
     open_until: float = 0.0
+
+
+class QueuedMessage(BaseModel):
+    """A message accepted while another turn ran (double-texting `queue` or `interrupt`)."""
+
+    message_id: str
+    text: str
+
+
+class PlannedCall(BaseModel):
+    """One tool call of the step in progress, and how far it got."""
+
+    index: int
+    call: LlmToolCall
+    kind: Literal["run", "repeated", "not_run"] = "run"
+    done: bool = False
+    record: ToolCallRecord | None = None
+    content: Any = None
+    pending: PendingApproval | None = None
+    expires_at: float = Field(default=0.0, description="Workflow time (epoch s) of the timeout.")
+
+
+class TurnState(BaseModel):
+    """A turn in progress. Carried across continue-as-new only while it is paused on approvals,
+    with every other call of its step finished: nothing in flight is left behind."""
+
+    message_id: str
+    text: str
+    turn: int
+    step: int = 0
+    records: list[ToolCallRecord] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list)
+    usage: Usage = Field(default_factory=Usage)
+    executed: list[str] = Field(default_factory=list, description="Signatures of calls made.")
+    step_calls: list[PlannedCall] | None = Field(
+        default=None, description="The step whose calls are running or awaiting decisions."
+    )
 
 
 class CarriedState(BaseModel):
@@ -156,6 +261,17 @@ class CarriedState(BaseModel):
     )
     catalog_stored: str = Field(
         default="", description="The digest whose tool list a model step last stored."
+    )
+    inbox: list[QueuedMessage] = Field(
+        default_factory=list, description="Accepted messages not yet answered, in order."
+    )
+    paused_turn: TurnState | None = Field(
+        default=None, description="A turn paused on approvals when the run continued as new."
+    )
+    decisions: dict[str, ApprovalRecord] = Field(
+        default_factory=dict,
+        description="Recent decisions by call id: a late or repeated "
+        "decision is refused by name, across continue-as-new too.",
     )
 
 
@@ -232,12 +348,47 @@ class LoopSettings(BaseModel):
         "10 s); `activity`, a regular activity that heartbeats (its own task, visible to "
         "queries while it runs).",
     )
+    double_texting: DoubleTexting = Field(
+        default="queue",
+        description="A message sent while a turn runs: `queue` (answered after it, in order), "
+        "`reject` (refused), or `interrupt` (the running turn is cancelled, then it is answered).",
+    )
+    approval_timeout_seconds: float = Field(
+        default=3600.0,
+        gt=0,
+        le=30 * 86400,
+        description="A call awaiting approval longer than this is denied, and the model told why.",
+    )
+    approval_policies: dict[str, ApprovalPolicy] = Field(
+        default_factory=dict,
+        description='Stricter approval per deployment, JSON: {"service.tool": policy} ("service.*" '
+        "for every tool of a service). Adds to the team's policy, never relaxes it.",
+    )
     rediscover_after_seconds: float = Field(
         default=10.0,
         ge=0,
         description="At a turn's start, ask unavailable tool endpoints again once this long "
         "has passed since the last discovery.",
     )
+
+    @field_validator("approval_policies")
+    @classmethod
+    def _only_stricter(cls, value: dict[str, ApprovalPolicy]) -> dict[str, ApprovalPolicy]:
+        for key, policy in value.items():
+            service, dot, tool = key.partition(".")
+            if not (dot and service and tool):
+                raise ValueError(f"'{key}': name a tool as 'service.tool' or 'service.*'")
+            if not policy.gated:
+                raise ValueError(
+                    f"'{key}': a deployment can only add approval, never remove it; "
+                    "drop the entry instead of mode 'never'"
+                )
+        return value
+
+    def deployment_policy(self, service: str, tool: str) -> ApprovalPolicy | None:
+        return self.approval_policies.get(f"{service}.{tool}") or self.approval_policies.get(
+            f"{service}.*"
+        )
 
 
 class AgentConfig(LoopSettings):
@@ -282,3 +433,8 @@ class RecordTurnInput(BaseModel):
     conversation_id: str
     turn: int
     result: TurnResult
+
+
+class RecordApprovalInput(BaseModel):
+    conversation_id: str
+    record: ApprovalRecord

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
-from orchestrator.models import ChatMessage, StoredMessage, TurnResult
+from orchestrator.models import ApprovalRecord, ChatMessage, StoredMessage, TurnResult
 
 T = TypeVar("T")
 
@@ -46,6 +46,14 @@ SCHEMA = [
     """CREATE TABLE IF NOT EXISTS tool_catalogs (
         digest TEXT PRIMARY KEY,
         body TEXT NOT NULL)""",
+    # Who approved or denied which tool call, when and why: written as each decision is made,
+    # before the call runs, so the audit trail does not wait for the turn to end.
+    """CREATE TABLE IF NOT EXISTS approvals (
+        conversation_id TEXT NOT NULL,
+        call_id TEXT NOT NULL,
+        turn BIGINT NOT NULL,
+        body TEXT NOT NULL,
+        PRIMARY KEY (conversation_id, call_id))""",
 ]
 
 
@@ -105,6 +113,13 @@ class ConversationStore(ABC):
     async def turns(
         self, conversation_id: str, *, offset: int = 0, limit: int = 1000
     ) -> list[TurnResult]: ...
+
+    @abstractmethod
+    async def put_approval(self, conversation_id: str, record: ApprovalRecord) -> None:
+        """Keep a decision; the first one recorded for a call id stands."""
+
+    @abstractmethod
+    async def approvals(self, conversation_id: str) -> list[ApprovalRecord]: ...
 
     @abstractmethod
     async def put_catalog(self, digest: str, tools: list[dict[str, Any]]) -> None:

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from orchestrator.models import ChatMessage, StoredMessage, TurnResult
+from orchestrator.models import ApprovalRecord, ChatMessage, StoredMessage, TurnResult
 from orchestrator.store import (
     SCHEMA,
     ContextRows,
@@ -113,6 +113,19 @@ class PostgresStore(ConversationStore):
             (conversation_id, limit, offset),
         )
         return [TurnResult.model_validate_json(body) for (body,) in rows]
+
+    async def put_approval(self, conversation_id: str, record: ApprovalRecord) -> None:
+        await self._run(
+            "INSERT INTO approvals (conversation_id, call_id, turn, body) VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
+            [(conversation_id, record.call_id, record.turn, record.model_dump_json())],
+        )
+
+    async def approvals(self, conversation_id: str) -> list[ApprovalRecord]:
+        rows = await self._run(
+            "SELECT body FROM approvals WHERE conversation_id = %s ORDER BY turn, call_id",
+            (conversation_id,),
+        )
+        return [ApprovalRecord.model_validate_json(body) for (body,) in rows]
 
     async def put_catalog(self, digest: str, tools: list[dict[str, Any]]) -> None:
         await self._run(

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from orchestrator.models import ChatMessage, StoredMessage, TurnResult
+from orchestrator.models import ApprovalRecord, ChatMessage, StoredMessage, TurnResult
 from orchestrator.store import (
     SCHEMA,
     ContextRows,
@@ -138,6 +138,19 @@ class SqliteStore(ConversationStore):
             (conversation_id, limit, offset),
         )
         return [TurnResult.model_validate_json(body) for (body,) in rows]
+
+    async def put_approval(self, conversation_id: str, record: ApprovalRecord) -> None:
+        await self._run(
+            "INSERT OR IGNORE INTO approvals (conversation_id, call_id, turn, body) VALUES (?, ?, ?, ?)",
+            [(conversation_id, record.call_id, record.turn, record.model_dump_json())],
+        )
+
+    async def approvals(self, conversation_id: str) -> list[ApprovalRecord]:
+        rows = await self._run(
+            "SELECT body FROM approvals WHERE conversation_id = ? ORDER BY turn, call_id",
+            (conversation_id,),
+        )
+        return [ApprovalRecord.model_validate_json(body) for (body,) in rows]
 
     async def put_catalog(self, digest: str, tools: list[dict[str, Any]]) -> None:
         await self._run(

@@ -42,6 +42,7 @@ def build_orchestrator_worker(
             activities.llm_step,
             activities.run_local_tool,
             activities.record_turn,
+            activities.record_approval,
             activities.read_turns,
         ],
         interceptors=interceptors,

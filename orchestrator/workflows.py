@@ -1,13 +1,16 @@
 """ConversationWorkflow: one durable agent loop per conversation (workflow id = conversation id).
 
-Each user message is the `send_message` update. A turn asks the model (an activity), runs the tool
-calls of each step through the dispatcher (`orchestrator.dispatch`), feeds the results back, and
-stops at a final answer or the step limit. This module keeps the conversation's life: updates,
-queries, the turn loop and continue-as-new. It never names a tool.
+Each user message is the `send_message` update. The update queues the message and waits for its
+answer; the workflow's main loop answers queued messages one turn at a time (`orchestrator.turn`),
+so a message sent while a turn runs is queued, refused or interrupts it (`double_texting`).
+`decide` approves or denies a call the turn waits on (`orchestrator.gate`); `cancel` stops the
+turn. This module keeps the conversation's life: updates, queries, the message queue and
+continue-as-new, which can carry a turn paused on approvals. It never names a tool.
 """
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from typing import TypeVar
 
@@ -15,18 +18,13 @@ from temporalio import workflow
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from orchestrator.dispatch import (
-        BOUNDED_FAN_OUT_PATCH,
-        REDISCOVERY_PATCH,
-        ToolDispatcher,
-        discover,
-        rediscover_unavailable,
-        signature,
-        tool_message,
-    )
-    from orchestrator.model_step import MODEL_STEP_FAILURES, ask_model
+    from orchestrator.dispatch import REDISCOVERY_PATCH, discover
+    from orchestrator.gate import decision_problem, record_decision, waiting_calls
     from orchestrator.models import (
+        CANCEL_UPDATE,
+        CONVERSATION_CONTINUED_ERROR,
         CONVERSATION_WORKFLOW,
+        DECIDE_UPDATE,
         END_UPDATE,
         LOAD_CONFIG_ACTIVITY,
         READ_CONVERSATION_WORKFLOW,
@@ -38,29 +36,32 @@ with workflow.unsafe.imports_passed_through():
         TURNS_QUERY,
         USAGE_QUERY,
         AgentConfig,
+        ApprovalRecord,
+        CancelRequest,
+        CancelResult,
         CarriedState,
         ChatMessage,
         ConversationInput,
         ConversationPhase,
         ConversationStatus,
+        Decision,
+        DoubleTexting,
+        QueuedMessage,
         ReadConversationInput,
         RecordTurnInput,
         RunningTool,
-        StoredMessage,
-        ToolCallRecord,
         TurnResult,
+        TurnState,
         Usage,
     )
-    from shared.caller import innermost_message
+    from orchestrator.turn import TurnRunner, stage
 
 K = TypeVar("K")
 RECENT_TURNS_KEPT = 10
 ANSWERS_KEPT = 20
 CARRIED_ANSWERS_BYTES = 512 * 1024
 DEFAULT_MAX_MESSAGE_CHARS = 8000
-# All tool messages of one step together, in UTF-8 bytes: they travel in the next model step's
-# input, which must stay far below Temporal's 2 MB payload limit however many calls the step made.
-STEP_TOOL_MESSAGES_BYTES = 512_000
+BUSY = "the previous message is still being answered; wait for it"
 
 
 @workflow.defn(name=CONVERSATION_WORKFLOW)
@@ -80,26 +81,31 @@ class ConversationWorkflow:
         self._turns_this_run = 0
         self._phase: ConversationPhase = "starting"
         self._running: list[RunningTool] = []
-        self._busy = False
+        self._runner: TurnRunner | None = None
+        self._turn_task: asyncio.Task[TurnResult] | None = None
+        self._refreshing = False
+        self._handing_over = False  # continuing as new: waiting messages are told to send again
         self._ended = False
 
     @workflow.run
     async def run(self, start: ConversationInput) -> Usage:
         self._config = await self._load_config()
         if start.carried is None:
-            self._stage(ChatMessage(role="system", content=self._config.system_prompt))
+            stage(self._memory, ChatMessage(role="system", content=self._config.system_prompt))
             await discover(self._config, self._memory)
         self._phase = "ended" if self._ended else "idle"
         while True:
-            await workflow.wait_condition(lambda: self._ended or self._continue_as_new_due())
-            # Let every accepted message finish first: none may be lost or answered twice.
-            await workflow.wait_condition(workflow.all_handlers_finished)
-            if self._ended:
+            await workflow.wait_condition(
+                lambda: self._ended or self._has_work() or self._continue_as_new_due()
+            )
+            if self._has_work():
+                await self._answer_next()
+            elif self._ended:
+                # Let every accepted message finish first: none may be lost or answered twice.
+                await workflow.wait_condition(workflow.all_handlers_finished)
                 return self._memory.usage
-            if self._continue_as_new_due():
-                workflow.continue_as_new(
-                    ConversationInput(conversation_id=self._conversation_id, carried=self._carry())
-                )
+            else:
+                await self._continue_as_new()
 
     async def _load_config(self) -> AgentConfig:
         config: AgentConfig = await workflow.execute_local_activity(
@@ -109,11 +115,86 @@ class ConversationWorkflow:
         )
         return config
 
-    def _continue_as_new_due(self) -> bool:
+    # ---- the conversation's life --------------------------------------------------------------
+    def _has_work(self) -> bool:
+        memory = self._memory
+        return not self._refreshing and (
+            memory.paused_turn is not None or (bool(memory.inbox) and not self._ended)
+        )
+
+    def _busy(self) -> bool:
+        memory = self._memory
+        return bool(
+            self._runner or memory.inbox or memory.paused_turn is not None or self._refreshing
+        )
+
+    def _run_is_full(self) -> bool:
         assert self._config is not None
-        return not self._busy and (
+        return (
             workflow.info().is_continue_as_new_suggested()
             or self._turns_this_run >= self._config.max_turns_per_run
+        )
+
+    def _continue_as_new_due(self) -> bool:
+        return not self._busy() and self._run_is_full()
+
+    async def _answer_next(self) -> None:
+        """Answer the next message (or resume the turn carried from the previous run)."""
+        config, memory = self._config, self._memory
+        assert config is not None
+        if memory.paused_turn is not None:
+            state, memory.paused_turn = memory.paused_turn, None
+        else:
+            queued = memory.inbox.pop(0)
+            memory.turns += 1
+            self._turns_this_run += 1
+            state = TurnState(message_id=queued.message_id, text=queued.text, turn=memory.turns)
+        runner = TurnRunner(self._conversation_id, config, memory, state, self._running)
+        task = asyncio.create_task(runner.run())
+        self._runner, self._turn_task = runner, task
+        while not task.done():
+            # A turn paused on approvals for long does not hold the run open: once the run is
+            # full it continues as new, carrying the turn, which resumes there.
+            await workflow.wait_condition(
+                lambda: (
+                    task.done()
+                    or (not self._ended and runner.paused_on_approvals_only and self._run_is_full())
+                )
+            )
+            if not task.done():
+                await self._continue_as_new(paused=runner)
+        result = task.result()
+        self._runner, self._turn_task = None, None
+        self._running.clear()
+        await workflow.execute_local_activity(
+            RECORD_TURN_ACTIVITY,
+            RecordTurnInput(conversation_id=self._conversation_id, turn=state.turn, result=result),
+            start_to_close_timeout=timedelta(seconds=30),
+        )
+        memory.recent_turns = [*memory.recent_turns, result][-RECENT_TURNS_KEPT:]
+        self._answer(state.message_id, result)
+
+    def _answer(self, message_id: str, result: TurnResult) -> None:
+        answered = self._memory.answered
+        answered[message_id] = result
+        while len(answered) > ANSWERS_KEPT:
+            answered.pop(next(iter(answered)))
+
+    async def _continue_as_new(self, paused: TurnRunner | None = None) -> None:
+        """Continue as new, carrying `paused` (a turn waiting only for decisions) if given.
+
+        Messages waiting for an answer are told to send again (the next run carries them);
+        returns without continuing if a decision or a cancel reached the paused turn meanwhile.
+        """
+        self._handing_over = True
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        if paused is not None and not paused.paused_on_approvals_only:
+            self._handing_over = False
+            return
+        if paused is not None:
+            self._memory.paused_turn = paused.state.model_copy(deep=True)
+        workflow.continue_as_new(
+            ConversationInput(conversation_id=self._conversation_id, carried=self._carry())
         )
 
     def _carry(self) -> CarriedState:
@@ -127,11 +208,20 @@ class ConversationWorkflow:
         ]
         return memory.model_copy(update={"answered": answered, "recent_turns": recent})
 
-    def _stage(self, message: ChatMessage) -> None:
-        """Give a message the next sequence number; the next model step stores it."""
-        memory = self._memory
-        memory.pending.append(StoredMessage(seq=memory.next_seq, message=message))
-        memory.next_seq += 1
+    def _current_turn(self) -> TurnState | None:
+        return self._runner.state if self._runner else self._memory.paused_turn
+
+    def _knows(self, message_id: str) -> bool:
+        """Whether the message is being answered or waits in the queue (sent again by a client
+        after continue-as-new, or retried)."""
+        turn = self._current_turn()
+        return (turn is not None and turn.message_id == message_id) or any(
+            queued.message_id == message_id for queued in self._memory.inbox
+        )
+
+    @property
+    def _double_texting(self) -> DoubleTexting:
+        return self._config.double_texting if self._config else "queue"
 
     # ---- updates ------------------------------------------------------------------------------
     @workflow.update(name=SEND_MESSAGE_UPDATE)
@@ -140,44 +230,37 @@ class ConversationWorkflow:
         memory = self._memory
         if message_id in memory.answered:
             return memory.answered[message_id]
-        if self._busy:  # two messages accepted in the same workflow task: validators ran first
-            raise ApplicationError("the previous message is still being answered; wait for it")
-        self._busy = True
-        try:
-            await workflow.wait_condition(lambda: self._phase != "starting")
-            # The first message of a conversation is validated before the worker's settings are
-            # loaded; check it again against them before it is recorded.
+        await workflow.wait_condition(lambda: self._phase != "starting")
+        if not self._knows(message_id):
+            # The first message of a conversation is validated before the worker's settings
+            # are loaded; check it again against them before it is accepted.
             problem = self._problem_with(text)
             if problem:
                 raise ApplicationError(problem, type="InvalidMessage", non_retryable=True)
-            result = (await self._turn(text)).model_copy(update={"message": text})
-            await workflow.execute_local_activity(
-                RECORD_TURN_ACTIVITY,
-                RecordTurnInput(
-                    conversation_id=self._conversation_id, turn=memory.turns, result=result
-                ),
-                start_to_close_timeout=timedelta(seconds=30),
-            )
-            memory.recent_turns = [*memory.recent_turns, result][-RECENT_TURNS_KEPT:]
-            memory.answered[message_id] = result
-            while len(memory.answered) > ANSWERS_KEPT:
-                memory.answered.pop(next(iter(memory.answered)))
-            return result
-        finally:
-            self._busy = False
-            self._running.clear()
-            self._phase = "ended" if self._ended else "idle"
+            if self._double_texting == "reject" and self._busy():
+                raise ApplicationError(BUSY)  # two accepted in one task: validators ran first
+            if self._double_texting == "interrupt" and self._runner is not None:
+                self._runner.cancel("interrupted by a newer message")
+            memory.inbox.append(QueuedMessage(message_id=message_id, text=text))
+        await workflow.wait_condition(lambda: message_id in memory.answered or self._handing_over)
+        if message_id in memory.answered:
+            return memory.answered[message_id]
+        raise ApplicationError(
+            "the conversation continued as new while this message waited; "
+            "send it again with the same message id",
+            type=CONVERSATION_CONTINUED_ERROR,
+        )
 
     @send_message.validator
     def _validate_message(self, text: str) -> None:
         info = workflow.current_update_info()
-        if info is not None and info.id in self._memory.answered:
-            return  # a retry of an answered message: the handler returns the recorded answer
+        if info is not None and (info.id in self._memory.answered or self._knows(info.id)):
+            return  # a retry: the handler returns or waits for the message's answer
         problem = self._problem_with(text)
         if problem:
             raise ValueError(problem)
-        if self._busy:
-            raise ValueError("the previous message is still being answered; wait for it")
+        if self._double_texting == "reject" and self._busy():
+            raise ValueError(BUSY)
 
     def _problem_with(self, text: str) -> str | None:
         if self._ended:
@@ -189,38 +272,98 @@ class ConversationWorkflow:
             return f"the message has {len(text)} characters; the limit is {limit}"
         return None
 
+    @workflow.update(name=DECIDE_UPDATE)
+    def decide(self, decision: Decision) -> ApprovalRecord:
+        """Approve or deny one call that waits for a decision."""
+        problem = decision_problem(
+            decision, self._current_turn(), self._memory, self._conversation_id
+        )
+        if problem:  # the state changed between validation and the handler
+            raise ApplicationError(problem, type="InvalidDecision", non_retryable=True)
+        pending = next(
+            p
+            for p in waiting_calls(self._current_turn(), self._memory)
+            if p.call_id == decision.call_id
+        )
+        return record_decision(
+            self._memory,
+            pending,
+            verdict=decision.verdict,
+            approver=decision.approver,
+            reason=decision.reason,
+            decided_at=workflow.now().isoformat(timespec="seconds"),
+        )
+
+    @decide.validator
+    def _validate_decide(self, decision: Decision) -> None:
+        problem = decision_problem(
+            decision, self._current_turn(), self._memory, self._conversation_id
+        )
+        if problem:
+            raise ValueError(problem)
+
+    @workflow.update(name=CANCEL_UPDATE)
+    async def cancel(self, request: CancelRequest) -> CancelResult:
+        """Stop the running turn: its tool calls are cancelled, its approvals dropped."""
+        await workflow.wait_condition(lambda: self._phase != "starting")
+        # A turn carried from the previous run is resumed at the run's start.
+        await workflow.wait_condition(
+            lambda: self._runner is not None or self._memory.paused_turn is None
+        )
+        runner, task = self._runner, self._turn_task
+        if runner is None or task is None:
+            return CancelResult(conversation_id=self._conversation_id, cancelled=False)
+        who = request.requested_by or "an operator"
+        reason = f"cancelled by {who}" + (f": {request.reason}" if request.reason else "")
+        dropped = runner.cancel(reason)
+        await workflow.wait_condition(task.done)
+        return CancelResult(
+            conversation_id=self._conversation_id,
+            cancelled=True,
+            turn=runner.state.turn,
+            dropped_approvals=dropped,
+        )
+
     @workflow.update(name=REFRESH_TOOLS_UPDATE)
     async def refresh_tools(self) -> ConversationStatus:
-        # A message waits for the refresh (its validator refuses one meanwhile): discovery's
-        # Nexus operations and a step's tool calls never add up past the in-flight limit.
-        self._busy = True
+        # Messages wait for the refresh: discovery's Nexus operations and a step's tool calls
+        # never add up past the in-flight limit.
+        self._refreshing = True
         try:
-            return await self._refresh_tools()
+            await workflow.wait_condition(lambda: self._phase != "starting")
+            if workflow.patched(REDISCOVERY_PATCH):
+                # Endpoints created since the run started (missing ones) are picked up too.
+                self._config = await self._load_config()
+            assert self._config is not None
+            await discover(self._config, self._memory)
+            return self.status()
         finally:
-            self._busy = False
-            if self._ended:
-                self._phase = "ended"
-
-    async def _refresh_tools(self) -> ConversationStatus:
-        await workflow.wait_condition(lambda: self._phase != "starting")
-        if workflow.patched(REDISCOVERY_PATCH):
-            # Endpoints created since the run started (missing ones) are picked up too.
-            self._config = await self._load_config()
-        assert self._config is not None
-        await discover(self._config, self._memory)
-        return self.status()
+            self._refreshing = False
 
     @refresh_tools.validator
     def _validate_refresh(self) -> None:
         if self._ended:
             raise ValueError(f"conversation {self._conversation_id} has ended")
-        if self._busy:
+        if self._busy():
             raise ValueError("a message is being answered; refresh tools after it")
 
     @workflow.update(name=END_UPDATE)
     async def end(self) -> Usage:
         self._ended = True
-        if not self._busy:
+        # Messages queued behind the running turn are answered, not left waiting.
+        for queued in self._memory.inbox:
+            self._answer(
+                queued.message_id,
+                TurnResult(
+                    conversation_id=self._conversation_id,
+                    answer="",
+                    message=queued.text,
+                    ok=False,
+                    error="the conversation ended before this message was answered",
+                ),
+            )
+        self._memory.inbox.clear()
+        if not self._busy():
             self._phase = "ended"
         return self._memory.usage
 
@@ -229,14 +372,29 @@ class ConversationWorkflow:
     def status(self) -> ConversationStatus:
         return ConversationStatus(
             conversation_id=self._conversation_id,
-            state=self._phase,
+            state=self._state(),
             running=list(self._running),
             turns=self._memory.turns,
             model=self._config.model if self._config else "",
             offline_model=self._config.offline_model if self._config else False,
             tools=sorted(self._memory.routes),
             unavailable_endpoints=list(self._memory.unavailable),
+            pending_approvals=waiting_calls(self._current_turn(), self._memory),
+            queued_messages=len(self._memory.inbox),
+            double_texting=self._double_texting,
         )
+
+    def _state(self) -> ConversationPhase:
+        runner = self._runner
+        if runner is None:
+            if self._memory.paused_turn is not None:
+                return "awaiting_approval"
+            return "ended" if self._ended and not self._busy() else self._phase
+        if runner.thinking:
+            return "thinking"
+        if not self._running and waiting_calls(runner.state, self._memory):
+            return "awaiting_approval"
+        return "running_tools" if runner.state.step_calls is not None else "thinking"
 
     @workflow.query(name=TURNS_QUERY)
     def turns(self) -> list[TurnResult]:
@@ -246,81 +404,6 @@ class ConversationWorkflow:
     @workflow.query(name=USAGE_QUERY)
     def usage(self) -> Usage:
         return self._memory.usage
-
-    # ---- the loop -----------------------------------------------------------------------------
-    async def _turn(self, text: str) -> TurnResult:
-        config, memory = self._config, self._memory
-        assert config is not None
-        memory.turns += 1
-        self._turns_this_run += 1
-        turn = memory.turns
-        self._stage(ChatMessage(role="user", content=text))
-        records: list[ToolCallRecord] = []
-        notes: list[str] = []
-        turn_usage = Usage()
-        executed: set[str] = set()
-        await rediscover_unavailable(config, memory)
-        if memory.unavailable:
-            notes.append("tool services unavailable: " + ", ".join(memory.unavailable))
-        dispatcher = ToolDispatcher(self._conversation_id, config, memory, self._running)
-
-        def result(answer: str = "", error: str | None = None) -> TurnResult:
-            return TurnResult(
-                conversation_id=self._conversation_id,
-                answer=answer,
-                tool_calls=records,
-                usage=turn_usage,
-                ok=error is None,
-                error=error,
-                notes=notes,
-            )
-
-        for step in range(1, config.max_steps + 1):
-            self._phase = "thinking"
-            try:
-                reply = await ask_model(self._conversation_id, config, memory)
-            except MODEL_STEP_FAILURES as err:
-                return result(error=innermost_message(err))
-            turn_usage = turn_usage.add(reply.usage)
-            memory.usage = memory.usage.add(reply.usage)
-            if reply.compacted:
-                notes.append("older turns were summarised to fit the model's context window")
-            if not reply.tool_calls:
-                return result(answer=reply.content or "")
-
-            limit = config.max_tool_calls_per_step
-            calls, not_run = reply.tool_calls, []
-            if len(calls) > limit and workflow.patched(BOUNDED_FAN_OUT_PATCH):
-                calls, not_run = calls[:limit], calls[limit:]
-            fresh = [call for call in calls if signature(call) not in executed]
-            repeated = [call for call in calls if call not in fresh]
-            executed.update(signature(call) for call in fresh)
-            self._phase = "running_tools"
-            message_bytes = STEP_TOOL_MESSAGES_BYTES // max(1, len(fresh))
-            for call, (record, content) in zip(
-                fresh, await dispatcher.run_step(turn, step, fresh), strict=True
-            ):
-                records.append(record)
-                self._stage(
-                    tool_message(call, content, config.max_tool_message_chars, message_bytes)
-                )
-            for call in repeated:
-                self._stage(tool_message(call, _REPEATED))
-            if not_run:
-                notes.append(f"{len(not_run)} tool calls of one step were not run (limit {limit})")
-            for call in not_run:
-                self._stage(tool_message(call, _not_run(limit)))
-            if repeated and not fresh:
-                note = (
-                    f"stopped: the model repeated the identical call {repeated[0].name}"
-                    f"({repeated[0].arguments}) instead of answering"
-                )
-                notes.append(note)
-                return result(answer=note)
-
-        note = f"stopped after {config.max_steps} model steps without a final answer"
-        notes.append(note)
-        return result(answer=note)
 
 
 @workflow.defn(name=READ_CONVERSATION_WORKFLOW)
@@ -339,19 +422,6 @@ class ReadConversation:
             start_to_close_timeout=timedelta(seconds=30),
         )
         return turns
-
-
-_REPEATED = {
-    "error": "repeated_call",
-    "message": "identical call already made in this turn; use its result",
-}
-
-
-def _not_run(limit: int) -> dict[str, str]:
-    return {
-        "error": "not_run",
-        "message": f"not run: at most {limit} tool calls per step; ask for the rest in the next step",
-    }
 
 
 def _newest_within(items: list[tuple[K, TurnResult]], budget: int) -> list[tuple[K, TurnResult]]:

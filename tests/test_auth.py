@@ -39,6 +39,7 @@ from infrastructure.setup import (
 )
 from it_service.tools import registry as it_registry
 from it_service.workflows import ITSessionWorkflow, session_workflow_id
+from shared.approval import ApprovalPolicy, Arg, CallApproval
 from shared.auth import (
     TOKEN_CLOCK_SKEW,
     TOKEN_HEADER,
@@ -59,6 +60,7 @@ from shared.contract import ListToolsRequest, ToolService
 from shared.tools import ToolCall, ToolRegistry, tool_workflow_id
 from shared.worker import build_team_worker
 from tests.conftest import Stack, eventually
+from tests.support.canary import ACCESS_APPROVERS, grant_access
 
 SECURE_ENDPOINT = "it-tools-secure"
 SECRET = os.urandom(32)
@@ -77,6 +79,11 @@ async def hold(seconds: float) -> str:
 def _secure_registry() -> ToolRegistry:
     registry = it_registry.copy()
     registry.add(hold, timeout=timedelta(seconds=60), max_attempts=1)
+    registry.add(
+        grant_access,
+        timeout=timedelta(seconds=5),
+        approval=ApprovalPolicy.when(Arg("days") > 30, approvers=ACCESS_APPROVERS),
+    )
     return registry
 
 
@@ -493,3 +500,78 @@ def test_settings_refuse_weak_or_incomplete_keys() -> None:
         NexusAuthSettings(verify_keys={"k1": SECRET_B64}).check_team_side("it")
     with pytest.raises(ValueError, match="NEXUS_AUTH_REQUIRED"):
         NexusAuthSettings(required=True).check_team_side("it")
+
+
+# ---- the approval gate, enforced by the team ------------------------------------------------------
+LEAD = ACCESS_APPROVERS[0]
+
+
+def _approval(call: ToolCall, **changes: Any) -> CallApproval:
+    values: dict[str, Any] = {
+        "call_id": call.call_id,
+        "verdict": "approve",
+        "approver": LEAD,
+        "decided_at": "2026-11-23T09:00:00+00:00",
+    }
+    return CallApproval(**{**values, **changes})
+
+
+GATE_REFUSALS: dict[str, tuple[dict[str, Any] | None, str]] = {
+    "missing": (None, "needs approval (days > 30) and the call carries none; nothing was started"),
+    "not an approver": ({"approver": "mallory"}, "mallory may not approve it (approvers: it-lead)"),
+    "denied": ({"verdict": "deny"}, "the call was denied by it-lead"),
+    "another call's": ({"call_id": "auth-some-other-call"}, "approval is for call 'auth-some-"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(GATE_REFUSALS))
+async def test_a_gated_call_without_its_approval_is_refused_by_the_team(
+    secure: SecureTeam, case: str
+) -> None:
+    """Even from a caller with a valid signing key (an orchestrator with a bug, or one a prompt
+    talked into skipping its gate), the team refuses and starts nothing."""
+    changes, reason = GATE_REFUSALS[case]
+    call = _call("grant_access", user="ada", system="vpn", days=90)
+    if changes is not None:
+        call = call.model_copy(update={"approval": _approval(call, **changes)})
+
+    outcome, _ = await secure.run(secure.signed_queue, call)
+
+    assert not outcome.ok and outcome.error_kind == "unauthenticated", outcome
+    assert reason in (outcome.error or ""), outcome.error
+    await _no_new_executions(secure, 0, call)
+
+
+async def test_an_approved_call_runs_and_one_under_the_threshold_needs_none(
+    secure: SecureTeam,
+) -> None:
+    approved = _call("grant_access", user="ada", system="vpn", days=90)
+    approved = approved.model_copy(update={"approval": _approval(approved)})
+    outcome, _ = await secure.run(secure.signed_queue, approved)
+    assert outcome.ok, outcome.error
+    assert outcome.output["call_id"] == approved.call_id
+
+    short = _call("grant_access", user="ada", system="vpn", days=7)
+    outcome, _ = await secure.run(secure.signed_queue, short)
+    assert outcome.ok, outcome.error
+
+
+async def test_a_stolen_token_cannot_carry_a_forged_approval(secure: SecureTeam) -> None:
+    """The token binds the call's approval (or its absence) like its arguments: a thief holding
+    the token of an ungated call can neither add an approval nor raise the stakes."""
+    original = _call("grant_access", user="ada", system="vpn", days=5)
+    outcome, probe_id = await secure.run(secure.signed_queue, original)
+    assert outcome.ok, outcome.error
+    token = await secure.token_from_history(probe_id)
+    with_approval = original.model_copy(update={"approval": _approval(original)})
+    bigger = with_approval.model_copy(update={"args": {**original.args, "days": 365}})
+    before = await secure.executions(original)
+
+    for forged, reason in [
+        (with_approval, "different approval"),
+        (bigger, "different arguments"),
+    ]:
+        replayed = await secure.replay(forged, token)
+        assert not replayed.ok and replayed.error_kind == "unauthenticated", replayed
+        assert reason in (replayed.error or ""), replayed.error
+    await _no_new_executions(secure, before, original)

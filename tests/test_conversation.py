@@ -207,13 +207,15 @@ async def test_update_validator_rejections(
     assert [t.message for t in turns] == ["Hi", "Take your time"]
 
 
-async def test_a_message_during_a_model_step_run_as_an_activity_is_refused(
+async def test_double_texting_reject_refuses_a_message_during_a_turn(
     stack: Stack, fake_model: FakeModelServer
 ) -> None:
     """With regular-activity model steps the workflow is idle while the model thinks, so a second
-    message is validated at once, and refused."""
+    message is validated at once, and with the `reject` policy refused."""
     cid = _conversation()
-    async with custom_orchestrator(stack, fake_model, model_step="activity") as conversations:
+    async with custom_orchestrator(
+        stack, fake_model, model_step="activity", double_texting="reject"
+    ) as conversations:
         fake_model.script(Reply(200, completion("Slow answer.").body, delay=1.5))
         first = asyncio.create_task(conversations.send(cid, "Take your time"))
         await asyncio.sleep(0.5)
