@@ -22,8 +22,16 @@ from typing import Annotated, NoReturn
 import typer
 from rich.markup import escape
 from rich.table import Table
+from temporalio.client import WorkflowExecutionStatus, WorkflowQueryFailedError
 from temporalio.service import RPCError
 
+from orchestrator import approval_commands
+from orchestrator.approval_commands import (
+    announce_approval,
+    current_user,
+    pending_json,
+    prompt_for_approval,
+)
 from orchestrator.cli_support import CliError, first_line, open_conversations, run, translate
 from orchestrator.client import (
     ConversationClient,
@@ -32,12 +40,14 @@ from orchestrator.client import (
     check_conversation_id,
     check_message,
 )
-from orchestrator.models import ConversationStatus, TurnResult, Usage
+from orchestrator.models import ConversationStatus, PendingApproval, TurnResult, Usage
 from orchestrator.render import (
     OFFLINE_NOTICE,
+    call_json,
     err,
     out,
     print_error,
+    print_pending,
     print_turn,
     send_with_status,
     turn_json,
@@ -76,6 +86,20 @@ async def _announce_model(conversations: ConversationClient, conversation_id: st
         )
 
 
+async def _pending(
+    conversations: ConversationClient, conversation_id: str
+) -> list[PendingApproval]:
+    """The calls a running conversation waits on; none for an ended one (asking it would replay
+    its whole history on a worker for nothing)."""
+    handle = conversations.handle(conversation_id)
+    try:
+        if (await handle.describe()).status != WorkflowExecutionStatus.RUNNING:
+            return []
+        return (await conversations.status(conversation_id)).pending_approvals
+    except (RPCError, WorkflowQueryFailedError):  # a courtesy: the history itself was read
+        return []
+
+
 # ---- commands ----------------------------------------------------------------------------------
 @app.command()
 def ask(
@@ -102,8 +126,14 @@ def _check_and_send(conversation_id: str, message: str, *, as_json: bool, new: b
         check_conversation_id(conversation_id)
         check_message(message)
         conversations, _ = await open_conversations()
+        # In a terminal, a call that waits for approval is named with the command that decides
+        # it; no prompt: `send` may run in a script, and `agent chat` is the interactive way.
         result = await send_with_status(
-            conversations, conversation_id, message, live=not as_json and out.is_terminal
+            conversations,
+            conversation_id,
+            message,
+            live=not as_json and out.is_terminal,
+            on_approval=announce_approval(conversation_id),
         )
         if not as_json:
             await _announce_model(conversations, conversation_id)
@@ -146,6 +176,7 @@ def chat(
                 out.print(f"[dim]you: {escape(turn.message)}[/]")
                 out.print(f"[dim]agent: {escape(turn.answer or turn.error or '')}[/]")
         announced = False
+        decide = prompt_for_approval(conversations, conversation_id, current_user())
         while True:
             try:
                 message = await asyncio.to_thread(out.input, "[bold green]you:[/] ")
@@ -171,12 +202,18 @@ def chat(
             try:
                 result = await translate(
                     lambda m=message: send_with_status(  # type: ignore[misc]
-                        conversations, conversation_id, m, live=True
+                        conversations, conversation_id, m, live=True, on_approval=decide
                     )
                 )
             except CliError as error:
                 print_error(str(error))
                 continue
+            except EOFError:  # input ended at an approval prompt
+                out.print(
+                    "[dim]the turn keeps waiting for approval: see `agent approvals`, "
+                    f"or `agent cancel {conversation_id}`[/]"
+                )
+                break
             if not announced:
                 await _announce_model(conversations, conversation_id)
                 announced = True
@@ -193,12 +230,13 @@ def history(
 ) -> None:
     """Show a conversation's turns, tool calls and usage."""
 
-    async def work() -> list[TurnResult]:
+    async def work() -> tuple[list[TurnResult], list[PendingApproval]]:
         check_conversation_id(conversation_id)
         conversations, _ = await open_conversations()
-        return await conversations.turns(conversation_id)
+        turns = await conversations.turns(conversation_id)
+        return turns, await _pending(conversations, conversation_id)
 
-    turns = run(work)
+    turns, pending = run(work)
     usage = Usage()
     for turn in turns:
         usage = usage.add(turn.usage)
@@ -206,20 +244,23 @@ def history(
         payload = {
             "conversation_id": conversation_id,
             "answer": turns[-1].answer if turns else "",
-            "tool_calls": [
-                call.model_dump(mode="json") for turn in turns for call in turn.tool_calls
-            ],
+            "tool_calls": [call_json(call) for turn in turns for call in turn.tool_calls],
             "usage": usage.model_dump(mode="json"),
             "turns": [{"message": t.message, **turn_json(t)} for t in turns],
+            "pending_approvals": [pending_json(conversation_id, p) for p in pending],
         }
         print(json.dumps(payload, ensure_ascii=False))
         return
-    if not turns:
+    if not turns and not pending:
         out.print(f"conversation {conversation_id} has no messages yet")
     for index, turn in enumerate(turns, start=1):
         out.rule(f"turn {index}")
         out.print(f"[bold green]you:[/] {escape(turn.message)}")
         print_turn(turn)
+    if pending:
+        out.rule("waiting for approval")
+        for call in pending:
+            print_pending(conversation_id, call)
     out.print(
         f"[dim]usage: {usage.prompt_tokens} prompt + {usage.completion_tokens} completion "
         f"tokens, ${usage.cost_usd:.4f}[/]"
@@ -300,6 +341,10 @@ def list_conversations(
     for row in rows:
         table.add_row(*row)
     out.print(table)
+
+
+# After the commands above, so `agent --help` lists conversations first, then approvals.
+approval_commands.register(app)
 
 
 # ---- entry point ---------------------------------------------------------------------------------

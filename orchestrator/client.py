@@ -6,28 +6,42 @@ Imports no litellm and no workflow code: it talks to the workflow by name.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import timedelta
 
 from temporalio.client import (
     Client,
     WithStartWorkflowOperation,
     WorkflowExecutionStatus,
     WorkflowHandle,
+    WorkflowQueryFailedError,
+    WorkflowQueryRejectedError,
+    WorkflowUpdateFailedError,
 )
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from orchestrator.models import (
+    CANCEL_UPDATE,
+    CONVERSATION_CONTINUED_ERROR,
     CONVERSATION_WORKFLOW,
+    DECIDE_UPDATE,
     END_UPDATE,
     READ_CONVERSATION_WORKFLOW,
     REFRESH_TOOLS_UPDATE,
     SEND_MESSAGE_UPDATE,
     STATUS_QUERY,
     TURNS_QUERY,
+    ApprovalRecord,
+    CancelRequest,
+    CancelResult,
     ConversationInput,
     ConversationStatus,
+    Decision,
+    PendingApproval,
     ReadConversationInput,
     TurnResult,
     Usage,
@@ -38,6 +52,13 @@ from orchestrator.models import (
 # the client, before anything is sent. A message also travels in the turn's result and in the
 # answers a conversation carries across continue-as-new, hence the wide margin.
 MAX_MESSAGE_BYTES = 256 * 1024
+# A message sent again after its conversation continued as new is answered by the next run; a
+# bound keeps a misbehaving workflow from turning that into an endless loop.
+MAX_CONTINUED_RETRIES = 10
+# `pending_approvals` queries every running conversation: a conversation whose worker is gone
+# would hold a query until the server gives up, so each gets a short deadline and is skipped.
+STATUS_QUERY_TIMEOUT = timedelta(seconds=5)
+STATUS_QUERY_CONCURRENCY = 16
 
 
 class InvalidMessageError(ValueError):
@@ -108,8 +129,10 @@ class ConversationClient:
     ) -> TurnResult:
         """Send a message, starting the conversation if it is not running (update-with-start).
 
-        With a `message_id`, sending the same message again (after a timeout, a crash, a server
-        restart) returns its answer instead of asking twice.
+        Sending the same message again with the same `message_id` (after a timeout, a crash, a
+        server restart) returns its answer instead of asking twice. Without one, an id is made up
+        here: a message that waited while its conversation continued as new is sent to the next
+        run under that same id, and answered once.
 
         Raises InvalidMessageError, before contacting the server, for a message that is not valid
         UTF-8, is empty or is over MAX_MESSAGE_BYTES, and for an unusable conversation or message
@@ -120,35 +143,105 @@ class ConversationClient:
         id_problem = utf8_problem(message_id) if message_id is not None else None
         if id_problem:
             raise InvalidMessageError(f"the message id is not valid UTF-8: {id_problem}")
-        start: WithStartWorkflowOperation[object, Usage] = WithStartWorkflowOperation(
-            CONVERSATION_WORKFLOW,
-            ConversationInput(conversation_id=conversation_id),
-            id=conversation_id,
-            task_queue=self._task_queue,
-            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-            # An ended conversation stays ended: its id is not silently reused.
-            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-        )
-        try:
-            result: TurnResult = await self._client.execute_update_with_start_workflow(
-                SEND_MESSAGE_UPDATE,
-                text,
-                start_workflow_operation=start,
-                result_type=TurnResult,
-                id=message_id,
-            )
-        except BaseException:
-            await _collect_start_error(start)
-            raise
-        return result
+        message_id = message_id or uuid.uuid4().hex
 
-    async def send_existing(self, conversation_id: str, text: str) -> TurnResult:
+        async def attempt() -> TurnResult:
+            start: WithStartWorkflowOperation[object, Usage] = WithStartWorkflowOperation(
+                CONVERSATION_WORKFLOW,
+                ConversationInput(conversation_id=conversation_id),
+                id=conversation_id,
+                task_queue=self._task_queue,
+                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                # An ended conversation stays ended: its id is not silently reused.
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            )
+            try:
+                result: TurnResult = await self._client.execute_update_with_start_workflow(
+                    SEND_MESSAGE_UPDATE,
+                    text,
+                    start_workflow_operation=start,
+                    result_type=TurnResult,
+                    id=message_id,
+                )
+            except BaseException:
+                await _collect_start_error(start)
+                raise
+            return result
+
+        return await _following_continue_as_new(attempt)
+
+    async def send_existing(
+        self, conversation_id: str, text: str, *, message_id: str | None = None
+    ) -> TurnResult:
         """Send a message to a conversation that must already exist."""
         check_message(text)
-        result: TurnResult = await self.handle(conversation_id).execute_update(
-            SEND_MESSAGE_UPDATE, text, result_type=TurnResult
-        )
+        handle = self.handle(conversation_id)
+        message_id = message_id or uuid.uuid4().hex
+
+        async def attempt() -> TurnResult:
+            # The handle names no run: each attempt reaches the conversation's latest run.
+            result: TurnResult = await handle.execute_update(
+                SEND_MESSAGE_UPDATE, text, id=message_id, result_type=TurnResult
+            )
+            return result
+
+        return await _following_continue_as_new(attempt)
+
+    async def decide(self, conversation_id: str, decision: Decision) -> ApprovalRecord:
+        """Approve or deny one call waiting for approval.
+
+        The workflow refuses (WorkflowUpdateFailedError) an unknown or already decided call, a
+        decision after its turn ended, and an approver its policy does not allow. Raises
+        ConversationEndedError for an ended conversation."""
+        try:
+            record: ApprovalRecord = await self.handle(conversation_id).execute_update(
+                DECIDE_UPDATE, decision, result_type=ApprovalRecord
+            )
+        except RPCError as error:
+            raise await self._ended_or(error, conversation_id) from None
+        return record
+
+    async def cancel(self, conversation_id: str, request: CancelRequest) -> CancelResult:
+        """Cancel the running turn (messages queued behind it are answered next); `cancelled`
+        is False when nothing was running. Raises ConversationEndedError for an ended conversation."""
+        try:
+            result: CancelResult = await self.handle(conversation_id).execute_update(
+                CANCEL_UPDATE, request, result_type=CancelResult
+            )
+        except RPCError as error:
+            raise await self._ended_or(error, conversation_id) from None
         return result
+
+    async def pending_approvals(self, limit: int = 200) -> list[tuple[str, PendingApproval]]:
+        """(conversation id, call) for every call waiting for approval in up to `limit` running
+        conversations. A conversation that does not answer its status query is left out: one
+        stuck conversation must not hide everyone else's pending calls."""
+        query = f"ExecutionStatus = 'Running' AND WorkflowType = '{CONVERSATION_WORKFLOW}'"
+        ids: list[str] = []
+        async for execution in self._client.list_workflows(query, limit=limit):
+            ids.append(execution.id)
+            if len(ids) >= limit:
+                break
+        gate = asyncio.Semaphore(STATUS_QUERY_CONCURRENCY)
+
+        async def pending(conversation_id: str) -> list[PendingApproval]:
+            async with gate:
+                try:
+                    status: ConversationStatus = await self.handle(conversation_id).query(
+                        STATUS_QUERY,
+                        result_type=ConversationStatus,
+                        rpc_timeout=STATUS_QUERY_TIMEOUT,
+                    )
+                except (RPCError, WorkflowQueryFailedError, WorkflowQueryRejectedError):
+                    return []
+                return status.pending_approvals
+
+        found = await asyncio.gather(*(pending(conversation_id) for conversation_id in ids))
+        return [
+            (conversation_id, call)
+            for conversation_id, calls in zip(ids, found, strict=True)
+            for call in calls
+        ]
 
     async def status(self, conversation_id: str) -> ConversationStatus:
         status: ConversationStatus = await self.handle(conversation_id).query(
@@ -242,6 +335,28 @@ class ConversationClient:
             count += 1
             if count >= limit:
                 return
+
+
+def continued_as_new(error: BaseException) -> bool:
+    """Whether a message's update failed because its conversation continued as new while the
+    message waited: the next run answers it when it is sent again under the same id."""
+    if not isinstance(error, WorkflowUpdateFailedError):
+        return False
+    cause = error.cause
+    return isinstance(cause, ApplicationError) and cause.type == CONVERSATION_CONTINUED_ERROR
+
+
+async def _following_continue_as_new(attempt: Callable[[], Awaitable[TurnResult]]) -> TurnResult:
+    for tries in itertools.count(1):
+        try:
+            return await attempt()
+        except WorkflowUpdateFailedError as error:
+            if tries > MAX_CONTINUED_RETRIES or not continued_as_new(error):
+                raise
+        # The next run exists once the update has failed (continue-as-new is atomic); the pause
+        # only keeps a workflow that continues in a loop from being hammered.
+        await asyncio.sleep(min(0.05 * tries, 0.5))
+    raise AssertionError("unreachable")
 
 
 async def _collect_start_error(start: WithStartWorkflowOperation[object, Usage]) -> None:
