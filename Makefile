@@ -63,6 +63,7 @@ bench: install ## Latency figures (see bench/README.md)
 	$(RUN) python -m bench.nexus_roundtrip
 	$(RUN) python -m bench.agent_loop
 	$(RUN) python -m bench.long_conversation
+	$(RUN) python -m bench.approval
 	$(RUN) python -m bench.stack_throughput
 	$(RUN) python -m bench.recovery
 

@@ -4,6 +4,9 @@ Stateless: each POST /v1/chat/completions is answered from the request alone.
 - last message from the user: tool calls chosen by a marker in its text ("one tool", "three
   tools": the plans the parent passes with `--plans`, made from the teams' sample calls, see
   bench/calls.py), no marker -> a final answer;
+- last message from the user and carrying `CALL_TOOL` followed by a JSON object
+  (`{"name": ..., "arguments": {...}}`, see `call_tool_text`): that one call, whatever the plans
+  (`bench.approval` sends a different cost centre each turn this way);
 - last message a tool result (or anything else): a short final answer.
 
 Stdlib only, so the bench's parent process imports nothing heavy from here. The server runs in its
@@ -36,6 +39,9 @@ THREE_TOOLS = "three tools"
 Plans = dict[str, list[tuple[str, dict[str, Any]]]]
 FINAL_ANSWER = "Done: the tool results are above."
 READY_PREFIX = "fake-model listening on port "
+# A user message carrying this, then a JSON object {"name": ..., "arguments": {...}}, asks for
+# exactly that call: a plan chosen per message, for arguments that must change from turn to turn.
+CALL_TOOL = "call tool: "
 
 
 def plans_for(calls: list[tuple[str, dict[str, Any]]]) -> Plans:
@@ -54,6 +60,26 @@ def plan_for(text: str, plans: Plans) -> list[tuple[str, dict[str, Any]]]:
     return []
 
 
+def call_tool_text(name: str, arguments: dict[str, Any]) -> str:
+    """The text that makes the fake model ask for this one call (see `requested_call`)."""
+    return CALL_TOOL + json.dumps({"name": name, "arguments": arguments})
+
+
+def requested_call(text: str) -> list[tuple[str, dict[str, Any]]]:
+    """The call a `call_tool_text` message asks for; [] when the text carries none."""
+    start = text.find(CALL_TOOL)
+    if start < 0:
+        return []
+    try:
+        call, _ = json.JSONDecoder().raw_decode(text, start + len(CALL_TOOL))
+    except json.JSONDecodeError:
+        return []
+    if not isinstance(call, dict) or not isinstance(call.get("name"), str):
+        return []
+    arguments = call.get("arguments")
+    return [(call["name"], dict(arguments) if isinstance(arguments, dict) else {})]
+
+
 def answer(request: dict[str, Any], plans: Plans) -> dict[str, Any]:
     """The chat-completion body for one request (the shape of tests/support/fake_llm.py)."""
     messages = request.get("messages") or []
@@ -61,7 +87,8 @@ def answer(request: dict[str, Any], plans: Plans) -> dict[str, Any]:
     calls: list[tuple[str, dict[str, Any]]] = []
     if last.get("role") == "user":
         content = last.get("content")
-        calls = plan_for(content if isinstance(content, str) else json.dumps(content), plans)
+        text = content if isinstance(content, str) else json.dumps(content)
+        calls = requested_call(text) or plan_for(text, plans)
     message: dict[str, Any] = {"role": "assistant", "content": None if calls else FINAL_ANSWER}
     if calls:
         message["tool_calls"] = [

@@ -1,27 +1,40 @@
 """`make demo`: a scripted multi-turn conversation on the running embedded stack.
 
-It uses local, IT and Finance tools, runs two tools in parallel in every turn, and carries IT
-session state (the Jira project and tracked addresses) from one turn to the next.
+It uses local, IT and Finance tools, runs two tools in parallel in the first turns, and carries IT
+session state (the Jira project and tracked addresses) from one turn to the next. Then it submits
+two expenses over Finance's approval threshold: the turn pauses on each, and the demo itself, as
+the operator `make-demo`, approves the first and denies the second, saying so. The last turn lists
+the Finance ledger: the approved expense is there, the denied one is not.
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
+from typing import Literal
 
 from rich.console import Console
 from rich.markup import escape
 
 from orchestrator.cli_support import CliError, open_conversations
-from orchestrator.render import OFFLINE_NOTICE, UI_ADDRESS, print_turn, send_with_status
+from orchestrator.client import ConversationClient
+from orchestrator.models import Decision, PendingApproval, TurnResult
+from orchestrator.render import OFFLINE_NOTICE, UI_ADDRESS, compact, print_turn, send_with_status
 from shared.temporal import exit_process
 
-SCRIPT = [
-    "What is (17.5 * 4) + 3, and what's the weather in Paris?",
-    "Set my Jira project to OPS and track IP 192.0.2.10",
-    "Show the Jira metrics and my IP history",
-    "What's the stock price of AAPL and the ROI on 10000 at 7 percent for 5 years?",
+Verdict = Literal["approve", "deny"]
+DEMO_OPERATOR = "make-demo"
+# (message, what the demo decides on the call that waits for approval, if one does)
+SCRIPT: list[tuple[str, Verdict | None]] = [
+    ("What is (17.5 * 4) + 3, and what's the weather in Paris?", None),
+    ("Set my Jira project to OPS and track IP 192.0.2.10", None),
+    ("Show the Jira metrics and my IP history", None),
+    ("What's the stock price of AAPL and the ROI on 10000 at 7 percent for 5 years?", None),
+    ("Submit an expense of 750 EUR for cost centre CC-1001: team offsite dinner", "approve"),
+    ("Submit an expense of 2400 EUR for cost centre CC-1001: first-class upgrade", "deny"),
+    ("Show the recent expenses", None),
 ]
+POLL_SECONDS = 0.2
 
 console = Console()
 
@@ -31,11 +44,14 @@ async def play() -> int:
     conversation_id = f"demo-{uuid.uuid4().hex[:8]}"
     console.rule(f"[bold]demo conversation {conversation_id}")
     failures = 0
-    for index, message in enumerate(SCRIPT, start=1):
+    for index, (message, verdict) in enumerate(SCRIPT, start=1):
         console.print(f"\n[bold green]you ({index}/{len(SCRIPT)}):[/] {escape(message)}")
-        result = await send_with_status(
-            conversations, conversation_id, message, live=console.is_terminal
-        )
+        if verdict is None:
+            result = await send_with_status(
+                conversations, conversation_id, message, live=console.is_terminal
+            )
+        else:
+            result = await _send_and_decide(conversations, conversation_id, message, verdict)
         if index == 1:
             status = await conversations.status(conversation_id)
             model = "offline" if status.offline_model else status.model
@@ -43,7 +59,7 @@ async def play() -> int:
             if status.offline_model:
                 console.print(OFFLINE_NOTICE)
         print_turn(result)
-        failures += 0 if result.ok and all(c.ok for c in result.tool_calls) else 1
+        failures += 0 if _as_scripted(result, verdict) else 1
     usage = await conversations.end(conversation_id)
     console.rule("[bold]done")
     console.print(
@@ -57,6 +73,54 @@ async def play() -> int:
     if failures:
         console.print(f"[red]{failures} turn(s) had errors[/]")
     return 1 if failures else 0
+
+
+async def _send_and_decide(
+    conversations: ConversationClient, conversation_id: str, message: str, verdict: Verdict
+) -> TurnResult:
+    """Send a message whose turn pauses on an approval, and decide it as the demo's operator."""
+    turn = asyncio.create_task(conversations.send(conversation_id, message))
+    pending = await _first_pending(conversations, conversation_id, turn)
+    if pending is None:
+        console.print("[red]the turn did not wait for approval[/]")
+        return await turn
+    verb = "approves" if verdict == "approve" else "denies"
+    console.print(
+        f"[yellow]waiting for approval:[/] {pending.tool} on {pending.service} "
+        f"{escape(compact(pending.args))} ({escape(pending.reason)})"
+    )
+    console.print(
+        f"[yellow]the demo {verb} this call itself, as '{DEMO_OPERATOR}'[/] "
+        f"(by hand: agent {verdict} {conversation_id} {pending.call_id})"
+    )
+    reason = "within the offsite budget" if verdict == "approve" else "upgrades are not refunded"
+    await conversations.decide(
+        conversation_id,
+        Decision(call_id=pending.call_id, verdict=verdict, approver=DEMO_OPERATOR, reason=reason),
+    )
+    return await turn
+
+
+async def _first_pending(
+    conversations: ConversationClient, conversation_id: str, turn: asyncio.Task[TurnResult]
+) -> PendingApproval | None:
+    while not turn.done():
+        status = await conversations.status(conversation_id)
+        if status.pending_approvals:
+            return status.pending_approvals[0]
+        await asyncio.wait({turn}, timeout=POLL_SECONDS)
+    return None
+
+
+def _as_scripted(result: TurnResult, verdict: Verdict | None) -> bool:
+    """Every call ran, except a call the demo denied on purpose."""
+    if not result.ok:
+        return False
+    if verdict == "deny":
+        return any(
+            c.approval is not None and c.approval.verdict == "deny" for c in result.tool_calls
+        )
+    return all(c.ok for c in result.tool_calls)
 
 
 def main() -> int:
