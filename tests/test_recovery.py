@@ -6,15 +6,20 @@ and reports the figures (`uv run python -m bench.recovery`).
 
 from __future__ import annotations
 
+import asyncio
+import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from temporalio.api.enums.v1 import EventType, TimeoutType
+from temporalio.client import WorkflowQueryFailedError
+from temporalio.service import RPCError
 
 from bench.recovery import RecoveryStack, recover_orchestrator, recover_team
-from orchestrator.models import LLM_STEP_ACTIVITY
+from orchestrator.client import ConversationClient
+from orchestrator.models import LLM_STEP_ACTIVITY, Decision, PendingApproval
 from tests.support.fake_http import FakeHttpServer
-from tests.support.fake_llm import FakeModelServer
+from tests.support.fake_llm import FakeModelServer, completion
 
 
 @pytest.fixture(scope="module")
@@ -84,3 +89,43 @@ async def test_a_killed_team_worker_mid_call_is_replaced_and_the_call_answers(
     assert call.ok and call.result["price"] == "123.45", call
     # The held request died with the worker; the tool ran again on the new one, once.
     assert len(stack.upstream.requests) - before == 2
+
+
+async def test_a_worker_killed_while_a_call_waits_for_approval_loses_nothing(
+    stack: RecoveryStack,
+) -> None:
+    """SIGKILL the orchestrator worker while a Finance expense waits for approval: the approval
+    is still pending on the new worker, and approving it records the expense once."""
+    assert stack.client is not None
+    conversations = ConversationClient(stack.client, "orchestrator")
+    cid = f"recovery-approval-{uuid.uuid4().hex[:8]}"
+    expense = {"amount": "750.00", "currency": "EUR", "cost_centre": "CC-4242", "reason": "offsite"}
+    stack.model.script(
+        completion(tool_calls=[("submit_expense", expense)]),
+        completion("Recorded after the restart."),
+    )
+    turn = asyncio.create_task(conversations.send(cid, "Submit 750 EUR for the offsite"))
+    pending = await _pending(conversations, cid)
+
+    await stack.kill_and_restart("orchestrator")
+
+    assert await _pending(conversations, cid) == pending
+    await conversations.decide(
+        cid, Decision(call_id=pending.call_id, verdict="approve", approver="ada")
+    )
+    result = await asyncio.wait_for(turn, 60)
+    assert result.ok and result.answer == "Recorded after the restart.", result
+    [call] = result.tool_calls
+    assert call.ok and call.approval is not None and call.approval.approver == "ada"
+
+
+async def _pending(conversations: ConversationClient, cid: str) -> PendingApproval:
+    for _ in range(300):
+        try:
+            waiting = (await conversations.status(cid)).pending_approvals
+        except (RPCError, WorkflowQueryFailedError):
+            waiting = []  # not started yet, or the worker is restarting
+        if waiting:
+            return waiting[0]
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"no call of {cid} waited for approval")
