@@ -1,17 +1,17 @@
 """`make bench`: the approve-to-result latency of a gated tool call, with a 0 ms fake model.
 
-Each gated sample: a conversation sends a message whose first model reply calls the Finance team's
-`submit_expense` for 750.00 EUR (over the team's 500 threshold, so the turn pauses on the call);
-the bench polls the conversation's `status` query until the call is listed as pending (not timed),
+The call comes from the first team manifest that declares `approval_calls` with `ungated_args`
+(in this repository, an expense over its approval threshold). Each gated sample: a conversation
+sends a message whose first model reply makes that call, so the turn pauses on it; the bench polls the conversation's `status` query until the call is listed as pending (not timed),
 then times from just before `decide(approve)` is sent to the moment the pending `send` returns the
-turn's answer: the decision, the approved call over Nexus (the team checks the approval and records
-the expense in its ledger) and the model's second, final reply. It also times the `decide` update
+turn's answer: the decision, the approved call over Nexus (the team checks the approval and runs
+the tool) and the model's second, final reply. It also times the `decide` update
 alone (sent -> ApprovalRecord back).
 
-For context, each ungated sample sends the same kind of message for 120.00 EUR, which needs no
-approval: message sent -> answer, the whole turn. Gated and ungated samples are interleaved, one
-conversation each. Every expense is charged to its own cost centre (`CC-<sample number>`), so the
-ledger's daily limit per cost centre never trips. Real dev server, real team workers, real Nexus,
+For context, each ungated sample makes the same tool's call under its threshold (the manifest's
+`ungated_args`), which needs no approval: message sent -> answer, the whole turn. Gated and ungated
+samples are interleaved, one conversation each. `{n}` in the arguments becomes the sample number,
+so effects a team limits per key (a daily total per cost centre) never add up. Real dev server, real team workers, real Nexus,
 the real orchestrator worker talking to the fake model over HTTP (as in `bench.agent_loop`).
 """
 
@@ -39,14 +39,11 @@ from bench.fake_model import call_tool_text, fake_model_server
 from orchestrator.client import ConversationClient
 from orchestrator.models import Decision, PendingApproval, TurnResult
 from shared.log import configure_logging
+from shared.manifest import ApprovalCall, discover_teams
 
 ORCHESTRATOR_TASK_QUEUE = "bench-orchestrator"
 WARMUP = int(os.environ.get("BENCH_APPROVAL_WARMUP", "5"))
 SAMPLES = int(os.environ.get("BENCH_APPROVAL_SAMPLES", "30"))
-TOOL = "submit_expense"
-GATED_AMOUNT = "750.00"  # over finance_service.tools.APPROVAL_THRESHOLD (500)
-UNGATED_AMOUNT = "120.00"
-CURRENCY = "EUR"
 APPROVER = "bench-approver"
 TURN_TIMEOUT = 60.0  # seconds: one turn, one decide, or waiting for the call to be pending
 POLL_INTERVAL = 0.005  # seconds between status queries while waiting for the pending call
@@ -56,14 +53,21 @@ class BenchFailure(RuntimeError):
     pass
 
 
-def expense_message(amount: str, sample: int, kind: str) -> str:
-    # One cost centre per sample number: 750 + 120 a centre, far under the 25,000 daily limit.
-    arguments = {
-        "amount": amount,
-        "currency": CURRENCY,
-        "cost_centre": f"CC-{sample:04d}",
-        "reason": f"bench {kind} expense, sample {sample}",
-    }
+def approval_call() -> ApprovalCall:
+    for team in discover_teams():
+        for call in team.approval_calls:
+            if call.ungated_args is not None:
+                return call
+    raise SystemExit("no team manifest declares `approval_calls` with `ungated_args`")
+
+
+CALL = approval_call()
+TOOL = CALL.tool
+
+
+def call_message(sample: int, *, gated: bool) -> str:
+    kind = "gated" if gated else "ungated"
+    arguments = CALL.arguments(sample, gated=gated)
     return f"bench {kind} sample {sample}: {call_tool_text(TOOL, arguments)}"
 
 
@@ -109,9 +113,7 @@ async def gated_sample(
 
     async def send() -> TurnResult:
         nonlocal returned_at
-        result = await conversations.send(
-            conversation_id, expense_message(GATED_AMOUNT, sample, "gated")
-        )
+        result = await conversations.send(conversation_id, call_message(sample, gated=True))
         returned_at = time.perf_counter()
         return result
 
@@ -145,7 +147,7 @@ async def ungated_sample(
     """Message sent -> answer ms for one turn whose call needs no approval."""
     started = time.perf_counter()
     result = await asyncio.wait_for(
-        conversations.send(conversation_id, expense_message(UNGATED_AMOUNT, sample, "ungated")),
+        conversations.send(conversation_id, call_message(sample, gated=False)),
         TURN_TIMEOUT,
     )
     elapsed = (time.perf_counter() - started) * 1000
@@ -182,8 +184,8 @@ async def main() -> int:
             )
             conversations = ConversationClient(client, ORCHESTRATOR_TASK_QUEUE)
             print(
-                f"approval: {WARMUP} warm-up + {SAMPLES} samples, gated ({GATED_AMOUNT} {CURRENCY}) "
-                f"and ungated ({UNGATED_AMOUNT} {CURRENCY}) {TOOL} turns interleaved ..."
+                f"approval: {WARMUP} warm-up + {SAMPLES} samples, gated and ungated {TOOL} "
+                "turns interleaved ..."
             )
             samples = await measure(conversations)
     wall_s = time.perf_counter() - started
@@ -219,9 +221,8 @@ async def main() -> int:
             "warmup": WARMUP,
             "samples": SAMPLES,
             "tool": TOOL,
-            "gated_amount": GATED_AMOUNT,
-            "ungated_amount": UNGATED_AMOUNT,
-            "currency": CURRENCY,
+            "gated_args": CALL.args,
+            "ungated_args": CALL.ungated_args,
             "poll_interval_s": POLL_INTERVAL,
         },
         "wall_s": round(wall_s, 1),

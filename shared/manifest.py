@@ -75,6 +75,23 @@ class UpstreamCall(BaseModel):
     answer: dict[str, Any] = Field(description="A JSON body the API could answer with.")
 
 
+class ApprovalCall(BaseModel):
+    """A call whose tool's policy asks for approval, with valid arguments, and optionally the same
+    tool's arguments under its threshold: the approval bench times approve-to-result on them.
+    `{n}` in a string argument becomes the sample's number (format specs allowed: `{n:04d}`), so
+    effects a team limits per key (a daily total per cost centre) do not add up."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    tool: str = Field(pattern=TOOL_NAME_PATTERN)
+    args: dict[str, Any] = Field(default_factory=dict)
+    ungated_args: dict[str, Any] | None = None
+
+    def arguments(self, sample: int, *, gated: bool = True) -> dict[str, Any]:
+        chosen = self.args if gated else (self.ungated_args or {})
+        return {k: v.format(n=sample) if isinstance(v, str) else v for k, v in chosen.items()}
+
+
 class TeamManifest(BaseModel):
     """One team's identity and what its worker serves. See the module docstring for the file."""
 
@@ -95,6 +112,7 @@ class TeamManifest(BaseModel):
     examples: list[str] = Field(default_factory=list)
     sample_calls: list[SampleCall] = Field(default_factory=list)
     upstream_calls: list[UpstreamCall] = Field(default_factory=list)
+    approval_calls: list[ApprovalCall] = Field(default_factory=list)
     # Optional "module:function": `async (client of the team's namespace, conversation id) -> int`,
     # how many of the team's effects were applied more than once in that conversation. The chaos
     # run calls it after killing workers; a team with per-conversation state knows what to count.

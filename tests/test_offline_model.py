@@ -150,7 +150,10 @@ def tool_message(call_id: str, content: Any, name: str | None = None) -> dict[st
 
 
 def test_the_demo_script_is_what_is_tested_here() -> None:
-    assert [text for text, _ in DEMO_TURNS[: len(DEMO_SCRIPT)]] == DEMO_SCRIPT
+    demo = [text for text, _ in DEMO_SCRIPT]
+    tested = {text for text, _ in [*DEMO_TURNS, *GATED_TURNS]}
+    assert [text for text, _ in DEMO_TURNS[:4]] == demo[:4]
+    assert [text for text in demo if text not in tested] == []
 
 
 @pytest.mark.parametrize(("text", "expected"), DEMO_TURNS, ids=[t for t, _ in DEMO_TURNS])
@@ -265,6 +268,20 @@ GATED_TURNS = [
         ],
     ),
     (
+        "Submit an expense of 2400 EUR for cost centre CC-1001: first-class upgrade",
+        [
+            (
+                "submit_expense",
+                {
+                    "amount": 2400,
+                    "currency": "EUR",
+                    "cost_centre": "CC-1001",
+                    "reason": "first-class upgrade",
+                },
+            )
+        ],
+    ),
+    (
         "Create a ticket in OPS: VPN drops every hour",
         [("create_ticket", {"project": "OPS", "summary": "VPN drops every hour"})],
     ),
@@ -316,7 +333,7 @@ async def test_a_refused_gated_call_is_answered_in_words(verdict: str | None) ->
 
 
 async def test_a_call_denied_before_it_was_sent_is_answered_in_words() -> None:
-    messages, message = await run_turn(GATED_TURNS[2][0])
+    messages, message = await run_turn(GATED_TURNS[3][0])
     [tool_call] = message.tool_calls
     # The shape of a call the conversation itself did not send: an error kind and a sentence.
     denied = {"error": "denied", "message": "not run: ada denied this call: use the VPN runbook"}
