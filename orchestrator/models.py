@@ -212,7 +212,7 @@ class PlannedCall(BaseModel):
     kind: Literal["run", "repeated", "not_run"] = "run"
     done: bool = False
     record: ToolCallRecord | None = None
-    content: Any = None
+    content: str | None = Field(default=None, description="The tool message the model reads.")
     pending: PendingApproval | None = None
     expires_at: float = Field(default=0.0, description="Workflow time (epoch s) of the timeout.")
 
@@ -352,6 +352,14 @@ class LoopSettings(BaseModel):
         default="queue",
         description="A message sent while a turn runs: `queue` (answered after it, in order), "
         "`reject` (refused), or `interrupt` (the running turn is cancelled, then it is answered).",
+    )
+    max_queued_messages: int = Field(
+        default=4,
+        ge=0,
+        le=8,
+        description="Messages that may wait behind a running turn (`queue`, `interrupt`); more "
+        "are refused. Each waiting message holds one of the server's in-flight updates per "
+        "workflow (10 by default), and approve, deny, cancel and end need some left.",
     )
     approval_timeout_seconds: float = Field(
         default=3600.0,

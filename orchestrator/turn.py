@@ -90,19 +90,15 @@ class TurnRunner:
     # ---- what the conversation asks of a running turn -----------------------------------------
     @property
     def paused_on_approvals_only(self) -> bool:
-        """Nothing in flight, and at least one call waits for a decision: the turn can be carried
-        to the next run as it is."""
+        """Nothing in flight, and every unfinished call of the step waits for a decision: the
+        turn can be carried to the next run as it is."""
         calls = self.state.step_calls
-        return (
-            self._busy == 0
-            and self.cancel_reason is None
-            and calls is not None
-            and any(
-                c.pending is not None
-                and not c.done
-                and c.pending.call_id not in self._memory.decisions
-                for c in calls
-            )
+        if self._busy or self.cancel_reason is not None or calls is None:
+            return False
+        unfinished = [c for c in calls if not c.done]
+        return bool(unfinished) and all(
+            c.pending is not None and c.pending.call_id not in self._memory.decisions
+            for c in unfinished
         )
 
     def cancel(self, reason: str) -> list[str]:
@@ -198,22 +194,16 @@ class TurnRunner:
             slots = None
         await asyncio.gather(*(self._settle(planned, slots) for planned in unfinished))
 
-        message_bytes = STEP_TOOL_MESSAGES_BYTES // max(1, len(fresh))
         for planned in fresh:
             if planned.record is not None:
                 state.records.append(planned.record)
-            stage(
-                self._memory,
-                tool_message(
-                    planned.call, planned.content, config.max_tool_message_chars, message_bytes
-                ),
-            )
+            stage(self._memory, _as_tool_message(planned))
         for planned in state.step_calls:
             if planned.kind == "repeated":
                 stage(self._memory, tool_message(planned.call, _REPEATED))
         for planned in state.step_calls:
             if planned.kind == "not_run":
-                stage(self._memory, tool_message(planned.call, planned.content))
+                stage(self._memory, _as_tool_message(planned))
         repeated = [c.call for c in state.step_calls if c.kind == "repeated"]
         state.step_calls = None
         if self.cancel_reason is not None:
@@ -346,7 +336,16 @@ class TurnRunner:
     ) -> None:
         record, content = result
         planned.record = record.model_copy(update={"approval": approval}) if approval else record
-        planned.content = content
+        # Kept as the tool message the model will read, already cut to its share of the step's
+        # budget: a step paused on approvals is carried across continue-as-new with its results.
+        calls = self.state.step_calls or []
+        fresh = max(1, sum(1 for c in calls if c.kind == "run"))
+        planned.content = tool_message(
+            planned.call,
+            content,
+            self._config.max_tool_message_chars,
+            STEP_TOOL_MESSAGES_BYTES // fresh,
+        ).content
         planned.done = True
 
     def _result(self, answer: str = "", error: str | None = None) -> TurnResult:
@@ -362,6 +361,12 @@ class TurnRunner:
             notes=state.notes,
             cancelled=self.cancel_reason is not None,
         )
+
+
+def _as_tool_message(planned: PlannedCall) -> ChatMessage:
+    return ChatMessage(
+        role="tool", tool_call_id=planned.call.id, name=planned.call.name, content=planned.content
+    )
 
 
 def _for_team(record: ApprovalRecord) -> CallApproval:

@@ -62,6 +62,11 @@ ANSWERS_KEPT = 20
 CARRIED_ANSWERS_BYTES = 512 * 1024
 DEFAULT_MAX_MESSAGE_CHARS = 8000
 BUSY = "the previous message is still being answered; wait for it"
+# Under Temporal's 2 MB payload limit, with room for the input's envelope.
+MAX_CARRIED_BYTES = 1_500_000
+# Messages accepted while a turn ran were refused before double-texting; replays keep that.
+DOUBLE_TEXTING_PATCH = "double-texting"
+MOVING = "the conversation is moving to its next run; try again in a moment"
 
 
 @workflow.defn(name=CONVERSATION_WORKFLOW)
@@ -85,6 +90,7 @@ class ConversationWorkflow:
         self._turn_task: asyncio.Task[TurnResult] | None = None
         self._refreshing = False
         self._handing_over = False  # continuing as new: waiting messages are told to send again
+        self._carry_refused = False  # this run's paused turn was too large to carry
         self._ended = False
 
     @workflow.run
@@ -152,17 +158,22 @@ class ConversationWorkflow:
         runner = TurnRunner(self._conversation_id, config, memory, state, self._running)
         task = asyncio.create_task(runner.run())
         self._runner, self._turn_task = runner, task
-        while not task.done():
-            # A turn paused on approvals for long does not hold the run open: once the run is
-            # full it continues as new, carrying the turn, which resumes there.
-            await workflow.wait_condition(
-                lambda: (
-                    task.done()
-                    or (not self._ended and runner.paused_on_approvals_only and self._run_is_full())
+        # A turn paused on approvals for long does not hold the run open: once the run is full
+        # it continues as new, carrying the turn, which resumes there.
+        await workflow.wait_condition(
+            lambda: (
+                task.done()
+                or (
+                    not self._ended
+                    and not self._carry_refused
+                    and runner.paused_on_approvals_only
+                    and self._run_is_full()
                 )
             )
-            if not task.done():
-                await self._continue_as_new(paused=runner)
+        )
+        if not task.done():
+            await self._continue_as_new(paused=runner)  # returns only if the turn is too large
+            await workflow.wait_condition(task.done)
         result = task.result()
         self._runner, self._turn_task = None, None
         self._running.clear()
@@ -183,16 +194,20 @@ class ConversationWorkflow:
     async def _continue_as_new(self, paused: TurnRunner | None = None) -> None:
         """Continue as new, carrying `paused` (a turn waiting only for decisions) if given.
 
-        Messages waiting for an answer are told to send again (the next run carries them);
-        returns without continuing if a decision or a cancel reached the paused turn meanwhile.
+        Messages waiting for an answer are told to send again (the next run carries them), and
+        decisions and cancels are refused meanwhile ("try again"): the turn carried is the one
+        seen now. Returns, without continuing, only when the carried state would be too large
+        for one payload; the turn then finishes in this run.
         """
-        self._handing_over = True
-        await workflow.wait_condition(workflow.all_handlers_finished)
-        if paused is not None and not paused.paused_on_approvals_only:
-            self._handing_over = False
-            return
         if paused is not None:
             self._memory.paused_turn = paused.state.model_copy(deep=True)
+            if len(self._carry().model_dump_json()) > MAX_CARRIED_BYTES:
+                self._memory.paused_turn = None
+                self._carry_refused = True
+                workflow.logger.warning("turn too large to carry across continue-as-new")
+                return
+        self._handing_over = True
+        await workflow.wait_condition(workflow.all_handlers_finished)
         workflow.continue_as_new(
             ConversationInput(conversation_id=self._conversation_id, carried=self._carry())
         )
@@ -237,7 +252,9 @@ class ConversationWorkflow:
             problem = self._problem_with(text)
             if problem:
                 raise ApplicationError(problem, type="InvalidMessage", non_retryable=True)
-            if self._double_texting == "reject" and self._busy():
+            if self._busy() and (
+                self._double_texting == "reject" or not workflow.patched(DOUBLE_TEXTING_PATCH)
+            ):
                 raise ApplicationError(BUSY)  # two accepted in one task: validators ran first
             if self._double_texting == "interrupt" and self._runner is not None:
                 self._runner.cancel("interrupted by a newer message")
@@ -261,6 +278,12 @@ class ConversationWorkflow:
             raise ValueError(problem)
         if self._double_texting == "reject" and self._busy():
             raise ValueError(BUSY)
+        limit = self._config.max_queued_messages if self._config else 0
+        if self._busy() and len(self._memory.inbox) >= limit:
+            raise ValueError(
+                f"{len(self._memory.inbox)} messages already wait behind the running turn "
+                f"(the limit is {limit}); wait for their answers, or cancel the turn"
+            )
 
     def _problem_with(self, text: str) -> str | None:
         if self._ended:
@@ -275,9 +298,7 @@ class ConversationWorkflow:
     @workflow.update(name=DECIDE_UPDATE)
     def decide(self, decision: Decision) -> ApprovalRecord:
         """Approve or deny one call that waits for a decision."""
-        problem = decision_problem(
-            decision, self._current_turn(), self._memory, self._conversation_id
-        )
+        problem = self._decision_problem(decision)
         if problem:  # the state changed between validation and the handler
             raise ApplicationError(problem, type="InvalidDecision", non_retryable=True)
         pending = next(
@@ -296,11 +317,18 @@ class ConversationWorkflow:
 
     @decide.validator
     def _validate_decide(self, decision: Decision) -> None:
-        problem = decision_problem(
-            decision, self._current_turn(), self._memory, self._conversation_id
-        )
+        problem = self._decision_problem(decision)
         if problem:
             raise ValueError(problem)
+
+    def _decision_problem(self, decision: Decision) -> str | None:
+        if self._handing_over:
+            return MOVING
+        if self._ended:
+            return f"conversation {self._conversation_id} has ended; its approvals were dropped"
+        if self._runner is not None and self._runner.cancel_reason is not None:
+            return f"the turn is being cancelled ({self._runner.cancel_reason})"
+        return decision_problem(decision, self._current_turn(), self._memory, self._conversation_id)
 
     @workflow.update(name=CANCEL_UPDATE)
     async def cancel(self, request: CancelRequest) -> CancelResult:
@@ -311,7 +339,7 @@ class ConversationWorkflow:
             lambda: self._runner is not None or self._memory.paused_turn is None
         )
         runner, task = self._runner, self._turn_task
-        if runner is None or task is None:
+        if runner is None or task is None or task.done():
             return CancelResult(conversation_id=self._conversation_id, cancelled=False)
         who = request.requested_by or "an operator"
         reason = f"cancelled by {who}" + (f": {request.reason}" if request.reason else "")
@@ -323,6 +351,11 @@ class ConversationWorkflow:
             turn=runner.state.turn,
             dropped_approvals=dropped,
         )
+
+    @cancel.validator
+    def _validate_cancel(self, request: CancelRequest) -> None:
+        if self._handing_over:
+            raise ValueError(MOVING)
 
     @workflow.update(name=REFRESH_TOOLS_UPDATE)
     async def refresh_tools(self) -> ConversationStatus:
@@ -363,6 +396,11 @@ class ConversationWorkflow:
                 ),
             )
         self._memory.inbox.clear()
+        # A turn waiting for decisions would wait for nobody: its approvals are dropped (the
+        # calls are answered as denied), and the turn ends.
+        runner = self._runner
+        if runner is not None and waiting_calls(runner.state, self._memory):
+            runner.cancel("the conversation ended")
         if not self._busy():
             self._phase = "ended"
         return self._memory.usage

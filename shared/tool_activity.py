@@ -91,6 +91,11 @@ async def run_registered_tool(
             approval=call.approval,
         )
         try:
+            # The handler checked the call's approval before starting anything; checked again
+            # here for any other way in (a tool workflow started directly, a local tool).
+            problem = registered.approval_problem(call)
+            if problem:
+                raise ApplicationError(problem, type=TOOL_ERROR, non_retryable=True)
             async with heartbeating():
                 output = await registered.invoke(call.args, context)
         except ToolArgumentsError as err:

@@ -174,6 +174,10 @@ def serve_team(team: TeamManifest) -> int:
         return 2
     if not auth.verify_keys:
         log.warning("Nexus caller authentication is OFF: set NEXUS_AUTH_VERIFY_KEYS to require it")
+        gated = [t.spec.name for t in code.registry if t.spec.approval.gated]
+        if gated:
+            # Without a signed token the approval a call carries is only the caller's say-so.
+            log.warning("tools that need approval accept unauthenticated approvals", tools=gated)
 
     def build(client: Client) -> Worker:
         return build_team_worker(

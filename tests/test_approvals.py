@@ -42,6 +42,7 @@ from tests.conftest import (
     orchestrator_settings,
 )
 from tests.support.fake_llm import FakeModelServer, completion, last_tool_messages
+from tests.support.histories import record_if_requested
 
 LEAD = "it-lead"
 
@@ -304,6 +305,8 @@ async def test_a_paused_turn_is_carried_across_continue_as_new(
         late = await _refused(_decide(conversations, cid, pending.call_id))
         assert "has ended" in late
         status = await _status(conversations, cid)
+        # The run that resumed the carried turn and answered it.
+        await record_if_requested(conversations.handle(cid), "conversation_paused_turn_carried")
     assert status.turns == 2 and not status.pending_approvals
 
 
@@ -368,6 +371,7 @@ async def test_cancel_stops_a_slow_tool_and_drops_pending_approvals(
         assert not (await _cancel(conversations, cid)).cancelled
         # The conversation takes the next message, and the model saw every call answered.
         assert (await conversations.send(cid, "Are you there?")).answer == "Still here."
+        await record_if_requested(conversations.handle(cid), "conversation_cancelled_turn")
     told = _tool_results_before_user(fake_model)
     assert told["hold"]["error"] == "cancelled" and told["grant_access"]["error"] == "denied"
 
@@ -418,6 +422,7 @@ async def test_double_texting_interrupt_cancels_the_running_turn(
         assert await _running(conversations, cid, "hold")
         second = await conversations.send(cid, "never mind, this instead")
         interrupted = await first
+        await record_if_requested(conversations.handle(cid), "conversation_interrupted_turn")
     assert interrupted.cancelled and "interrupted by a newer message" in (interrupted.error or "")
     assert second.ok and second.answer == "Answering the newer message."
 
@@ -502,3 +507,39 @@ def test_a_deployment_policy_cannot_relax_a_team_policy() -> None:
         orchestrator_settings(approval_policies={"finance.*": {"mode": "never"}})
     with pytest.raises(ValueError, match=r"service\.tool"):
         orchestrator_settings(approval_policies={"submit_expense": {"mode": "always"}})
+
+
+async def test_queued_messages_are_capped_and_end_drops_waiting_approvals(
+    stack: Stack, fake_model: FakeModelServer
+) -> None:
+    """Each waiting message holds one of the server's in-flight updates, which decide, cancel
+    and end need too: past `max_queued_messages` a message is refused. Ending the conversation
+    drops the approvals its turn waits for."""
+    cid = _conversation()
+    fake_model.script(
+        completion(tool_calls=[("grant_access", {"user": "ada", "system": "vpn", "days": 90})]),
+        completion("Ended before anyone decided."),
+    )
+    async with gated_orchestrator(stack, fake_model, max_queued_messages=1) as conversations:
+        turn = _send(conversations, cid, "Give ada VPN access for 90 days")
+        [pending] = await _waiting(conversations, cid)
+        queued = _send(conversations, cid, "and then?")
+
+        async def one_queued() -> bool:
+            return (await _status(conversations, cid)).queued_messages == 1
+
+        assert await eventually(one_queued)
+        with pytest.raises(WorkflowUpdateFailedError) as refused:
+            await conversations.send(cid, "hello?")
+        assert "1 messages already wait behind the running turn (the limit is 1)" in str(
+            refused.value.cause
+        )
+
+        await conversations.end(cid)
+        result = await turn
+        assert result.cancelled and "the conversation ended" in (result.error or "")
+        [call] = result.tool_calls
+        assert call.approval is not None and call.approval.approver == "system"
+        dropped = await queued
+        assert not dropped.ok and "ended before this message was answered" in (dropped.error or "")
+    assert await _tool_workflow_status(stack.client("it"), pending.call_id) is None
