@@ -174,7 +174,11 @@ class TurnRunner:
             )
         planned.extend(
             PlannedCall(
-                index=limit + i, call=call, kind="not_run", done=True, content=_not_run(limit)
+                index=limit + i,
+                call=call,
+                kind="not_run",
+                done=True,
+                content=tool_message(call, _not_run(limit)).content,
             )
             for i, call in enumerate(not_run)
         )
