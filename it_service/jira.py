@@ -3,6 +3,7 @@ unconfigured."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 from typing import Any, Literal
@@ -104,6 +105,11 @@ def demo_metrics(project: str) -> JiraMetrics:
     )
 
 
+# A retried attempt looks for its call's issue this many times, this far apart, before filing.
+RETRY_LOOKUPS = 3
+RETRY_LOOKUP_PAUSE_SECONDS = 1.0
+
+
 def call_label(call_id: str) -> str:
     """The label that marks the issue filed for one tool call: Jira's own idempotency key is
     missing, so a retried attempt finds the issue by it instead of filing a second one."""
@@ -132,28 +138,30 @@ async def create_issue(
     issue_type: IssueType,
     priority: Priority | None,
     settings: JiraSettings,
+    retried: bool = False,
 ) -> Ticket:
+    """File the issue for one call, unless an issue with the call's label exists.
+
+    `retried`: an earlier attempt of this call may have filed the issue and died before
+    answering. Jira's search index lags a create by a second or two, so a retry looks a few times
+    before it files; a first attempt looks once.
+    """
     if not settings.configured:
         return demo_ticket(project, call_id)
     label = call_label(call_id)
     async with _client(settings) as client:
-        # Jira's search index lags a create by a moment: an attempt retried within that moment
-        # could still miss the issue. The tool's retry back-off (200 ms and up) narrows it; the
-        # label lets an operator spot a rare duplicate.
-        found = await request_json(
-            client,
-            "POST",
-            "/rest/api/3/search/jql",
-            upstream="Jira",
-            json={"jql": f'labels = "{label}"', "fields": ["key"], "maxResults": 1},
-        )
-        issues = found.get("issues") if isinstance(found, dict) else None
-        if not isinstance(issues, list):
-            raise ToolError("Jira answered a search without an 'issues' list")
-        if issues:
-            return Ticket(
-                key=_key(issues[0]), url=_browse(settings, issues[0]), created=False, source="jira"
-            )
+        lookups = RETRY_LOOKUPS if retried else 1
+        for lookup in range(lookups):
+            existing = await _labelled_issue(client, label)
+            if existing is not None:
+                return Ticket(
+                    key=_key(existing),
+                    url=_browse(settings, existing),
+                    created=False,
+                    source="jira",
+                )
+            if lookup + 1 < lookups:
+                await asyncio.sleep(RETRY_LOOKUP_PAUSE_SECONDS)
         fields: dict[str, Any] = {
             "project": {"key": project},
             "summary": summary,
@@ -167,6 +175,20 @@ async def create_issue(
             client, "POST", "/rest/api/3/issue", upstream="Jira", json={"fields": fields}
         )
     return Ticket(key=_key(body), url=_browse(settings, body), created=True, source="jira")
+
+
+async def _labelled_issue(client: httpx.AsyncClient, label: str) -> Any:
+    found = await request_json(
+        client,
+        "POST",
+        "/rest/api/3/search/jql",
+        upstream="Jira",
+        json={"jql": f'labels = "{label}"', "fields": ["key"], "maxResults": 1},
+    )
+    issues = found.get("issues") if isinstance(found, dict) else None
+    if not isinstance(issues, list):
+        raise ToolError("Jira answered a search without an 'issues' list")
+    return issues[0] if issues else None
 
 
 def _key(issue: Any) -> str:

@@ -9,6 +9,7 @@ from datetime import timedelta
 from typing import Annotated, TypeVar
 
 from pydantic import BaseModel, Field, IPvAnyAddress
+from temporalio import activity
 from temporalio.client import WithStartWorkflowOperation
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError, RPCStatusCode
@@ -151,6 +152,7 @@ async def create_ticket(
         issue_type=issue_type,
         priority=priority,
         settings=integration_settings(JiraSettings),
+        retried=activity.in_activity() and activity.info().attempt > 1,
     )
     await record_effect(context.call_id, "create_ticket", context.conversation_id)
     return ticket

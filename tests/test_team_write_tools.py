@@ -385,3 +385,30 @@ async def test_a_ticket_without_an_approve_is_refused_and_reaches_no_jira(
     assert (outcome.error or "").startswith("tool 'create_ticket' needs approval (always")
     assert not await tool_workflow_exists(stack.client("it"), refused)
     assert jira.requests == []
+
+
+async def test_a_retried_attempt_looks_again_before_filing(
+    jira: FakeHttpServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Jira's search index lags a create: a retry that does not find the issue at once looks
+    again before it files, and finds the one its first attempt filed."""
+    configure_jira(monkeypatch, jira)
+    monkeypatch.setattr("it_service.jira.RETRY_LOOKUP_PAUSE_SECONDS", 0.01)
+    jira.script(
+        Reply(200, {"issues": []}),
+        Reply(200, {"issues": [{"id": "10001", "key": "OPS-18"}]}),
+    )
+
+    result = await create_issue(
+        call_id="call-retried-late",
+        project="OPS",
+        summary="VPN drops every hour",
+        description="",
+        issue_type="Task",
+        priority=None,
+        settings=JiraSettings(),
+        retried=True,
+    )
+
+    assert (result.key, result.created) == ("OPS-18", False)
+    assert [(r.method, r.path) for r in jira.requests] == [("POST", SEARCH_PATH)] * 2
