@@ -11,6 +11,7 @@ are dropped, and every call of the step is answered, so the transcript stays wel
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -54,6 +55,8 @@ APPROVAL_GATE_PATCH = "approval-gate"
 # All tool messages of one step together, in UTF-8 bytes: they travel in the next model step's
 # input, which must stay far below Temporal's 2 MB payload limit however many calls the step made.
 STEP_TOOL_MESSAGES_BYTES = 512_000
+# Arguments shown to the person deciding a call, in full up to this many characters.
+APPROVAL_ARGUMENTS_CHARS = 16_000
 
 _REPEATED = {
     "error": "repeated_call",
@@ -282,7 +285,7 @@ class TurnRunner:
                 call_id=call_id,
                 tool=resolved.route.spec.name,
                 service=resolved.route.spec.service,
-                args=preview(resolved.call.args),
+                args=_shown(resolved.call.args),
                 reason=reason,
                 approvers=approvers,
                 turn=self.state.turn,
@@ -365,6 +368,18 @@ class TurnRunner:
             notes=state.notes,
             cancelled=self.cancel_reason is not None,
         )
+
+
+def _shown(args: dict[str, Any]) -> dict[str, Any] | str:
+    """The arguments a person approves: all of them, unless they are very long (then a marked
+    preview; the turn's record keeps a shorter one)."""
+    text = json.dumps(args, default=str, ensure_ascii=False)
+    if len(text) <= APPROVAL_ARGUMENTS_CHARS:
+        return args
+    return (
+        text[:APPROVAL_ARGUMENTS_CHARS]
+        + f"…[truncated {len(text) - APPROVAL_ARGUMENTS_CHARS} characters]"
+    )
 
 
 def _as_tool_message(planned: PlannedCall) -> ChatMessage:
