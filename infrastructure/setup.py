@@ -25,10 +25,13 @@ from typing import Any
 from google.protobuf.duration_pb2 import Duration
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.nexus.v1 import EndpointSpec, EndpointTarget
 from temporalio.api.operatorservice.v1 import (
+    AddSearchAttributesRequest,
     CreateNexusEndpointRequest,
     ListNexusEndpointsRequest,
+    ListSearchAttributesRequest,
     UpdateNexusEndpointRequest,
 )
 from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest, RegisterNamespaceRequest
@@ -36,6 +39,7 @@ from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
 from shared.config import (
+    AWAITING_APPROVAL_ATTRIBUTE,
     ConfigError,
     OrchestratorTemporalSettings,
     TemporalSettings,
@@ -150,12 +154,37 @@ async def ensure_endpoint(client: Client, endpoint: EndpointDefinition) -> str:
     return "created"
 
 
+async def ensure_search_attribute(client: Client, namespace: str, name: str) -> bool:
+    """Register a Bool search attribute in a namespace unless it has it. True when added."""
+    existing = await client.operator_service.list_search_attributes(
+        ListSearchAttributesRequest(namespace=namespace)
+    )
+    if name in existing.custom_attributes:
+        return False
+    try:
+        await client.operator_service.add_search_attributes(
+            AddSearchAttributesRequest(
+                namespace=namespace,
+                search_attributes={name: IndexedValueType.INDEXED_VALUE_TYPE_BOOL},
+            )
+        )
+    except RPCError as err:
+        if err.status == RPCStatusCode.ALREADY_EXISTS:  # a concurrent setup won the race
+            return False
+        raise
+    return True
+
+
 async def ensure_stack(client: Client, stack: StackSettings) -> None:
     retention = timedelta(days=stack.retention_days)
     for namespace in stack.namespaces:
         created = await ensure_namespace(client, namespace, retention)
         await wait_for_namespace(client, namespace)
         log.info("namespace ready", namespace=namespace, created=created)
+    orchestrator = OrchestratorTemporalSettings.model_fields["namespace"].default
+    if orchestrator in stack.namespaces:
+        added = await ensure_search_attribute(client, orchestrator, AWAITING_APPROVAL_ATTRIBUTE)
+        log.info("search attribute ready", name=AWAITING_APPROVAL_ATTRIBUTE, added=added)
     for endpoint in stack.endpoints:
         outcome = await ensure_endpoint(client, endpoint)
         log.info(

@@ -6,7 +6,10 @@ import json
 from typing import Any
 
 from temporalio import activity
-from temporalio.api.operatorservice.v1 import ListNexusEndpointsRequest
+from temporalio.api.operatorservice.v1 import (
+    ListNexusEndpointsRequest,
+    ListSearchAttributesRequest,
+)
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 
@@ -40,6 +43,7 @@ from orchestrator.models import (
 )
 from orchestrator.store import ConversationStore, open_store
 from orchestrator.tools import registry as local_registry
+from shared.config import AWAITING_APPROVAL_ATTRIBUTE
 from shared.heartbeat import heartbeating
 from shared.log import bound_context, get_logger
 from shared.tool_activity import run_registered_tool
@@ -108,8 +112,21 @@ class OrchestratorActivities:
                 "model": self._llm.resolved_model,
                 "offline_model": self._llm.offline,
                 "llm_timeout_seconds": self._llm.timeout_seconds,
+                "awaiting_approval_attribute": await self._has_awaiting_attribute(),
             }
         )
+
+    async def _has_awaiting_attribute(self) -> bool:
+        """Whether conversations can mark themselves as waiting for approval (the namespace has
+        the search attribute); without it they run the same and are found by asking each."""
+        try:
+            listed = await self._client.operator_service.list_search_attributes(
+                ListSearchAttributesRequest(namespace=self._client.namespace)
+            )
+        except Exception as err:  # e.g. keys without operator rights: do without it
+            log.warning("cannot list search attributes", error=str(err))
+            return False
+        return AWAITING_APPROVAL_ATTRIBUTE in listed.custom_attributes
 
     async def _existing_endpoints(self) -> set[str] | None:
         try:

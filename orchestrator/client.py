@@ -46,6 +46,7 @@ from orchestrator.models import (
     TurnResult,
     Usage,
 )
+from shared.config import AWAITING_APPROVAL_ATTRIBUTE
 
 # The server refuses payloads over 2 MB and a too-large message fails the conversation's workflow
 # task again and again (PAYLOADS_TOO_LARGE) instead of being refused: refuse far below that, on
@@ -213,15 +214,20 @@ class ConversationClient:
         return result
 
     async def pending_approvals(self, limit: int = 200) -> list[tuple[str, PendingApproval]]:
-        """(conversation id, call) for every call waiting for approval in up to `limit` running
+        """(conversation id, call) for every call waiting for approval in up to `limit`
         conversations. A conversation that does not answer its status query is left out: one
-        stuck conversation must not hide everyone else's pending calls."""
-        query = f"ExecutionStatus = 'Running' AND WorkflowType = '{CONVERSATION_WORKFLOW}'"
-        ids: list[str] = []
-        async for execution in self._client.list_workflows(query, limit=limit):
-            ids.append(execution.id)
-            if len(ids) >= limit:
-                break
+        stuck conversation must not hide everyone else's pending calls.
+
+        Conversations waiting for a decision set the AgentAwaitingApproval search attribute, so
+        one visibility query finds them (visibility trails by about a second); in a namespace
+        without the attribute, every running conversation is asked."""
+        running = f"ExecutionStatus = 'Running' AND WorkflowType = '{CONVERSATION_WORKFLOW}'"
+        try:
+            ids = await self._ids(f"{running} AND {AWAITING_APPROVAL_ATTRIBUTE} = true", limit)
+        except RPCError as error:
+            if error.status != RPCStatusCode.INVALID_ARGUMENT:
+                raise
+            ids = await self._ids(running, limit)
         gate = asyncio.Semaphore(STATUS_QUERY_CONCURRENCY)
 
         async def pending(conversation_id: str) -> list[PendingApproval]:
@@ -242,6 +248,14 @@ class ConversationClient:
             for conversation_id, calls in zip(ids, found, strict=True)
             for call in calls
         ]
+
+    async def _ids(self, query: str, limit: int) -> list[str]:
+        ids: list[str] = []
+        async for execution in self._client.list_workflows(query, limit=limit):
+            ids.append(execution.id)
+            if len(ids) >= limit:
+                break
+        return ids
 
     async def status(self, conversation_id: str) -> ConversationStatus:
         status: ConversationStatus = await self.handle(conversation_id).query(

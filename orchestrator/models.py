@@ -407,6 +407,11 @@ class AgentConfig(LoopSettings):
     model: str
     offline_model: bool
     llm_timeout_seconds: float
+    awaiting_approval_attribute: bool = Field(
+        default=False,
+        description="The namespace has the AgentAwaitingApproval search attribute: conversations "
+        "set it while they wait for a decision.",
+    )
 
 
 class LlmRequest(BaseModel):

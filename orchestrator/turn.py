@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -78,8 +79,10 @@ class TurnRunner:
         memory: CarriedState,
         state: TurnState,
         running: list[RunningTool],
+        on_waiting_changed: Callable[[], None] = lambda: None,
     ) -> None:
         self.state = state
+        self._on_waiting_changed = on_waiting_changed  # calls began or stopped waiting
         self._conversation_id = conversation_id
         self._config = config
         self._memory = memory
@@ -304,6 +307,7 @@ class TurnRunner:
                 "(approval_policies) share no one",
                 decided_at=_iso(workflow.time()),
             )
+        self._on_waiting_changed()
         try:
             await workflow.wait_condition(
                 lambda: call_id in memory.decisions or self.cancel_reason is not None,
@@ -327,6 +331,7 @@ class TurnRunner:
                 decided_at=_iso(workflow.time()),
                 timed_out=timed_out,
             )
+        self._on_waiting_changed()
         self._busy += 1
         try:
             await workflow.execute_local_activity(

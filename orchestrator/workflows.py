@@ -15,6 +15,7 @@ from datetime import timedelta
 from typing import TypeVar
 
 from temporalio import workflow
+from temporalio.common import SearchAttributeKey
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
@@ -55,6 +56,7 @@ with workflow.unsafe.imports_passed_through():
         Usage,
     )
     from orchestrator.turn import TurnRunner, stage
+    from shared.config import AWAITING_APPROVAL_ATTRIBUTE
 
 K = TypeVar("K")
 RECENT_TURNS_KEPT = 10
@@ -67,6 +69,9 @@ MAX_CARRIED_BYTES = 1_500_000
 # Messages accepted while a turn ran were refused before double-texting; replays keep that.
 DOUBLE_TEXTING_PATCH = "double-texting"
 MOVING = "the conversation is moving to its next run; try again in a moment"
+AWAITING_APPROVAL = SearchAttributeKey.for_bool(AWAITING_APPROVAL_ATTRIBUTE)
+# Conversations mark themselves as waiting for approval; those recorded before never did.
+AWAITING_APPROVAL_PATCH = "awaiting-approval-attribute"
 
 
 @workflow.defn(name=CONVERSATION_WORKFLOW)
@@ -91,6 +96,7 @@ class ConversationWorkflow:
         self._refreshing = False
         self._handing_over = False  # continuing as new: waiting messages are told to send again
         self._carry_refused = False  # this run's paused turn was too large to carry
+        self._published_awaiting = False  # the AgentAwaitingApproval value last upserted
         self._ended = False
 
     @workflow.run
@@ -155,7 +161,14 @@ class ConversationWorkflow:
             memory.turns += 1
             self._turns_this_run += 1
             state = TurnState(message_id=queued.message_id, text=queued.text, turn=memory.turns)
-        runner = TurnRunner(self._conversation_id, config, memory, state, self._running)
+        runner = TurnRunner(
+            self._conversation_id,
+            config,
+            memory,
+            state,
+            self._running,
+            on_waiting_changed=self._publish_awaiting,
+        )
         task = asyncio.create_task(runner.run())
         self._runner, self._turn_task = runner, task
         # A turn paused on approvals for long does not hold the run open: once the run is full
@@ -184,6 +197,18 @@ class ConversationWorkflow:
         )
         memory.recent_turns = [*memory.recent_turns, result][-RECENT_TURNS_KEPT:]
         self._answer(state.message_id, result)
+
+    def _publish_awaiting(self) -> None:
+        """Keep the AgentAwaitingApproval search attribute true while a call waits for a
+        decision, so `agent approvals` finds this conversation with one visibility query."""
+        config = self._config
+        if config is None or not config.awaiting_approval_attribute:
+            return
+        awaiting = bool(waiting_calls(self._current_turn(), self._memory))
+        if awaiting == self._published_awaiting or not workflow.patched(AWAITING_APPROVAL_PATCH):
+            return
+        workflow.upsert_search_attributes([AWAITING_APPROVAL.value_set(awaiting)])
+        self._published_awaiting = awaiting
 
     def _answer(self, message_id: str, result: TurnResult) -> None:
         answered = self._memory.answered

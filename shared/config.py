@@ -66,6 +66,13 @@ class OrchestratorTemporalSettings(TemporalSettings):
     task_queue: str = "orchestrator"
 
 
+# A Bool search attribute of the orchestrator's namespace: true while a conversation waits for a
+# person's approval, so `agent approvals` finds those conversations with one visibility query.
+# Set up by infrastructure/setup.py (make up, compose) and Terraform; without it, conversations
+# run unchanged and `agent approvals` asks every running conversation instead.
+AWAITING_APPROVAL_ATTRIBUTE = "AgentAwaitingApproval"
+
+
 def temporal_settings_for(namespace: str, task_queue: str) -> type[TemporalSettings]:
     """TemporalSettings whose defaults are one service's namespace and task queue.
 

@@ -30,6 +30,7 @@ from orchestrator.models import (
 )
 from orchestrator.store import open_store
 from orchestrator.worker import build_orchestrator_worker
+from shared.config import AWAITING_APPROVAL_ATTRIBUTE
 from shared.contract import tool_workflow_id
 from tests.conftest import (
     CANARY_ENDPOINT,
@@ -166,6 +167,11 @@ async def test_a_gated_call_waits_while_the_rest_of_its_step_runs_then_runs_when
         unknown = await _refused(_decide(conversations, cid, "no-such-call"))
         assert "no call no-such-call is waiting" in unknown and pending.call_id in unknown
 
+        # The conversation marks itself as waiting, and `pending_approvals` finds it that way.
+        assert await eventually(lambda: _listed_as_waiting(stack, cid))
+        listed = await conversations.pending_approvals()
+        assert (cid, pending) in listed
+
         record = await _decide(conversations, cid, pending.call_id, reason="ticket IT-7")
         assert (record.verdict, record.approver, record.reason) == ("approve", LEAD, "ticket IT-7")
         again = await _refused(_decide(conversations, cid, pending.call_id))
@@ -180,6 +186,11 @@ async def test_a_gated_call_waits_while_the_rest_of_its_step_runs_then_runs_when
 
         late = await _refused(_decide(conversations, cid, pending.call_id))
         assert f"the turn of call {pending.call_id} has ended" in late
+
+        async def no_longer_waiting() -> bool:
+            return not await _listed_as_waiting(stack, cid)
+
+        assert await eventually(no_longer_waiting)
     store = open_store(STORE_URL)
     try:
         [stored] = await store.approvals(cid)
@@ -543,3 +554,8 @@ async def test_queued_messages_are_capped_and_end_drops_waiting_approvals(
         dropped = await queued
         assert not dropped.ok and "ended before this message was answered" in (dropped.error or "")
     assert await _tool_workflow_status(stack.client("it"), pending.call_id) is None
+
+
+async def _listed_as_waiting(stack: Stack, cid: str) -> bool:
+    query = f"WorkflowId = '{cid}' AND {AWAITING_APPROVAL_ATTRIBUTE} = true"
+    return (await stack.client("orchestrator").count_workflows(query)).count == 1

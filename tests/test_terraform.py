@@ -22,6 +22,7 @@ from hcl2 import SerializationOptions
 
 from infrastructure.terraform_teams import main as write_terraform_teams
 from infrastructure.terraform_teams import terraform_teams
+from shared.config import AWAITING_APPROVAL_ATTRIBUTE
 from shared.manifest import discover_teams
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -464,3 +465,12 @@ def test_tfvars_example_sets_every_required_variable() -> None:
     assert not missing, f"set by neither the example nor make terraform-teams: {sorted(missing)}"
     assert set(example) <= set(tf().variables), "the example sets only declared variables"
     assert "teams" not in example, "the teams come from the manifests, not a hand-kept list"
+
+
+def test_the_orchestrator_namespace_has_the_awaiting_approval_search_attribute() -> None:
+    text = (TF_DIR / "main.tf").read_text()
+    block = text[text.index('resource "temporalcloud_namespace_search_attribute"') :]
+    block = block[: block.index("}") + 1]
+    assert "temporalcloud_namespace.orchestrator.id" in block
+    assert f'name         = "{AWAITING_APPROVAL_ATTRIBUTE}"' in block
+    assert 'type         = "bool"' in block

@@ -37,6 +37,14 @@ resource "temporalcloud_namespace" "orchestrator" {
   }
 }
 
+# Conversations set it while a tool call waits for a person's decision, so `agent approvals`
+# finds them with one visibility query (shared/config.py: AWAITING_APPROVAL_ATTRIBUTE).
+resource "temporalcloud_namespace_search_attribute" "awaiting_approval" {
+  namespace_id = temporalcloud_namespace.orchestrator.id
+  name         = "AgentAwaitingApproval"
+  type         = "bool"
+}
+
 resource "temporalcloud_namespace" "team" {
   for_each = var.teams
 
