@@ -281,8 +281,13 @@ class ConversationWorkflow:
                 self._double_texting == "reject" or not workflow.patched(DOUBLE_TEXTING_PATCH)
             ):
                 raise ApplicationError(BUSY)  # two accepted in one task: validators ran first
-            if self._double_texting == "interrupt" and self._runner is not None:
-                self._runner.cancel("interrupted by a newer message")
+            if self._double_texting == "interrupt":
+                # A turn carried from the previous run is resumed first: interrupt that one too.
+                await workflow.wait_condition(
+                    lambda: self._runner is not None or memory.paused_turn is None
+                )
+                if self._runner is not None:
+                    self._runner.cancel("interrupted by a newer message")
             memory.inbox.append(QueuedMessage(message_id=message_id, text=text))
         await workflow.wait_condition(lambda: message_id in memory.answered or self._handing_over)
         if message_id in memory.answered:
