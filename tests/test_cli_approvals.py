@@ -65,6 +65,20 @@ async def _pending_call(stack: Stack, conversation_id: str, timeout: float = 30)
         await asyncio.sleep(0.3)
 
 
+async def _send_expense_in_background(stack: Stack, cid: str) -> asyncio.subprocess.Process:
+    """`agent send --json` of the scripted expense, left running while the test decides."""
+    return await asyncio.create_subprocess_exec(
+        AGENT,
+        "send",
+        cid,
+        "File my offsite expense: 750 EUR on CC-1001",
+        "--json",
+        env=_agent_env(stack),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
 def _banner_conversation(stdout: str) -> str:
     """The conversation a new `agent chat` made up, from its first line."""
     found = re.search(r"^conversation (\S+)", stdout)
@@ -262,16 +276,7 @@ async def test_deny_from_another_terminal(
     approver = await _approver(stack)
     _script_expense(fake_model)
     cid = f"conv-deny-{uuid.uuid4().hex[:8]}"
-    sending = await asyncio.create_subprocess_exec(
-        AGENT,
-        "send",
-        cid,
-        "File my offsite expense: 750 EUR on CC-1001",
-        "--json",
-        env=_agent_env(stack),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    sending = await _send_expense_in_background(stack, cid)
     try:
         call = await _pending_call(stack, cid)
         denied = await _agent(
@@ -402,16 +407,7 @@ async def test_cancel_a_turn_waiting_for_approval(
 ) -> None:
     _script_expense(fake_model)
     cid = f"conv-cancel-waiting-{uuid.uuid4().hex[:8]}"
-    sending = await asyncio.create_subprocess_exec(
-        AGENT,
-        "send",
-        cid,
-        "File my offsite expense: 750 EUR on CC-1001",
-        "--json",
-        env=_agent_env(stack),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    sending = await _send_expense_in_background(stack, cid)
     try:
         call = await _pending_call(stack, cid)
         cancelled = await _agent(stack, "cancel", cid, "--reason", "wrong trip")
