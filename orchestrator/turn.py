@@ -167,13 +167,17 @@ class TurnRunner:
         not_run: list[LlmToolCall] = []
         if len(calls) > limit and workflow.patched(BOUNDED_FAN_OUT_PATCH):
             calls, not_run = calls[:limit], calls[limit:]
-        executed = set(self.state.executed)
-        planned: list[PlannedCall] = []
-        for index, call in enumerate(calls):
-            key = signature(call)
-            kind = "repeated" if key in executed else "run"
-            executed.add(key)
-            planned.append(PlannedCall(index=index, call=call, kind=kind))
+        # A call repeats one made in an earlier step of the turn; identical calls within one
+        # step all run (as they always did: replays of such steps schedule the same commands).
+        before = set(self.state.executed)
+        executed = before | {signature(call) for call in calls}
+        fresh = [call for call in calls if signature(call) not in before]
+        # A call's index (part of its call id) counts the step's calls that run.
+        planned = [PlannedCall(index=index, call=call) for index, call in enumerate(fresh)]
+        planned.extend(
+            PlannedCall(index=-1 - i, call=call, kind="repeated", done=True)
+            for i, call in enumerate(c for c in calls if signature(c) in before)
+        )
         if not_run:
             self.state.notes.append(
                 f"{len(not_run)} tool calls of one step were not run (limit {limit})"
