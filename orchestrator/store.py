@@ -16,7 +16,7 @@ import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel
 
@@ -81,55 +81,119 @@ class ContextRows:
 
 
 class ConversationStore(ABC):
-    @abstractmethod
-    async def append(self, conversation_id: str, messages: list[StoredMessage]) -> None:
-        """Insert messages; a (conversation, seq) already present is left as it is."""
+    """The store's interface. The plain queries are written once, here, in SQL both backends
+    run (`?` placeholders, turned into the driver's `PLACEHOLDER`); a backend supplies `_run`
+    and may serve the multi-query calls below in fewer round trips."""
+
+    PLACEHOLDER: ClassVar[str] = "?"
 
     @abstractmethod
-    async def messages(
-        self, conversation_id: str, *, after_seq: int = -1, limit: int | None = None
-    ) -> list[StoredMessage]: ...
+    async def _run(self, sql: str, rows: list[tuple[Any, ...]] | tuple[Any, ...] = ()) -> list[Any]:
+        """Run one statement; a list of parameter tuples runs it once per tuple (no result)."""
 
-    @abstractmethod
-    async def put(self, conversation_id: str, messages: list[StoredMessage]) -> None:
-        """Write messages at their sequence numbers, replacing what is there: the workflow's
-        record of its own messages wins over a reply an abandoned model step left behind."""
-
-    @abstractmethod
-    async def count_before(self, conversation_id: str, seq: int) -> int:
-        """How many messages of the conversation have a sequence number below `seq`."""
-
-    @abstractmethod
-    async def summary(self, conversation_id: str) -> Summary | None:
-        """The latest summary, if the conversation was ever compacted."""
-
-    @abstractmethod
-    async def put_summary(self, conversation_id: str, summary: Summary) -> None: ...
-
-    @abstractmethod
-    async def put_turn(self, conversation_id: str, turn: int, result: TurnResult) -> None: ...
-
-    @abstractmethod
-    async def turns(
-        self, conversation_id: str, *, offset: int = 0, limit: int = 1000
-    ) -> list[TurnResult]: ...
-
-    @abstractmethod
-    async def put_approval(self, conversation_id: str, record: ApprovalRecord) -> None:
-        """Keep a decision; the first one recorded for a call id stands."""
-
-    @abstractmethod
-    async def approvals(self, conversation_id: str) -> list[ApprovalRecord]: ...
-
-    @abstractmethod
-    async def put_catalog(self, digest: str, tools: list[dict[str, Any]]) -> None:
-        """Keep a tool list under its digest (a digest already present is left as it is)."""
-
-    @abstractmethod
-    async def catalog(self, digest: str) -> list[dict[str, Any]] | None: ...
+    async def _sql(self, sql: str, rows: list[tuple[Any, ...]] | tuple[Any, ...] = ()) -> list[Any]:
+        return await self._run(sql.replace("?", self.PLACEHOLDER), rows)
 
     @abstractmethod
     async def close(self) -> None: ...
+
+    async def append(self, conversation_id: str, messages: list[StoredMessage]) -> None:
+        """Insert messages; a (conversation, seq) already present is left as it is."""
+        if messages:
+            await self._sql(
+                "INSERT INTO messages (conversation_id, seq, body) VALUES (?, ?, ?) "
+                "ON CONFLICT DO NOTHING",
+                [(conversation_id, m.seq, m.message.model_dump_json()) for m in messages],
+            )
+
+    async def messages(
+        self, conversation_id: str, *, after_seq: int = -1, limit: int | None = None
+    ) -> list[StoredMessage]:
+        rows = await self._sql(
+            "SELECT seq, body FROM messages WHERE conversation_id = ? AND seq > ? "
+            "ORDER BY seq LIMIT ?",
+            (conversation_id, after_seq, self._no_limit if limit is None else limit),
+        )
+        return [message_from_row(seq, body) for seq, body in rows]
+
+    # What `LIMIT` takes for "no limit": NULL in PostgreSQL; SQLite needs a negative number.
+    _no_limit: ClassVar[int | None] = None
+
+    async def put(self, conversation_id: str, messages: list[StoredMessage]) -> None:
+        """Write messages at their sequence numbers, replacing what is there: the workflow's
+        record of its own messages wins over a reply an abandoned model step left behind."""
+        if messages:
+            await self._sql(
+                "INSERT INTO messages (conversation_id, seq, body) VALUES (?, ?, ?) "
+                "ON CONFLICT (conversation_id, seq) DO UPDATE SET body = excluded.body",
+                [(conversation_id, m.seq, m.message.model_dump_json()) for m in messages],
+            )
+
+    async def count_before(self, conversation_id: str, seq: int) -> int:
+        """How many messages of the conversation have a sequence number below `seq`."""
+        rows = await self._sql(
+            "SELECT COUNT(*) FROM messages WHERE conversation_id = ? AND seq < ?",
+            (conversation_id, seq),
+        )
+        return int(rows[0][0])
+
+    async def summary(self, conversation_id: str) -> Summary | None:
+        """The latest summary, if the conversation was ever compacted."""
+        rows = await self._sql(
+            "SELECT upto_seq, body FROM summaries WHERE conversation_id = ? "
+            "ORDER BY upto_seq DESC LIMIT 1",
+            (conversation_id,),
+        )
+        return Summary(upto_seq=rows[0][0], text=rows[0][1]) if rows else None
+
+    async def put_summary(self, conversation_id: str, summary: Summary) -> None:
+        await self._sql(
+            "INSERT INTO summaries (conversation_id, upto_seq, body) VALUES (?, ?, ?) "
+            "ON CONFLICT DO NOTHING",
+            [(conversation_id, summary.upto_seq, summary.text)],
+        )
+
+    async def put_turn(self, conversation_id: str, turn: int, result: TurnResult) -> None:
+        await self._sql(
+            "INSERT INTO turns (conversation_id, turn, body) VALUES (?, ?, ?) "
+            "ON CONFLICT DO NOTHING",
+            [(conversation_id, turn, result.model_dump_json())],
+        )
+
+    async def turns(
+        self, conversation_id: str, *, offset: int = 0, limit: int = 1000
+    ) -> list[TurnResult]:
+        rows = await self._sql(
+            "SELECT body FROM turns WHERE conversation_id = ? ORDER BY turn LIMIT ? OFFSET ?",
+            (conversation_id, limit, offset),
+        )
+        return [TurnResult.model_validate_json(body) for (body,) in rows]
+
+    async def put_approval(self, conversation_id: str, record: ApprovalRecord) -> None:
+        """Keep a decision; the first one recorded for a call id stands."""
+        await self._sql(
+            "INSERT INTO approvals (conversation_id, call_id, turn, body) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT DO NOTHING",
+            [(conversation_id, record.call_id, record.turn, record.model_dump_json())],
+        )
+
+    async def approvals(self, conversation_id: str) -> list[ApprovalRecord]:
+        rows = await self._sql(
+            "SELECT body FROM approvals WHERE conversation_id = ? ORDER BY turn, call_id",
+            (conversation_id,),
+        )
+        return [ApprovalRecord.model_validate_json(body) for (body,) in rows]
+
+    async def put_catalog(self, digest: str, tools: list[dict[str, Any]]) -> None:
+        """Keep a tool list under its digest (a digest already present is left as it is)."""
+        await self._sql(
+            "INSERT INTO tool_catalogs (digest, body) VALUES (?, ?) ON CONFLICT DO NOTHING",
+            [(digest, json.dumps(tools))],
+        )
+
+    async def catalog(self, digest: str) -> list[dict[str, Any]] | None:
+        rows = await self._sql("SELECT body FROM tool_catalogs WHERE digest = ?", (digest,))
+        return catalog_from_rows(rows)
 
     # ---- what one model step does, as single calls a backend can serve in one round trip ----
     async def start_step(

@@ -2,25 +2,25 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from orchestrator.models import ApprovalRecord, ChatMessage, StoredMessage, TurnResult
+from orchestrator.models import ChatMessage, StoredMessage
 from orchestrator.store import (
     SCHEMA,
     ContextRows,
     ConversationStore,
     StepStart,
     Summary,
-    catalog_from_rows,
     message_from_row,
 )
 
 
 class PostgresStore(ConversationStore):
     """psycopg 3, one connection per call: safe across event loops and worker restarts."""
+
+    PLACEHOLDER = "%s"
 
     def __init__(self, url: str, password: str | None = None) -> None:
         self._url = url
@@ -49,93 +49,6 @@ class PostgresStore(ConversationStore):
                     return []
                 await cursor.execute(sql, rows)
                 return await cursor.fetchall() if cursor.description else []
-
-    async def append(self, conversation_id: str, messages: list[StoredMessage]) -> None:
-        if messages:
-            await self._run(
-                "INSERT INTO messages (conversation_id, seq, body) VALUES (%s, %s, %s) "
-                "ON CONFLICT DO NOTHING",
-                [(conversation_id, m.seq, m.message.model_dump_json()) for m in messages],
-            )
-
-    async def messages(
-        self, conversation_id: str, *, after_seq: int = -1, limit: int | None = None
-    ) -> list[StoredMessage]:
-        rows = await self._run(
-            "SELECT seq, body FROM messages WHERE conversation_id = %s AND seq > %s "
-            "ORDER BY seq LIMIT %s",
-            (conversation_id, after_seq, limit),
-        )
-        return [message_from_row(seq, body) for seq, body in rows]
-
-    async def put(self, conversation_id: str, messages: list[StoredMessage]) -> None:
-        if messages:
-            await self._run(
-                "INSERT INTO messages (conversation_id, seq, body) VALUES (%s, %s, %s) "
-                "ON CONFLICT (conversation_id, seq) DO UPDATE SET body = excluded.body",
-                [(conversation_id, m.seq, m.message.model_dump_json()) for m in messages],
-            )
-
-    async def count_before(self, conversation_id: str, seq: int) -> int:
-        rows = await self._run(
-            "SELECT COUNT(*) FROM messages WHERE conversation_id = %s AND seq < %s",
-            (conversation_id, seq),
-        )
-        return int(rows[0][0])
-
-    async def summary(self, conversation_id: str) -> Summary | None:
-        rows = await self._run(
-            "SELECT upto_seq, body FROM summaries WHERE conversation_id = %s "
-            "ORDER BY upto_seq DESC LIMIT 1",
-            (conversation_id,),
-        )
-        return Summary(upto_seq=rows[0][0], text=rows[0][1]) if rows else None
-
-    async def put_summary(self, conversation_id: str, summary: Summary) -> None:
-        await self._run(
-            "INSERT INTO summaries (conversation_id, upto_seq, body) VALUES (%s, %s, %s) "
-            "ON CONFLICT DO NOTHING",
-            [(conversation_id, summary.upto_seq, summary.text)],
-        )
-
-    async def put_turn(self, conversation_id: str, turn: int, result: TurnResult) -> None:
-        await self._run(
-            "INSERT INTO turns (conversation_id, turn, body) VALUES (%s, %s, %s) "
-            "ON CONFLICT DO NOTHING",
-            [(conversation_id, turn, result.model_dump_json())],
-        )
-
-    async def turns(
-        self, conversation_id: str, *, offset: int = 0, limit: int = 1000
-    ) -> list[TurnResult]:
-        rows = await self._run(
-            "SELECT body FROM turns WHERE conversation_id = %s ORDER BY turn LIMIT %s OFFSET %s",
-            (conversation_id, limit, offset),
-        )
-        return [TurnResult.model_validate_json(body) for (body,) in rows]
-
-    async def put_approval(self, conversation_id: str, record: ApprovalRecord) -> None:
-        await self._run(
-            "INSERT INTO approvals (conversation_id, call_id, turn, body) VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
-            [(conversation_id, record.call_id, record.turn, record.model_dump_json())],
-        )
-
-    async def approvals(self, conversation_id: str) -> list[ApprovalRecord]:
-        rows = await self._run(
-            "SELECT body FROM approvals WHERE conversation_id = %s ORDER BY turn, call_id",
-            (conversation_id,),
-        )
-        return [ApprovalRecord.model_validate_json(body) for (body,) in rows]
-
-    async def put_catalog(self, digest: str, tools: list[dict[str, Any]]) -> None:
-        await self._run(
-            "INSERT INTO tool_catalogs (digest, body) VALUES (%s, %s) ON CONFLICT DO NOTHING",
-            [(digest, json.dumps(tools))],
-        )
-
-    async def catalog(self, digest: str) -> list[dict[str, Any]] | None:
-        rows = await self._run("SELECT body FROM tool_catalogs WHERE digest = %s", (digest,))
-        return catalog_from_rows(rows)
 
     async def close(self) -> None:
         return None

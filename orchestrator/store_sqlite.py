@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from orchestrator.models import ApprovalRecord, ChatMessage, StoredMessage, TurnResult
+from orchestrator.models import ChatMessage, StoredMessage
 from orchestrator.store import (
     SCHEMA,
     ContextRows,
     ConversationStore,
     StepStart,
     Summary,
-    catalog_from_rows,
     message_from_row,
 )
 
@@ -32,6 +30,8 @@ class SqliteStore(ConversationStore):
     worker is noticed on the next call and reopened, so the store check in the model step sees
     what is really on disk instead of writing on into an unlinked file.
     """
+
+    _no_limit = -1  # SQLite's LIMIT takes no NULL
 
     def __init__(self, path: Path) -> None:
         self._path = path
@@ -77,90 +77,6 @@ class SqliteStore(ConversationStore):
             return os.stat(self._path).st_ino
         except FileNotFoundError:
             return None
-
-    async def append(self, conversation_id: str, messages: list[StoredMessage]) -> None:
-        if messages:
-            await self._run(
-                "INSERT OR IGNORE INTO messages (conversation_id, seq, body) VALUES (?, ?, ?)",
-                [(conversation_id, m.seq, m.message.model_dump_json()) for m in messages],
-            )
-
-    async def messages(
-        self, conversation_id: str, *, after_seq: int = -1, limit: int | None = None
-    ) -> list[StoredMessage]:
-        rows = await self._run(
-            "SELECT seq, body FROM messages WHERE conversation_id = ? AND seq > ? "
-            "ORDER BY seq LIMIT ?",
-            (conversation_id, after_seq, limit if limit is not None else -1),
-        )
-        return [message_from_row(seq, body) for seq, body in rows]
-
-    async def put(self, conversation_id: str, messages: list[StoredMessage]) -> None:
-        if messages:
-            await self._run(
-                "INSERT INTO messages (conversation_id, seq, body) VALUES (?, ?, ?) "
-                "ON CONFLICT (conversation_id, seq) DO UPDATE SET body = excluded.body",
-                [(conversation_id, m.seq, m.message.model_dump_json()) for m in messages],
-            )
-
-    async def count_before(self, conversation_id: str, seq: int) -> int:
-        rows = await self._run(
-            "SELECT COUNT(*) FROM messages WHERE conversation_id = ? AND seq < ?",
-            (conversation_id, seq),
-        )
-        return int(rows[0][0])
-
-    async def summary(self, conversation_id: str) -> Summary | None:
-        rows = await self._run(
-            "SELECT upto_seq, body FROM summaries WHERE conversation_id = ? "
-            "ORDER BY upto_seq DESC LIMIT 1",
-            (conversation_id,),
-        )
-        return Summary(upto_seq=rows[0][0], text=rows[0][1]) if rows else None
-
-    async def put_summary(self, conversation_id: str, summary: Summary) -> None:
-        await self._run(
-            "INSERT OR IGNORE INTO summaries (conversation_id, upto_seq, body) VALUES (?, ?, ?)",
-            [(conversation_id, summary.upto_seq, summary.text)],
-        )
-
-    async def put_turn(self, conversation_id: str, turn: int, result: TurnResult) -> None:
-        await self._run(
-            "INSERT OR IGNORE INTO turns (conversation_id, turn, body) VALUES (?, ?, ?)",
-            [(conversation_id, turn, result.model_dump_json())],
-        )
-
-    async def turns(
-        self, conversation_id: str, *, offset: int = 0, limit: int = 1000
-    ) -> list[TurnResult]:
-        rows = await self._run(
-            "SELECT body FROM turns WHERE conversation_id = ? ORDER BY turn LIMIT ? OFFSET ?",
-            (conversation_id, limit, offset),
-        )
-        return [TurnResult.model_validate_json(body) for (body,) in rows]
-
-    async def put_approval(self, conversation_id: str, record: ApprovalRecord) -> None:
-        await self._run(
-            "INSERT OR IGNORE INTO approvals (conversation_id, call_id, turn, body) VALUES (?, ?, ?, ?)",
-            [(conversation_id, record.call_id, record.turn, record.model_dump_json())],
-        )
-
-    async def approvals(self, conversation_id: str) -> list[ApprovalRecord]:
-        rows = await self._run(
-            "SELECT body FROM approvals WHERE conversation_id = ? ORDER BY turn, call_id",
-            (conversation_id,),
-        )
-        return [ApprovalRecord.model_validate_json(body) for (body,) in rows]
-
-    async def put_catalog(self, digest: str, tools: list[dict[str, Any]]) -> None:
-        await self._run(
-            "INSERT OR IGNORE INTO tool_catalogs (digest, body) VALUES (?, ?)",
-            [(digest, json.dumps(tools))],
-        )
-
-    async def catalog(self, digest: str) -> list[dict[str, Any]] | None:
-        rows = await self._run("SELECT body FROM tool_catalogs WHERE digest = ?", (digest,))
-        return catalog_from_rows(rows)
 
     async def close(self) -> None:
         async with self._lock:
