@@ -10,6 +10,7 @@ import itertools
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
+from typing import Any, TypeVar
 
 from temporalio.client import (
     Client,
@@ -47,6 +48,8 @@ from orchestrator.models import (
     Usage,
 )
 from shared.config import AWAITING_APPROVAL_ATTRIBUTE
+
+R = TypeVar("R")
 
 # The server refuses payloads over 2 MB and a too-large message fails the conversation's workflow
 # task again and again (PAYLOADS_TOO_LARGE) instead of being refused: refuse far below that, on
@@ -194,24 +197,12 @@ class ConversationClient:
         The workflow refuses (WorkflowUpdateFailedError) an unknown or already decided call, a
         decision after its turn ended, and an approver its policy does not allow. Raises
         ConversationEndedError for an ended conversation."""
-        try:
-            record: ApprovalRecord = await self.handle(conversation_id).execute_update(
-                DECIDE_UPDATE, decision, result_type=ApprovalRecord
-            )
-        except RPCError as error:
-            raise await self._ended_or(error, conversation_id) from None
-        return record
+        return await self._update(conversation_id, DECIDE_UPDATE, ApprovalRecord, decision)
 
     async def cancel(self, conversation_id: str, request: CancelRequest) -> CancelResult:
         """Cancel the running turn (messages queued behind it are answered next); `cancelled`
         is False when nothing was running. Raises ConversationEndedError for an ended conversation."""
-        try:
-            result: CancelResult = await self.handle(conversation_id).execute_update(
-                CANCEL_UPDATE, request, result_type=CancelResult
-            )
-        except RPCError as error:
-            raise await self._ended_or(error, conversation_id) from None
-        return result
+        return await self._update(conversation_id, CANCEL_UPDATE, CancelResult, request)
 
     async def pending_approvals(self, limit: int = 200) -> list[tuple[str, PendingApproval]]:
         """(conversation id, call) for every call waiting for approval in up to `limit`
@@ -292,26 +283,27 @@ class ConversationClient:
         """Ask the conversation to discover its tools again; its status lists what it found.
 
         Raises ConversationEndedError for an ended conversation."""
-        try:
-            status: ConversationStatus = await self.handle(conversation_id).execute_update(
-                REFRESH_TOOLS_UPDATE, result_type=ConversationStatus
-            )
-        except RPCError as error:
-            raise await self._ended_or(error, conversation_id) from None
-        return status
+        return await self._update(conversation_id, REFRESH_TOOLS_UPDATE, ConversationStatus)
 
     async def end(self, conversation_id: str) -> Usage:
         """End the conversation and return its usage.
 
         Raises ConversationEndedError (with the final usage when known) if it had already ended.
         """
+        return await self._update(conversation_id, END_UPDATE, Usage)
+
+    async def _update(
+        self, conversation_id: str, update: str, result_type: type[R], *args: Any
+    ) -> R:
+        """Execute an update on a conversation that must be running; raises
+        ConversationEndedError when it has ended."""
         try:
-            usage: Usage = await self.handle(conversation_id).execute_update(
-                END_UPDATE, result_type=Usage
+            result: R = await self.handle(conversation_id).execute_update(
+                update, args=args, result_type=result_type
             )
         except RPCError as error:
             raise await self._ended_or(error, conversation_id) from None
-        return usage
+        return result
 
     async def _ended_or(self, error: RPCError, conversation_id: str) -> BaseException:
         """ConversationEndedError when `error` is the server's NOT_FOUND for an update to a closed
