@@ -21,6 +21,7 @@ from orchestrator.context import (
     extractive_summary,
 )
 from orchestrator.llm import classify_llm_error, litellm, litellm_errors
+from orchestrator.loop_settings import AgentConfig
 from orchestrator.models import (
     LLM_STEP_ACTIVITY,
     LOAD_CONFIG_ACTIVITY,
@@ -30,7 +31,6 @@ from orchestrator.models import (
     RECORD_TURN_ACTIVITY,
     STORE_BEHIND_ERROR,
     TOOL_CATALOG_MISSING_ERROR,
-    AgentConfig,
     ChatMessage,
     LlmRequest,
     LlmStepResult,

@@ -7,7 +7,8 @@ from typing import Annotated, Any
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from orchestrator.models import OFFLINE_MODEL, LoopSettings
+from orchestrator.loop_settings import LoopSettings
+from orchestrator.models import OFFLINE_MODEL
 from shared.manifest import discovered_endpoints
 
 

@@ -21,9 +21,9 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, NexusOperationError
 
 with workflow.unsafe.imports_passed_through():
+    from orchestrator.loop_settings import AgentConfig
     from orchestrator.models import (
         LOCAL_TOOL_ACTIVITY,
-        AgentConfig,
         CarriedState,
         ChatMessage,
         CircuitBreaker,
@@ -304,9 +304,20 @@ def settled(
 
 
 def refused(call: LlmToolCall, service: str, kind: ToolErrorKind | str, message: str) -> StepResult:
-    """A call answered without running: unknown tool, unusable arguments, repeated, not run."""
+    """A call answered without running because it cannot be made: unknown tool, unusable
+    arguments."""
+    return _not_ran(call.name, service, call.arguments, kind, message)
+
+
+def unrun(resolved: Resolved, kind: str, message: str) -> StepResult:
+    """A call that could be made, answered without running: denied, or its turn cancelled."""
+    spec = resolved.route.spec
+    return _not_ran(spec.name, spec.service, resolved.call.args, kind, message)
+
+
+def _not_ran(name: str, service: str, args: Any, kind: str, message: str) -> StepResult:
     record = ToolCallRecord(
-        name=call.name, service=service, args=preview(call.arguments), ok=False, result=message
+        name=name, service=service, args=preview(args), ok=False, result=message
     )
     return record, {"error": kind, "message": message}
 
@@ -326,13 +337,13 @@ def tool_message(
     return ChatMessage(role="tool", tool_call_id=call.id, name=call.name, content=text)
 
 
-def preview(value: Any) -> Any:
+def preview(value: Any, limit: int = RECORD_RESULT_CHARS) -> Any:
     """The value itself when small; otherwise the start of its JSON with a visible marker."""
     text = value if isinstance(value, str) else json.dumps(value, default=str, ensure_ascii=False)
-    if len(text) <= RECORD_RESULT_CHARS:
+    if len(text) <= limit:
         # Deeply nested values stay text: the record must decode wherever it goes.
         return value if nesting_depth(value) <= MAX_ARGUMENT_DEPTH else text
-    return text[:RECORD_RESULT_CHARS] + f"…[truncated {len(text) - RECORD_RESULT_CHARS} characters]"
+    return text[:limit] + f"…[truncated {len(text) - limit} characters]"
 
 
 def nesting_depth(value: Any) -> int:

@@ -1,4 +1,5 @@
-"""The approval gate's bookkeeping: which calls wait for a decision, and whether one may be made.
+"""The approval gate's bookkeeping: which calls wait for a decision, whether one may be made, and
+what a denied call leaves for the model.
 
 Pure functions over the conversation's state, so that the `decide` validator, the `status` query
 and the waiting turn all read the same facts, in any run: pending calls live in the turn's state
@@ -8,6 +9,9 @@ continue-as-new. Workflow code: deterministic, no I/O.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
+from orchestrator.dispatch import Resolved, StepResult, unrun
 from orchestrator.models import (
     ApprovalRecord,
     CarriedState,
@@ -15,6 +19,7 @@ from orchestrator.models import (
     PendingApproval,
     TurnState,
 )
+from shared.approval import Verdict
 
 # Decisions remembered by call id, so that a late or repeated decision is refused by name.
 DECISIONS_KEPT = 200
@@ -65,7 +70,7 @@ def record_decision(
     memory: CarriedState,
     pending: PendingApproval,
     *,
-    verdict: str,
+    verdict: Verdict,
     approver: str,
     reason: str,
     decided_at: str,
@@ -75,7 +80,7 @@ def record_decision(
         call_id=pending.call_id,
         tool=pending.tool,
         service=pending.service,
-        verdict="approve" if verdict == "approve" else "deny",
+        verdict=verdict,
         approver=approver,
         reason=reason,
         decided_at=decided_at,
@@ -87,3 +92,18 @@ def record_decision(
     while len(memory.decisions) > DECISIONS_KEPT:
         memory.decisions.pop(next(iter(memory.decisions)))
     return record
+
+
+def denied(resolved: Resolved, record: ApprovalRecord) -> StepResult:
+    """What a denied (or timed-out) call leaves: the model reads who said no and why."""
+    why = f": {record.reason}" if record.reason else ""
+    message = (
+        f"not run: approval timed out{why}"
+        if record.timed_out
+        else f"not run: {record.approver} denied this call{why}"
+    )
+    return unrun(resolved, "denied", message)
+
+
+def iso_time(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds")

@@ -20,11 +20,11 @@ from temporalio.exceptions import TimeoutError as StepTimeoutError
 
 with workflow.unsafe.imports_passed_through():
     from orchestrator.dispatch import catalog_digest, model_tools
+    from orchestrator.loop_settings import AgentConfig
     from orchestrator.models import (
         LLM_STEP_ACTIVITY,
         NON_RETRYABLE_LLM_ERRORS,
         TOOL_CATALOG_MISSING_ERROR,
-        AgentConfig,
         CarriedState,
         LlmRequest,
         LlmStepResult,

@@ -11,10 +11,8 @@ are dropped, and every call of the step is answered, so the transcript stays wel
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from datetime import timedelta
 
 from temporalio import workflow
 
@@ -29,12 +27,13 @@ with workflow.unsafe.imports_passed_through():
         rediscover_unavailable,
         signature,
         tool_message,
+        unrun,
     )
-    from orchestrator.gate import SYSTEM_APPROVER, record_decision
+    from orchestrator.gate import SYSTEM_APPROVER, denied, iso_time, record_decision
+    from orchestrator.loop_settings import AgentConfig
     from orchestrator.model_step import MODEL_STEP_FAILURES, ask_model
     from orchestrator.models import (
         RECORD_APPROVAL_ACTIVITY,
-        AgentConfig,
         ApprovalRecord,
         CarriedState,
         ChatMessage,
@@ -44,11 +43,9 @@ with workflow.unsafe.imports_passed_through():
         RecordApprovalInput,
         RunningTool,
         StoredMessage,
-        ToolCallRecord,
         TurnResult,
         TurnState,
     )
-    from shared.approval import CallApproval
     from shared.caller import innermost_message
 
 # Gated calls wait for a decision; conversations recorded before the gate never waited.
@@ -244,15 +241,15 @@ class TurnRunner:
             if needed is not None and workflow.patched(APPROVAL_GATE_PATCH):
                 approval = await self._decision(planned, resolved, needed)
                 if approval.verdict != "approve":
-                    self._finish(planned, _denied(planned.call, resolved, approval), approval)
+                    self._finish(planned, denied(resolved, approval), approval)
                     return
         if self.cancel_reason is not None:
-            self._finish(planned, _cancelled(planned.call, resolved, self.cancel_reason), approval)
+            self._finish(planned, _cancelled(resolved, self.cancel_reason), approval)
             return
         if approval is not None:
             resolved = Resolved(
                 route=resolved.route,
-                call=resolved.call.model_copy(update={"approval": _for_team(approval)}),
+                call=resolved.call.model_copy(update={"approval": approval.for_team()}),
             )
         self._busy += 1
         try:
@@ -267,14 +264,14 @@ class TurnRunner:
 
     async def _cancellable(self, planned: PlannedCall, resolved: Resolved) -> StepResult:
         if self.cancel_reason is not None:
-            return _cancelled(planned.call, resolved, self.cancel_reason)
+            return _cancelled(resolved, self.cancel_reason)
         task = asyncio.create_task(self._dispatcher.execute(planned.call, resolved))
         self._calls_in_flight[planned.index] = task
         try:
             return await task
         except asyncio.CancelledError:
             # The tool was cancelled with the turn; Nexus has asked the team to cancel its run.
-            return _cancelled(planned.call, resolved, self.cancel_reason or "cancelled")
+            return _cancelled(resolved, self.cancel_reason or "cancelled")
         finally:
             self._calls_in_flight.pop(planned.index, None)
 
@@ -292,12 +289,12 @@ class TurnRunner:
                 call_id=call_id,
                 tool=resolved.route.spec.name,
                 service=resolved.route.spec.service,
-                args=_shown(resolved.call.args),
+                args=preview(resolved.call.args, APPROVAL_ARGUMENTS_CHARS),
                 reason=reason,
                 approvers=approvers,
                 turn=self.state.turn,
-                requested_at=_iso(now),
-                expires_at=_iso(expires),
+                requested_at=iso_time(now),
+                expires_at=iso_time(expires),
             )
         pending = planned.pending
         left = planned.expires_at - workflow.time()
@@ -309,7 +306,7 @@ class TurnRunner:
                 approver=SYSTEM_APPROVER,
                 reason="no one may approve it: the team's approvers and this deployment's "
                 "(approval_policies) share no one",
-                decided_at=_iso(workflow.time()),
+                decided_at=iso_time(workflow.time()),
             )
         self._on_waiting_changed()
         try:
@@ -332,7 +329,7 @@ class TurnRunner:
                     if timed_out
                     else f"the turn was cancelled ({self.cancel_reason})"
                 ),
-                decided_at=_iso(workflow.time()),
+                decided_at=iso_time(workflow.time()),
                 timed_out=timed_out,
             )
         self._on_waiting_changed()
@@ -379,58 +376,10 @@ class TurnRunner:
         )
 
 
-def _shown(args: dict[str, Any]) -> dict[str, Any] | str:
-    """The arguments a person approves: all of them, unless they are very long (then a marked
-    preview; the turn's record keeps a shorter one)."""
-    text = json.dumps(args, default=str, ensure_ascii=False)
-    if len(text) <= APPROVAL_ARGUMENTS_CHARS:
-        return args
-    return (
-        text[:APPROVAL_ARGUMENTS_CHARS]
-        + f"…[truncated {len(text) - APPROVAL_ARGUMENTS_CHARS} characters]"
-    )
-
-
 def _as_tool_message(planned: PlannedCall) -> ChatMessage:
     return ChatMessage(
         role="tool", tool_call_id=planned.call.id, name=planned.call.name, content=planned.content
     )
-
-
-def _for_team(record: ApprovalRecord) -> CallApproval:
-    return CallApproval(
-        call_id=record.call_id,
-        verdict=record.verdict,
-        approver=record.approver,
-        reason=record.reason,
-        decided_at=record.decided_at,
-    )
-
-
-def _denied(call: LlmToolCall, resolved: Resolved, record: ApprovalRecord) -> StepResult:
-    why = f": {record.reason}" if record.reason else ""
-    message = (
-        f"not run: approval timed out{why}"
-        if record.timed_out
-        else f"not run: {record.approver} denied this call{why}"
-    )
-    return _unrun(call, resolved, "denied", message)
-
-
-def _cancelled(call: LlmToolCall, resolved: Resolved, reason: str) -> StepResult:
-    return _unrun(call, resolved, "cancelled", f"not finished: the turn was cancelled ({reason})")
-
-
-def _unrun(call: LlmToolCall, resolved: Resolved, kind: str, message: str) -> StepResult:
-    record = ToolCallRecord(
-        name=resolved.route.spec.name,
-        service=resolved.route.spec.service,
-        args=preview(resolved.call.args),
-        ok=False,
-        result=message,
-    )
-    content: dict[str, Any] = {"error": kind, "message": message}
-    return record, content
 
 
 def _not_run(limit: int) -> dict[str, str]:
@@ -440,5 +389,5 @@ def _not_run(limit: int) -> dict[str, str]:
     }
 
 
-def _iso(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds")
+def _cancelled(resolved: Resolved, reason: str) -> StepResult:
+    return unrun(resolved, "cancelled", f"not finished: the turn was cancelled ({reason})")

@@ -8,8 +8,9 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from orchestrator.activities import OrchestratorActivities
 from orchestrator.config import LLMSettings, OrchestratorSettings
+from orchestrator.read_workflow import ReadConversation
 from orchestrator.store import ConversationStore
-from orchestrator.workflows import ConversationWorkflow, ReadConversation
+from orchestrator.workflows import ConversationWorkflow
 from shared.auth import CallerTokenInterceptor, NexusAuthSettings
 from shared.config import ConfigError, OrchestratorTemporalSettings, load_settings
 from shared.heartbeat import HEARTBEAT_THROTTLE

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
-from typing import TypeVar
 
 from temporalio import workflow
 from temporalio.common import SearchAttributeKey
@@ -21,6 +20,7 @@ from temporalio.exceptions import ApplicationError
 with workflow.unsafe.imports_passed_through():
     from orchestrator.dispatch import REDISCOVERY_PATCH, discover
     from orchestrator.gate import decision_problem, record_decision, waiting_calls
+    from orchestrator.loop_settings import AgentConfig
     from orchestrator.models import (
         CANCEL_UPDATE,
         CONVERSATION_CONTINUED_ERROR,
@@ -28,15 +28,12 @@ with workflow.unsafe.imports_passed_through():
         DECIDE_UPDATE,
         END_UPDATE,
         LOAD_CONFIG_ACTIVITY,
-        READ_CONVERSATION_WORKFLOW,
-        READ_TURNS_ACTIVITY,
         RECORD_TURN_ACTIVITY,
         REFRESH_TOOLS_UPDATE,
         SEND_MESSAGE_UPDATE,
         STATUS_QUERY,
         TURNS_QUERY,
         USAGE_QUERY,
-        AgentConfig,
         ApprovalRecord,
         CancelRequest,
         CancelResult,
@@ -48,7 +45,6 @@ with workflow.unsafe.imports_passed_through():
         Decision,
         DoubleTexting,
         QueuedMessage,
-        ReadConversationInput,
         RecordTurnInput,
         RunningTool,
         TurnResult,
@@ -58,7 +54,6 @@ with workflow.unsafe.imports_passed_through():
     from orchestrator.turn import TurnRunner, stage
     from shared.config import AWAITING_APPROVAL_ATTRIBUTE
 
-K = TypeVar("K")
 RECENT_TURNS_KEPT = 10
 ANSWERS_KEPT = 20
 CARRIED_ANSWERS_BYTES = 512 * 1024
@@ -238,15 +233,7 @@ class ConversationWorkflow:
         )
 
     def _carry(self) -> CarriedState:
-        memory = self._memory
-        answered = dict(_newest_within(list(memory.answered.items()), CARRIED_ANSWERS_BYTES))
-        recent = [
-            turn
-            for _, turn in _newest_within(
-                list(enumerate(memory.recent_turns)), CARRIED_ANSWERS_BYTES
-            )
-        ]
-        return memory.model_copy(update={"answered": answered, "recent_turns": recent})
+        return self._memory.for_next_run(CARRIED_ANSWERS_BYTES)
 
     def _current_turn(self) -> TurnState | None:
         return self._runner.state if self._runner else self._memory.paused_turn
@@ -472,33 +459,3 @@ class ConversationWorkflow:
     @workflow.query(name=USAGE_QUERY)
     def usage(self) -> Usage:
         return self._memory.usage
-
-
-@workflow.defn(name=READ_CONVERSATION_WORKFLOW)
-class ReadConversation:
-    """Reads a page of a conversation's turns from the store, for `agent history`.
-
-    A workflow so that the CLI needs no access to the store, wherever it is deployed.
-    """
-
-    @workflow.run
-    async def run(self, request: ReadConversationInput) -> list[TurnResult]:
-        turns: list[TurnResult] = await workflow.execute_activity(
-            READ_TURNS_ACTIVITY,
-            request,
-            result_type=list[TurnResult],
-            start_to_close_timeout=timedelta(seconds=30),
-        )
-        return turns
-
-
-def _newest_within(items: list[tuple[K, TurnResult]], budget: int) -> list[tuple[K, TurnResult]]:
-    """The most recent items whose JSON fits `budget` bytes, oldest first as they came."""
-    kept: list[tuple[K, TurnResult]] = []
-    used = 0
-    for key, result in reversed(items):
-        used += len(result.model_dump_json())
-        if used > budget:
-            break
-        kept.append((key, result))
-    return kept[::-1]
