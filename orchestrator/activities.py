@@ -77,6 +77,7 @@ class OrchestratorActivities:
             settings.store_password.get_secret_value() if settings.store_password else None,
         )
         self._catalogs: dict[str, str] = {}  # digest -> the tool list's JSON
+        self._awaiting_attribute_seen = False
         self._window = ContextWindow(
             model=llm_settings.resolved_model,
             context_tokens=settings.context_tokens,
@@ -118,7 +119,12 @@ class OrchestratorActivities:
 
     async def _has_awaiting_attribute(self) -> bool:
         """Whether conversations can mark themselves as waiting for approval (the namespace has
-        the search attribute); without it they run the same and are found by asking each."""
+        the search attribute); without it they run the same and are found by asking each.
+
+        Asked once per worker once it is there (attributes are not removed in practice), not on
+        every conversation's start; until then, again on each start, so one added later counts."""
+        if self._awaiting_attribute_seen:
+            return True
         try:
             listed = await self._client.operator_service.list_search_attributes(
                 ListSearchAttributesRequest(namespace=self._client.namespace)
@@ -126,7 +132,8 @@ class OrchestratorActivities:
         except Exception as err:  # e.g. keys without operator rights: do without it
             log.warning("cannot list search attributes", error=str(err))
             return False
-        return AWAITING_APPROVAL_ATTRIBUTE in listed.custom_attributes
+        self._awaiting_attribute_seen = AWAITING_APPROVAL_ATTRIBUTE in listed.custom_attributes
+        return self._awaiting_attribute_seen
 
     async def _existing_endpoints(self) -> set[str] | None:
         try:

@@ -93,7 +93,7 @@ async def run_registered_tool(
         try:
             # The handler checked the call's approval before starting anything; checked again
             # here for any other way in (a tool workflow started directly, a local tool).
-            problem = registered.approval_problem(call)
+            problem = registered.approval_problem(call) if registered.spec.approval.gated else None
             if problem:
                 raise ApplicationError(problem, type=TOOL_ERROR, non_retryable=True)
             async with heartbeating():
