@@ -20,14 +20,19 @@ install: .venv/.installed ## Install uv (if missing) and the locked dependencies
 	$(UV) sync --frozen
 	@touch $@
 
-# The store tests and the compose rehearsal run a real PostgreSQL from Debian's packages; install
-# them when we can.
+# The store tests and the compose rehearsal run a real PostgreSQL, and the metrics test a real
+# Prometheus, from Debian's packages; install them when we can.
 system-deps:
 	@if ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || command -v pg_ctl >/dev/null 2>&1; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 		echo "Installing PostgreSQL (Debian packages) for the store tests..."; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
 	else echo "PostgreSQL server not found and cannot be installed here: its store tests will be skipped"; fi
+	@if command -v prometheus >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "Installing Prometheus (Debian package) for the metrics test..."; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+	else echo "Prometheus not found and cannot be installed here: the metrics scrape test will be skipped"; fi
 
 up: install ## Start the embedded stack: dev server, namespaces, Nexus endpoints, workers
 	@$(RUN) python -m infrastructure.devstack up
@@ -66,6 +71,7 @@ bench: install ## Latency figures (see bench/README.md)
 	$(RUN) python -m bench.approval
 	$(RUN) python -m bench.stack_throughput
 	$(RUN) python -m bench.recovery
+	$(RUN) python -m bench.tracing
 
 chaos: install ## Kill workers and restart the server under 50 conversations; print the report
 	$(RUN) python -m infrastructure.chaos --conversations $(or $(CONVERSATIONS),50)

@@ -56,6 +56,7 @@ def main() -> int:
     return serve_worker(
         temporal,
         lambda client: build_signed_floor_worker(client, temporal.task_queue, auth),
+        telemetry_name="floor",
         signed_endpoints=sorted(auth.signing_keys),
     )
 

@@ -16,6 +16,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from infrastructure.setup import EndpointDefinition, StackSettings, ensure_stack
+from shared import telemetry
 
 
 class StartError(Exception):
@@ -101,6 +102,8 @@ async def embedded_server(
                 env.client.service_client,
                 namespace=namespace,
                 data_converter=pydantic_data_converter,
+                # Traced when this process traces (a bench comparing tracing on and off).
+                plugins=list(telemetry.plugins()),
             )
             for namespace in stack.namespaces
         }

@@ -56,6 +56,7 @@ from shared.config import (
 )
 from shared.log import configure_logging, get_logger
 from shared.manifest import TeamManifest, discover_teams
+from shared.telemetry import LOCAL_TRACES_FILE
 from shared.temporal import connect, exit_process
 
 log = get_logger("devstack")
@@ -73,6 +74,11 @@ class DevStackSettings(BaseSettings):
     ui_port: int = Field(default=8233, ge=1, le=65535)
     # The server's Prometheus metrics (including `action`, what Temporal Cloud bills): off unless set.
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    # Each worker's Prometheus endpoint: the first worker on this port, the next on the one
+    # after, ... (0: free ports; unset: off).
+    worker_metrics_port: int | None = Field(default=9464, ge=0, le=65535)
+    # Every process appends its spans to <run_dir>/traces.jsonl, read by `agent trace`.
+    traces: bool = True
     start_timeout_seconds: float = Field(default=60.0, gt=0)
 
     @classmethod
@@ -82,13 +88,17 @@ class DevStackSettings(BaseSettings):
         """A stack for one run (chaos, benches) in `run_dir`, on free ports (the server's metrics
         too, with `metrics`), whatever DEVSTACK_* or `.env` say about those."""
         port, http_port, ui_port, metrics_port = free_ports(4)
+        defaults: dict[str, object] = {
+            "worker_metrics_port": 0 if metrics else None,
+            "traces": False,
+        }
         return cls(
             run_dir=run_dir,
             port=port,
             http_port=http_port,
             ui_port=ui_port,
             metrics_port=metrics_port if metrics else None,
-            **values,  # type: ignore[arg-type]
+            **(defaults | values),  # type: ignore[arg-type]
         )
 
     @property
@@ -116,6 +126,8 @@ class DevStack:
         self.log_dir = self.run_dir / "logs"
         self.secrets_root = self.run_dir / "secrets"
         self.keys_path = self.run_dir / "nexus-keys.json"
+        self.traces_path = self.run_dir / LOCAL_TRACES_FILE.name
+        self.metrics_ports = _worker_metrics_ports(settings, [w.name for w in self.workers])
         self._children: dict[str, subprocess.Popen[bytes]] = {}
 
     # ---- process records -------------------------------------------------------------------
@@ -194,12 +206,22 @@ class DevStack:
             self._start_server()
         client = await self._wait_for_server()
         await ensure_stack(client, StackSettings())
+        if self.settings.traces:
+            self.traces_path.touch(mode=0o600)  # the CLI traces too once the file exists
         for worker in self.workers:
             if not state[worker.name]:
                 self._start_worker(worker)
         await self._wait_for_pollers(client)
         print(f"Dev stack is up. Temporal UI: {self.settings.ui_url}")
         print(f"  server {self.settings.address} · logs in {self.log_dir} · stop with `make down`")
+        if self.metrics_ports:
+            listed = ", ".join(
+                f"{name} http://{self.settings.ip}:{port}/metrics"
+                for name, port in self.metrics_ports.items()
+            )
+            print(f"  metrics: {listed}")
+        if self.settings.traces:
+            print(f"  spans in {self.traces_path} · `agent trace CONVERSATION` shows a turn's")
         return 0
 
     def down(self) -> int:
@@ -337,6 +359,12 @@ class DevStack:
             "TEMPORAL_TASK_QUEUE": worker.task_queue,
             SECRETS_DIR_VARIABLE: str(secrets_dir),
         }
+        if worker.name in self.metrics_ports:
+            own["METRICS_BIND_ADDRESS"] = f"{self.settings.ip}:{self.metrics_ports[worker.name]}"
+        if self.settings.traces:
+            own["TELEMETRY_TRACES_FILE"] = str(self.traces_path)
+            # Spans within half a second of a turn, for `agent trace` right after it.
+            own["OTEL_BSP_SCHEDULE_DELAY"] = os.environ.get("OTEL_BSP_SCHEDULE_DELAY", "500")
         if worker.endpoint:
             # The embedded stack runs with caller authentication on, as a deployment should. Not
             # secrets: the keys themselves are in the secrets directory.
@@ -385,6 +413,15 @@ class DevStack:
             if time.monotonic() > deadline:
                 raise StartError(f"worker '{worker.name}' is not polling {worker.task_queue}")
             await asyncio.sleep(0.3)
+
+
+def _worker_metrics_ports(settings: DevStackSettings, names: list[str]) -> dict[str, int]:
+    """Which port each worker serves its metrics on (see DevStackSettings.worker_metrics_port)."""
+    first = settings.worker_metrics_port
+    if first is None:
+        return {}
+    ports = free_ports(len(names)) if first == 0 else range(first, first + len(names))
+    return dict(zip(names, ports, strict=True))
 
 
 def _private_dir(path: Path) -> Path:

@@ -23,12 +23,20 @@ from shared.manifest import TeamManifest
 BASE_ENV_NAMES = frozenset(
     {"PATH", "HOME", "LANG", "TZ", "TMPDIR", "PYTHONPATH", "VIRTUAL_ENV", "LOG_LEVEL", "LOG_FORMAT"}
 )
-BASE_ENV_PREFIXES = ("LC_",)  # the locale categories: LC_ALL, LC_CTYPE, ...
+# The locale categories (LC_ALL, LC_CTYPE, ...), and where spans go: the standard OTEL_* exporter
+# variables (an OTLP collector's address, not a secret) and TELEMETRY_CAPTURE_CONTENT.
+BASE_ENV_PREFIXES = ("LC_", "OTEL_", "TELEMETRY_CAPTURE_CONTENT")
 
 # Never copied from `make up`'s environment, whatever a process's prefixes say: devstack sets the
 # values each child needs (its Temporal target, its auth settings, its secrets directory), and the
 # parent's own (a Temporal Cloud API key, a production key set) belong to no child of the dev stack.
-DEVSTACK_OWNED_PREFIXES = ("TEMPORAL_", "NEXUS_AUTH_", SECRETS_DIR_VARIABLE)
+DEVSTACK_OWNED_PREFIXES = (
+    "TEMPORAL_",
+    "NEXUS_AUTH_",
+    SECRETS_DIR_VARIABLE,
+    "METRICS_BIND_ADDRESS",
+    "TELEMETRY_TRACES_FILE",
+)
 
 # Read by every team's worker: ToolServiceSettings (TOOL_*, including the effect ledger's
 # TOOL_LEDGER_PATH). Each team adds its own prefixes in its manifest (`env_prefixes`).

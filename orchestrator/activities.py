@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, NoReturn
 
 from temporalio import activity
 from temporalio.api.operatorservice.v1 import (
@@ -21,11 +22,14 @@ from orchestrator.context import (
     extractive_summary,
 )
 from orchestrator.llm import classify_llm_error, litellm, litellm_errors
+from orchestrator.llm_span import model_call_span, record_response
 from orchestrator.loop_settings import AgentConfig
 from orchestrator.models import (
+    BUDGET_EXCEEDED_ERROR,
     LLM_STEP_ACTIVITY,
     LOAD_CONFIG_ACTIVITY,
     LOCAL_TOOL_ACTIVITY,
+    OFFLINE_MODEL,
     READ_TURNS_ACTIVITY,
     RECORD_APPROVAL_ACTIVITY,
     RECORD_TURN_ACTIVITY,
@@ -41,11 +45,13 @@ from orchestrator.models import (
     TurnResult,
     Usage,
 )
-from orchestrator.store import ConversationStore, open_store
+from orchestrator.store import ConversationStore, ToolUse, UsageStep, UsageTotal, open_store
+from orchestrator.tools import LOCAL_SERVICE
 from orchestrator.tools import registry as local_registry
 from shared.config import AWAITING_APPROVAL_ATTRIBUTE
 from shared.heartbeat import heartbeating
 from shared.log import bound_context, get_logger
+from shared.telemetry import TelemetrySettings
 from shared.tool_activity import run_registered_tool
 from shared.tools import ToolCall
 
@@ -77,6 +83,8 @@ class OrchestratorActivities:
             settings.store_password.get_secret_value() if settings.store_password else None,
         )
         self._catalogs: dict[str, str] = {}  # digest -> the tool list's JSON
+        # Prompt and reply text in model spans only when the deployment allows it.
+        self._capture_content = TelemetrySettings().telemetry_capture_content
         self._awaiting_attribute_seen = False
         self._window = ContextWindow(
             model=llm_settings.resolved_model,
@@ -173,6 +181,8 @@ class OrchestratorActivities:
             # answer with that reply, so the tool calls the workflow runs are the stored ones.
             log.info("model step already answered; returning the stored reply")
             return answered
+        # Before anything is asked of the model: a spent budget stops the step here.
+        await self._check_budgets(request)
         tools = await self._tools_for(request)
         try:
             messages, compacted = await build_context(
@@ -186,13 +196,16 @@ class OrchestratorActivities:
                     self._store, cid, self._window, self._summarise, force_compaction=True
                 )
                 response = await self._complete(messages, tools)
-            result = parse_response(response, reply_seq=request.reply_seq)
+            result = parse_response(
+                response, reply_seq=request.reply_seq, model=self._llm.resolved_model
+            )
         except Exception as err:
             failure = classify_llm_error(err, trying_since=info.scheduled_time)
             log.warning("model call failed", error=failure.message, kind=failure.type)
             raise failure from None
         reply = ChatMessage(role="assistant", content=result.content, tool_calls=result.tool_calls)
         kept = await self._store.put_reply(cid, request.reply_seq, reply)
+        await self._record_usage(request, result.usage, kept, tools)
         if kept != reply:
             # Another attempt of this step (its worker presumed dead) stored its reply first: the
             # workflow must act on the stored one, or its tool calls would not be the transcript's.
@@ -207,6 +220,67 @@ class OrchestratorActivities:
             compacted=compacted,
         )
         return result.model_copy(update={"compacted": compacted})
+
+    async def _check_budgets(self, request: LlmRequest) -> None:
+        """Refuse the step (non-retryable BUDGET_EXCEEDED_ERROR) when the conversation, or its
+        user today, has already used a budget up. Totals are what the store recorded for the
+        steps before this one, so the step that crosses a limit still runs; the next one stops.
+        """
+        settings = self._settings
+        if settings.budget_conversation_tokens or settings.budget_conversation_usd:
+            spent = await self._store.conversation_usage(request.conversation_id)
+            problem = _over_budget(
+                spent,
+                settings.budget_conversation_tokens,
+                settings.budget_conversation_usd,
+                who="this conversation",
+                whose="its",
+                what="budget",
+                tokens_setting="ORCHESTRATOR_BUDGET_CONVERSATION_TOKENS",
+                usd_setting="ORCHESTRATOR_BUDGET_CONVERSATION_USD",
+                then="or start a new conversation",
+            )
+            if problem:
+                _refuse(problem, "conversation")
+        # Conversations started without a user are not counted against anyone's daily budget.
+        if request.user and (settings.budget_user_day_tokens or settings.budget_user_day_usd):
+            spent = await self._store.user_day_usage(request.user, _utc_now().date().isoformat())
+            problem = _over_budget(
+                spent,
+                settings.budget_user_day_tokens,
+                settings.budget_user_day_usd,
+                who=f"user {request.user}",
+                whose="the",
+                what="daily budget",
+                tokens_setting="ORCHESTRATOR_BUDGET_USER_DAY_TOKENS",
+                usd_setting="ORCHESTRATOR_BUDGET_USER_DAY_USD",
+                then="or wait: it resets at 00:00 UTC",
+            )
+            if problem:
+                _refuse(problem, "user")
+
+    async def _record_usage(
+        self, request: LlmRequest, usage: Usage, kept: ChatMessage, tools: list[dict[str, Any]]
+    ) -> None:
+        """One usage row for the step, describing the reply the store kept (an earlier attempt's
+        when it won the race: its tool calls are the ones that run). The row is keyed like the
+        reply, so only the first attempt to record it counts."""
+        now = _utc_now()
+        await self._store.put_usage_step(
+            UsageStep(
+                conversation_id=request.conversation_id,
+                reply_seq=request.reply_seq,
+                day=now.date().isoformat(),
+                recorded_at=now.isoformat(timespec="seconds"),
+                user=request.user,
+                # The model asked for (and priced as): the provider may answer with a dated name.
+                model=self._llm.resolved_model,
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+                cost_usd=None if usage.unpriced_steps else usage.cost_usd,
+                tool_calls=_tool_uses(kept.tool_calls, tools),
+            )
+        )
 
     async def _tools_for(self, request: LlmRequest) -> list[dict[str, Any]]:
         """The step's tool list: the one it carries (kept under its digest for the next steps),
@@ -266,7 +340,18 @@ class OrchestratorActivities:
             kwargs["api_base"] = self._llm.api_base
         if self._llm.api_key is not None:
             kwargs["api_key"] = self._llm.api_key.get_secret_value()
-        return await litellm.acompletion(**kwargs)
+        with model_call_span(
+            kwargs["model"],
+            messages,
+            temperature=self._llm.temperature,
+            tools=len(tools),
+            capture_content=self._capture_content,
+        ) as span:
+            response = await litellm.acompletion(**kwargs)
+            if span.is_recording():
+                usage = response_usage(response, kwargs["model"])
+                record_response(span, response, usage, capture_content=self._capture_content)
+        return response
 
     async def _summarise(self, older: list[dict[str, Any]], previous: str | None) -> str:
         if self._llm.offline:
@@ -301,6 +386,74 @@ class OrchestratorActivities:
         return await run_registered_tool(local_registry, self._client, call)
 
 
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _over_budget(
+    spent: UsageTotal,
+    tokens_limit: int | None,
+    usd_limit: float | None,
+    *,
+    who: str,
+    whose: str,
+    what: str,
+    tokens_setting: str,
+    usd_setting: str,
+    then: str,
+) -> str | None:
+    """What a person reads when a budget is used up (None while it is not)."""
+    if tokens_limit is not None and spent.tokens >= tokens_limit:
+        return (
+            f"{who} has used {spent.tokens:,} of {whose} {tokens_limit:,}-token {what}; "
+            f"raise {tokens_setting} {then}"
+        )
+    if usd_limit is not None and spent.cost_usd >= usd_limit:
+        return (
+            f"{who} has used {_usd(spent.cost_usd)} of {whose} {_usd(usd_limit)} {what} "
+            f"(priced model steps only); raise {usd_setting} {then}"
+        )
+    return None
+
+
+def _usd(amount: float) -> str:
+    """$1.02, $0.50; amounts under a cent with two significant digits ($0.00045), not $0.00."""
+    return f"${amount:,.2f}" if amount >= 0.01 or amount == 0 else f"${amount:.2g}"
+
+
+def _refuse(message: str, scope: str) -> NoReturn:
+    """Stop the step; the error's one detail is the budget's scope (conversation or user)."""
+    log.warning("budget exceeded; the model is not called", reason=message, scope=scope)
+    raise ApplicationError(message, scope, type=BUDGET_EXCEEDED_ERROR, non_retryable=True)
+
+
+def _tool_uses(calls: list[LlmToolCall], tools: list[dict[str, Any]]) -> list[ToolUse]:
+    """Which team each call of a reply goes to, as far as the step can tell from its tool list.
+
+    The list has model-facing names only (dispatch.build_routes): a name is the tool's own
+    unless two services publish it, then `service__tool` with a description starting
+    `[service] `. The step's request carries no routes (the workflow keeps them), so a call to
+    an unqualified team tool is stored with `service` None and its team is resolved when usage
+    is rolled up, from the conversation's turn records (which name each call's service). A
+    local tool is known here: unqualified, it is the orchestrator's own registry's.
+    """
+    described: dict[str, str] = {}
+    for tool in tools:
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if isinstance(function, dict) and isinstance(function.get("name"), str):
+            described[function["name"]] = str(function.get("description") or "")
+    uses = []
+    for call in calls:
+        service, qualified, bare = call.name.partition("__")
+        if qualified and bare and described.get(call.name, "").startswith(f"[{service}] "):
+            uses.append(ToolUse(service=service, tool=bare))
+        elif call.name in described and local_registry.get(call.name) is not None:
+            uses.append(ToolUse(service=LOCAL_SERVICE, tool=call.name))
+        else:
+            uses.append(ToolUse(service=None, tool=call.name))
+    return uses
+
+
 def _stored_reply(stored: ChatMessage | None) -> LlmStepResult | None:
     """The reply an earlier attempt of this step stored, if any."""
     if stored is None or stored.role != "assistant":
@@ -308,8 +461,11 @@ def _stored_reply(stored: ChatMessage | None) -> LlmStepResult | None:
     return LlmStepResult(content=stored.content, tool_calls=stored.tool_calls)
 
 
-def parse_response(response: Any, *, reply_seq: int = 0) -> LlmStepResult:
+def parse_response(response: Any, *, reply_seq: int = 0, model: str | None = None) -> LlmStepResult:
     """Read a LiteLLM ModelResponse. A reply without choices is malformed (and retryable).
+
+    `model` is the model asked for: the step is priced from LiteLLM's price map under that name
+    (or the one the reply gives); with no price known the usage says so (`unpriced_steps` 1).
 
     A tool call without an id gets one derived from its place, so results can refer to it.
     The reply is bounded before it reaches workflow history: at most MAX_REPLY_TOOL_CALLS calls
@@ -346,12 +502,6 @@ def parse_response(response: Any, *, reply_seq: int = 0) -> LlmStepResult:
                 arguments=arguments,
             )
         )
-    usage = getattr(response, "usage", None)
-    cost = 0.0
-    try:
-        cost = float(litellm.completion_cost(completion_response=response) or 0.0)
-    except Exception:  # models without a price (local, fake, offline) cost nothing known
-        cost = 0.0
     content = message.content
     if isinstance(content, str) and len(content) > MAX_REPLY_CHARS:
         content = (
@@ -361,10 +511,49 @@ def parse_response(response: Any, *, reply_seq: int = 0) -> LlmStepResult:
     return LlmStepResult(
         content=content,
         tool_calls=tool_calls,
-        usage=Usage(
-            prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
-            completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
-            cost_usd=cost,
-        ),
+        usage=response_usage(response, model),
         model=str(getattr(response, "model", "") or ""),
     )
+
+
+def response_usage(response: Any, model: str | None) -> Usage:
+    """The reply's tokens, and its cost from LiteLLM's price map (or unpriced)."""
+    usage = getattr(response, "usage", None)
+    cost = _price(response, model)
+    return Usage(
+        prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
+        completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
+        cost_usd=cost or 0.0,
+        unpriced_steps=0 if cost is not None else 1,
+    )
+
+
+def _price(response: Any, model: str | None) -> float | None:
+    """The reply's cost in USD from LiteLLM's price map, or None when no price is known.
+
+    Unknown is not free: a model LiteLLM cannot price (local, fake, a name missing from the map)
+    is None, and so is the offline model, whose zero price is registered only so LiteLLM's
+    lookups answer for it. A price LiteLLM computed for the call itself (under the model asked
+    for) comes first; then the map under the model asked for, then under the reply's own name.
+    """
+    names = {str(model or ""), str(getattr(response, "model", "") or "")}
+    if any(name == OFFLINE_MODEL or name.startswith(_OFFLINE_PREFIX) for name in names):
+        return None
+    hidden = getattr(response, "_hidden_params", None)
+    computed = hidden.get("response_cost") if isinstance(hidden, dict) else None
+    if isinstance(computed, int | float) and not isinstance(computed, bool):
+        return float(computed)
+    for name in (model, None):
+        try:
+            if name:
+                cost = litellm.completion_cost(completion_response=response, model=name)
+            else:
+                cost = litellm.completion_cost(completion_response=response)
+        except Exception:  # not in the price map (or no usage to price): try the next name
+            continue
+        if cost is not None:
+            return float(cost)
+    return None
+
+
+_OFFLINE_PREFIX = OFFLINE_MODEL.split("/", 1)[0] + "/"

@@ -25,7 +25,7 @@ from rich.table import Table
 from temporalio.client import WorkflowExecutionStatus, WorkflowQueryFailedError
 from temporalio.service import RPCError
 
-from orchestrator import approval_commands
+from orchestrator import approval_commands, trace_commands, usage_commands
 from orchestrator.approval_commands import (
     announce_approval,
     current_user,
@@ -39,11 +39,13 @@ from orchestrator.client import (
     InvalidMessageError,
     check_conversation_id,
     check_message,
+    check_user,
 )
 from orchestrator.models import ConversationStatus, PendingApproval, TurnResult, Usage
 from orchestrator.render import (
     OFFLINE_NOTICE,
     call_json,
+    describe_usage_cost,
     err,
     out,
     print_error,
@@ -67,6 +69,15 @@ app = typer.Typer(
 app.add_typer(store_app)
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print a JSON object instead of text.")]
+UserOption = Annotated[
+    str | None,
+    typer.Option(
+        "--as",
+        help="Who the conversation is for when this starts it (per-user budgets, "
+        "`agent usage`; in `chat` also who decides approvals). Default: $AGENT_USER, else "
+        "your user name.",
+    ),
+]
 
 
 def _new_conversation_id() -> str:
@@ -105,9 +116,10 @@ async def _pending(
 def ask(
     message: Annotated[str, typer.Argument(help="Your question.")],
     as_json: JsonOption = False,
+    user: UserOption = None,
 ) -> None:
     """Start a new conversation with one message and print the answer."""
-    _check_and_send(_new_conversation_id(), message, as_json=as_json, new=True)
+    _check_and_send(_new_conversation_id(), message, as_json=as_json, new=True, user=user)
 
 
 @app.command()
@@ -115,16 +127,20 @@ def send(
     conversation_id: Annotated[str, typer.Argument(help="Conversation id.")],
     message: Annotated[str, typer.Argument(help="Your message.")],
     as_json: JsonOption = False,
+    user: UserOption = None,
 ) -> None:
     """Continue a conversation (it is started if it does not exist yet)."""
-    _check_and_send(conversation_id, message, as_json=as_json, new=False)
+    _check_and_send(conversation_id, message, as_json=as_json, new=False, user=user)
 
 
-def _check_and_send(conversation_id: str, message: str, *, as_json: bool, new: bool) -> None:
+def _check_and_send(
+    conversation_id: str, message: str, *, as_json: bool, new: bool, user: str | None
+) -> None:
     async def work() -> TurnResult:
         # Before connecting: a message the client would refuse needs no server to be refused.
         check_conversation_id(conversation_id)
         check_message(message)
+        check_user(user or "")
         conversations, _ = await open_conversations()
         # In a terminal, a call that waits for approval is named with the command that decides
         # it; no prompt: `send` may run in a script, and `agent chat` is the interactive way.
@@ -134,6 +150,7 @@ def _check_and_send(conversation_id: str, message: str, *, as_json: bool, new: b
             message,
             live=not as_json and out.is_terminal,
             on_approval=announce_approval(conversation_id),
+            user=user or current_user(),
         )
         if not as_json:
             await _announce_model(conversations, conversation_id)
@@ -158,6 +175,7 @@ def chat(
     conversation: Annotated[
         str | None, typer.Option("--conversation", "-c", help="Resume this conversation.")
     ] = None,
+    user: UserOption = None,
 ) -> None:
     """Interactive, multi-turn chat. Type /exit (or Ctrl-D) to leave; the conversation stays."""
     conversation_id = conversation or _new_conversation_id()
@@ -168,6 +186,7 @@ def chat(
 
     async def work() -> None:
         check_conversation_id(conversation_id)
+        check_user(user or "")
         conversations, _ = await open_conversations()
         out.print(f"[bold]conversation[/] {conversation_id}  ·  /exit to leave, /end to close it")
         if conversation:
@@ -176,7 +195,8 @@ def chat(
                 out.print(f"[dim]you: {escape(turn.message)}[/]")
                 out.print(f"[dim]agent: {escape(turn.answer or turn.error or '')}[/]")
         announced = False
-        decide = prompt_for_approval(conversations, conversation_id, current_user())
+        who = user or current_user()
+        decide = prompt_for_approval(conversations, conversation_id, who)
         while True:
             try:
                 message = await asyncio.to_thread(out.input, "[bold green]you:[/] ")
@@ -202,7 +222,7 @@ def chat(
             try:
                 result = await translate(
                     lambda m=message: send_with_status(  # type: ignore[misc]
-                        conversations, conversation_id, m, live=True, on_approval=decide
+                        conversations, conversation_id, m, live=True, on_approval=decide, user=who
                     )
                 )
             except CliError as error:
@@ -263,7 +283,7 @@ def history(
             print_pending(conversation_id, call)
     out.print(
         f"[dim]usage: {usage.prompt_tokens} prompt + {usage.completion_tokens} completion "
-        f"tokens, ${usage.cost_usd:.4f}[/]"
+        f"tokens, {describe_usage_cost(usage)}[/]"
     )
 
 
@@ -285,7 +305,7 @@ def end(conversation_id: Annotated[str, typer.Argument(help="Conversation id.")]
     # must not see a failure. An unknown id is still an error (exit 1).
     verb = "has already ended" if already else "ended"
     totals = (
-        f" · {usage.prompt_tokens + usage.completion_tokens} tokens, ${usage.cost_usd:.4f}"
+        f" · {usage.prompt_tokens + usage.completion_tokens} tokens, {describe_usage_cost(usage)}"
         if usage is not None
         else ""
     )
@@ -345,6 +365,8 @@ def list_conversations(
 
 # After the commands above, so `agent --help` lists conversations first, then approvals.
 approval_commands.register(app)
+usage_commands.register(app)
+trace_commands.register(app)
 
 
 # ---- entry point ---------------------------------------------------------------------------------

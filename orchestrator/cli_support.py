@@ -20,6 +20,7 @@ from orchestrator.client import ConversationClient, ConversationEndedError, Inva
 from orchestrator.render import print_error
 from shared.caller import innermost_message
 from shared.config import ConfigError, OrchestratorTemporalSettings, load_settings
+from shared.telemetry import LOCAL_TRACES_FILE, TelemetrySettings, install_tracing
 from shared.temporal import connect
 
 T = TypeVar("T")
@@ -32,6 +33,7 @@ class CliError(Exception):
 # ---- plumbing --------------------------------------------------------------------------------
 async def open_conversations() -> tuple[ConversationClient, OrchestratorTemporalSettings]:
     settings = load_settings(OrchestratorTemporalSettings)
+    trace_cli()
     try:
         client: Client = await connect(settings)
     except RuntimeError as error:
@@ -41,6 +43,15 @@ async def open_conversations() -> tuple[ConversationClient, OrchestratorTemporal
             f"{reason}. Is the stack up? Run `make up`."
         ) from None
     return ConversationClient(client, settings.task_queue), settings
+
+
+def trace_cli() -> None:
+    """Trace this command's requests when tracing is configured, or when the local stack
+    (`make up`) writes its spans file here: the client's update is the root of a turn's trace."""
+    telemetry = load_settings(TelemetrySettings)
+    if telemetry.telemetry_traces_file is None and LOCAL_TRACES_FILE.is_file():
+        telemetry = telemetry.model_copy(update={"telemetry_traces_file": LOCAL_TRACES_FILE})
+    install_tracing(telemetry, "agent-cli")
 
 
 def run(work: Callable[[], Awaitable[T]]) -> T:

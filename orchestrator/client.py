@@ -56,6 +56,8 @@ R = TypeVar("R")
 # the client, before anything is sent. A message also travels in the turn's result and in the
 # answers a conversation carries across continue-as-new, hence the wide margin.
 MAX_MESSAGE_BYTES = 256 * 1024
+# ConversationInput.user's own limit, checked before anything is sent.
+MAX_USER_CHARS = 200
 # A message sent again after its conversation continued as new is answered by the next run; a
 # bound keeps a misbehaving workflow from turning that into an endless loop.
 MAX_CONTINUED_RETRIES = 10
@@ -117,6 +119,17 @@ def check_conversation_id(conversation_id: str) -> None:
         raise InvalidMessageError("the conversation id is empty")
 
 
+def check_user(user: str) -> None:
+    """Raise InvalidMessageError unless `user` can name who a conversation is for."""
+    problem = utf8_problem(user)
+    if problem:
+        raise InvalidMessageError(f"the user name is not valid UTF-8: {problem}")
+    if len(user.strip()) > MAX_USER_CHARS:
+        raise InvalidMessageError(
+            f"the user name is {len(user.strip())} characters; the limit is {MAX_USER_CHARS}"
+        )
+
+
 class ConversationClient:
     def __init__(self, client: Client, task_queue: str) -> None:
         self._client = client
@@ -129,7 +142,7 @@ class ConversationClient:
         return self._client.get_workflow_handle(conversation_id, result_type=Usage)
 
     async def send(
-        self, conversation_id: str, text: str, *, message_id: str | None = None
+        self, conversation_id: str, text: str, *, message_id: str | None = None, user: str = ""
     ) -> TurnResult:
         """Send a message, starting the conversation if it is not running (update-with-start).
 
@@ -140,10 +153,14 @@ class ConversationClient:
 
         Raises InvalidMessageError, before contacting the server, for a message that is not valid
         UTF-8, is empty or is over MAX_MESSAGE_BYTES, and for an unusable conversation or message
-        id.
+        id, or user.
+
+        `user` is who the conversation is for (per-user budgets, `agent usage`): kept when this
+        message starts the conversation; a running conversation keeps the user it started with.
         """
         check_conversation_id(conversation_id)
         check_message(text)
+        check_user(user)
         id_problem = utf8_problem(message_id) if message_id is not None else None
         if id_problem:
             raise InvalidMessageError(f"the message id is not valid UTF-8: {id_problem}")
@@ -152,7 +169,7 @@ class ConversationClient:
         async def attempt() -> TurnResult:
             start: WithStartWorkflowOperation[object, Usage] = WithStartWorkflowOperation(
                 CONVERSATION_WORKFLOW,
-                ConversationInput(conversation_id=conversation_id),
+                ConversationInput(conversation_id=conversation_id, user=user.strip()),
                 id=conversation_id,
                 task_queue=self._task_queue,
                 id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,

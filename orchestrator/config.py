@@ -81,6 +81,52 @@ class OrchestratorSettings(BaseSettings, LoopSettings):
         "tests run the same code with it on, so a non-deterministic call still fails in CI.",
     )
 
+    # Budgets, checked by each model step before the model is called, from the usage the store
+    # recorded (table usage_steps). Unset: no limit.
+    budget_conversation_tokens: int | None = Field(
+        default=None,
+        description="Tokens (prompt + completion) one conversation may use; once reached, its "
+        "turns fail with a message saying so until the setting is raised.",
+    )
+    budget_conversation_usd: float | None = Field(
+        default=None,
+        description="US dollars one conversation may spend. Counts priced model steps only: "
+        "steps of a model with no known price (the offline model, local models) cost nothing here.",
+    )
+    budget_user_day_tokens: int | None = Field(
+        default=None,
+        description="Tokens one user's conversations may use per UTC day (resets at 00:00 UTC). "
+        "Conversations started without a user are not counted against any user.",
+    )
+    budget_user_day_usd: float | None = Field(
+        default=None,
+        description="US dollars one user's conversations may spend per UTC day (resets at "
+        "00:00 UTC). Counts priced model steps only.",
+    )
+
+    @field_validator(
+        "budget_conversation_tokens",
+        "budget_conversation_usd",
+        "budget_user_day_tokens",
+        "budget_user_day_usd",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator(
+        "budget_conversation_tokens",
+        "budget_conversation_usd",
+        "budget_user_day_tokens",
+        "budget_user_day_usd",
+    )
+    @classmethod
+    def _check_budget(cls, value: float | None) -> float | None:
+        if value is not None and not value > 0:
+            raise ValueError(f"a budget must be greater than 0, not {value}; unset it for no limit")
+        return value
+
     @field_validator("store_url")
     @classmethod
     def _check_store(cls, value: str) -> str:

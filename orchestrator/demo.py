@@ -16,10 +16,20 @@ from typing import Literal
 from rich.console import Console
 from rich.markup import escape
 
+from orchestrator.approval_commands import current_user
 from orchestrator.cli_support import CliError, open_conversations
 from orchestrator.client import ConversationClient
 from orchestrator.models import Decision, PendingApproval, TurnResult
-from orchestrator.render import OFFLINE_NOTICE, UI_ADDRESS, compact, print_turn, send_with_status
+from orchestrator.render import (
+    OFFLINE_NOTICE,
+    UI_ADDRESS,
+    compact,
+    describe_usage_cost,
+    print_turn,
+    send_with_status,
+)
+from orchestrator.trace_commands import conversation_traces, read_spans, render_tree, traces_file
+from shared.telemetry import flush_spans
 from shared.temporal import exit_process
 
 Verdict = Literal["approve", "deny"]
@@ -35,6 +45,9 @@ SCRIPT: list[tuple[str, Verdict | None]] = [
     ("Show the recent expenses", None),
 ]
 POLL_SECONDS = 0.2
+# The turn whose trace the demo shows: two tools on two services in parallel.
+TRACED_TURN = 4
+TRACE_WAIT_SECONDS = 5.0  # workers export spans in batches (every 0.5 s under `make up`)
 
 console = Console()
 
@@ -42,16 +55,17 @@ console = Console()
 async def play() -> int:
     conversations, settings = await open_conversations()
     conversation_id = f"demo-{uuid.uuid4().hex[:8]}"
+    user = current_user()
     console.rule(f"[bold]demo conversation {conversation_id}")
     failures = 0
     for index, (message, verdict) in enumerate(SCRIPT, start=1):
         console.print(f"\n[bold green]you ({index}/{len(SCRIPT)}):[/] {escape(message)}")
         if verdict is None:
             result = await send_with_status(
-                conversations, conversation_id, message, live=console.is_terminal
+                conversations, conversation_id, message, live=console.is_terminal, user=user
             )
         else:
-            result = await _send_and_decide(conversations, conversation_id, message, verdict)
+            result = await _send_and_decide(conversations, conversation_id, message, verdict, user)
         if index == 1:
             status = await conversations.status(conversation_id)
             model = "offline" if status.offline_model else status.model
@@ -64,22 +78,50 @@ async def play() -> int:
     console.rule("[bold]done")
     console.print(
         f"{len(SCRIPT)} turns · {usage.prompt_tokens} prompt + {usage.completion_tokens} "
-        f"completion tokens · ${usage.cost_usd:.4f}"
+        f"completion tokens · {describe_usage_cost(usage)}"
     )
+    await _show_trace(conversation_id)
     console.print(
         f"Temporal UI: {UI_ADDRESS}/namespaces/{settings.namespace}/workflows/{conversation_id}"
     )
     console.print(f"Replay it: agent history {conversation_id}")
+    console.print(f"Time and cost: agent trace {conversation_id} [TURN] · agent usage --by model")
     if failures:
         console.print(f"[red]{failures} turn(s) had errors[/]")
     return 1 if failures else 0
 
 
+async def _show_trace(conversation_id: str) -> None:
+    """Where one turn's time went, from the spans file `make up`'s processes write."""
+    path = traces_file()
+    if not path.is_file():
+        return
+    flush_spans()
+    deadline = asyncio.get_running_loop().time() + TRACE_WAIT_SECONDS
+    while True:
+        traces = [
+            t
+            for t in conversation_traces(read_spans(path), conversation_id)
+            if t.turn == TRACED_TURN
+        ]
+        services = {s.service for t in traces for s in t.spans}
+        if {"orchestrator", "finance"} <= services or asyncio.get_running_loop().time() > deadline:
+            break
+        await asyncio.sleep(POLL_SECONDS)
+    if traces:
+        console.print(f"\n[bold]where turn {TRACED_TURN}'s time went[/] (agent trace):")
+        console.print(render_tree(traces[0]))
+
+
 async def _send_and_decide(
-    conversations: ConversationClient, conversation_id: str, message: str, verdict: Verdict
+    conversations: ConversationClient,
+    conversation_id: str,
+    message: str,
+    verdict: Verdict,
+    user: str,
 ) -> TurnResult:
     """Send a message whose turn pauses on an approval, and decide it as the demo's operator."""
-    turn = asyncio.create_task(conversations.send(conversation_id, message))
+    turn = asyncio.create_task(conversations.send(conversation_id, message, user=user))
     pending = await _first_pending(conversations, conversation_id, turn)
     if pending is None:
         console.print("[red]the turn did not wait for approval[/]")

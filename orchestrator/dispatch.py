@@ -21,6 +21,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, NexusOperationError
 
 with workflow.unsafe.imports_passed_through():
+    from orchestrator import telemetry
     from orchestrator.loop_settings import AgentConfig
     from orchestrator.models import (
         LOCAL_TOOL_ACTIVITY,
@@ -246,8 +247,14 @@ class ToolDispatcher:
     async def _run_remote(self, endpoint: str, call: ToolCall) -> ToolOutcome:
         """Call a team's tool, unless its endpoint's circuit breaker is open."""
         breaker = self._state.breakers.setdefault(endpoint, CircuitBreaker())
+        service = (
+            self._state.routes[call.tool].spec.service
+            if call.tool in self._state.routes
+            else endpoint
+        )
         now = workflow.time()
         if breaker.open_until > now:
+            telemetry.tool_call(service, call.tool, "breaker_open")
             return ToolOutcome.failed(
                 call,
                 endpoint,
@@ -256,12 +263,22 @@ class ToolDispatcher:
                 f"not calling it for another {breaker.open_until - now:.0f} s",
             )
         timeout = timedelta(seconds=self._config.tool_timeout_seconds)
-        outcome = await execute_tool(endpoint, call, timeout=timeout)
+        with telemetry.span(
+            f"tool {service}.{call.tool}",
+            **{"agent.tool": call.tool, "agent.service": service, "agent.call_id": call.call_id},
+        ) as current:
+            outcome = await execute_tool(endpoint, call, timeout=timeout)
+            current.set_attribute("agent.tool.outcome", outcome_label(outcome))
+        telemetry.tool_call(service, call.tool, outcome_label(outcome))
         if outcome.error_kind == "unavailable":
             breaker.failures += 1
             if breaker.failures >= self._config.breaker_failures:
+                if breaker.open_until <= now:
+                    telemetry.breaker_transition(endpoint, "open")
                 breaker.open_until = workflow.time() + self._config.breaker_cooldown_seconds
         else:  # it answered (even with an error of the call's own): the service is up
+            if breaker.open_until:
+                telemetry.breaker_transition(endpoint, "closed")
             breaker.failures = 0
             breaker.open_until = 0.0
         return outcome
@@ -283,8 +300,16 @@ class ToolDispatcher:
                 summary=call.tool,
             )
         except ActivityError as err:
-            return ToolOutcome.failed(call, LOCAL_SERVICE, *classify_activity_error(err))
-        return ToolOutcome.succeeded(call, LOCAL_SERVICE, output)
+            outcome = ToolOutcome.failed(call, LOCAL_SERVICE, *classify_activity_error(err))
+        else:
+            outcome = ToolOutcome.succeeded(call, LOCAL_SERVICE, output)
+        telemetry.tool_call(LOCAL_SERVICE, call.tool, outcome_label(outcome))
+        return outcome
+
+
+def outcome_label(outcome: ToolOutcome) -> str:
+    """ok, or how the call failed (bad_request, not_found, unavailable, failed, ...)."""
+    return "ok" if outcome.ok else (outcome.error_kind or "failed")
 
 
 # ---- what a call leaves behind: the turn's record and the model's tool message ---------------

@@ -77,6 +77,7 @@ async def _step(
         reply_seq=memory.next_seq,
         tools=model_tools(memory.routes) if full_catalog else None,
         tools_digest=memory.catalog_digest,
+        user=memory.user,
     )
     # Compaction may add a summarising model call to the step.
     timeout = timedelta(seconds=2 * config.llm_timeout_seconds + 10)

@@ -44,6 +44,10 @@ STORE_BEHIND_ERROR = "ConversationStoreBehind"
 # Raised (non-retryable) by the model step when no tool list is stored under the step's digest:
 # the workflow sends the step again with the whole list.
 TOOL_CATALOG_MISSING_ERROR = "ToolCatalogMissing"
+# Raised (non-retryable) by the model step, before the model is called, when the conversation or
+# its user has used up a budget (ORCHESTRATOR_BUDGET_*): the turn fails with the message, and the
+# conversation answers again once the budget allows (a raised setting, or the next UTC day).
+BUDGET_EXCEEDED_ERROR = "BudgetExceeded"
 OFFLINE_MODEL = "offline/keyword-router"
 
 
@@ -66,13 +70,21 @@ class ChatMessage(BaseModel):
 class Usage(BaseModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    cost_usd: float = 0.0
+    cost_usd: float = Field(
+        default=0.0, description="The priced steps' cost; unpriced steps are not in it."
+    )
+    unpriced_steps: int = Field(
+        default=0,
+        description="Model steps with no known price (offline, local or unknown models): "
+        "their cost is unknown, not zero.",
+    )
 
     def add(self, other: Usage) -> Usage:
         return Usage(
             prompt_tokens=self.prompt_tokens + other.prompt_tokens,
             completion_tokens=self.completion_tokens + other.completion_tokens,
             cost_usd=round(self.cost_usd + other.cost_usd, 8),
+            unpriced_steps=self.unpriced_steps + other.unpriced_steps,
         )
 
 
@@ -252,6 +264,7 @@ class CarriedState(BaseModel):
     the unsent delta and the discovered tools travel."""
 
     usage: Usage = Field(default_factory=Usage)
+    user: str = Field(default="", description="Who the conversation is for (budgets, usage).")
     turns: int = 0
     next_seq: int = Field(default=0, description="The next message's sequence number.")
     pending: list[StoredMessage] = Field(
@@ -308,6 +321,7 @@ def _newest_within(items: list[tuple[K, TurnResult]], budget: int) -> list[tuple
 
 class ConversationInput(BaseModel):
     conversation_id: str
+    user: str = Field(default="", max_length=200, description="Who the conversation is for.")
     carried: CarriedState | None = None
 
 
@@ -329,6 +343,7 @@ class LlmRequest(BaseModel):
         "otherwise the step loads the list stored under `tools_digest`.",
     )
     tools_digest: str = ""
+    user: str = Field(default="", description="Who the conversation is for (budgets, usage).")
 
     @property
     def stored_before(self) -> int:
@@ -340,7 +355,11 @@ class LlmRequest(BaseModel):
 class LlmStepResult(BaseModel):
     content: str | None = None
     tool_calls: list[LlmToolCall] = Field(default_factory=list)
-    usage: Usage = Field(default_factory=Usage)
+    usage: Usage = Field(
+        default_factory=Usage,
+        description="This step's tokens and cost; `unpriced_steps` is 1 when the model has no "
+        "known price (then `cost_usd` is 0 because it is unknown, not because it was free).",
+    )
     model: str = ""
     compacted: bool = Field(default=False, description="Older turns were summarised this step.")
 

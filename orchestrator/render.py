@@ -24,6 +24,7 @@ from orchestrator.models import (
     PendingApproval,
     ToolCallRecord,
     TurnResult,
+    Usage,
 )
 
 out = Console()
@@ -163,6 +164,21 @@ def print_turn(result: TurnResult) -> None:
         print_error(result.error or "the turn failed")
 
 
+def describe_cost(cost_usd: float | None, unpriced_steps: int) -> str:
+    """A cost as a person should read it: steps with no known price are counted, never shown
+    as $0 (`$0.0123`, `$0.0123 + 2 unpriced steps`, `unpriced (3 steps)`)."""
+    if not unpriced_steps:
+        return f"${cost_usd or 0.0:.4f}"
+    steps = f"{unpriced_steps} unpriced step{'s' if unpriced_steps != 1 else ''}"
+    if not cost_usd:
+        return f"unpriced ({unpriced_steps} step{'s' if unpriced_steps != 1 else ''})"
+    return f"${cost_usd:.4f} + {steps}"
+
+
+def describe_usage_cost(usage: Usage) -> str:
+    return describe_cost(usage.cost_usd, usage.unpriced_steps)
+
+
 def compact(value: Any, limit: int = 120) -> str:
     text = value if isinstance(value, str) else json.dumps(value, default=str)
     return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -191,10 +207,12 @@ async def send_with_status(
     *,
     live: bool,
     on_approval: ApprovalHandler | None = None,
+    user: str = "",
 ) -> TurnResult:
     """Send a message; while it is answered, show which tools run on which service, and hand
-    each call that waits for approval to `on_approval` (once per call)."""
-    task = asyncio.create_task(conversations.send(conversation_id, message))
+    each call that waits for approval to `on_approval` (once per call). `user` is who the
+    conversation is for, when this message starts it."""
+    task = asyncio.create_task(conversations.send(conversation_id, message, user=user))
     if not live:
         return await task
     seen: set[str] = set()

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from orchestrator.models import ApprovalRecord, ChatMessage, StoredMessage, TurnResult
 
@@ -54,7 +54,68 @@ SCHEMA = [
         turn BIGINT NOT NULL,
         body TEXT NOT NULL,
         PRIMARY KEY (conversation_id, call_id))""",
+    # What each model step used, one row per kept reply (keyed like the reply, so a retried step
+    # writes it once): budgets read their totals here and `agent usage` rolls them up.
+    # `cost_usd` is NULL and `priced` 0 when the model has no known price; `tool_calls` is the
+    # JSON list of {"service", "tool"} the reply asked for (`service` null when the step could
+    # not tell: resolved from the conversation's turn records when rolled up).
+    # `user_name`, not `user`: USER is a reserved word in PostgreSQL.
+    """CREATE TABLE IF NOT EXISTS usage_steps (
+        conversation_id TEXT NOT NULL,
+        reply_seq BIGINT NOT NULL,
+        day TEXT NOT NULL,
+        recorded_at TEXT NOT NULL,
+        user_name TEXT NOT NULL,
+        model TEXT NOT NULL,
+        prompt_tokens BIGINT NOT NULL,
+        completion_tokens BIGINT NOT NULL,
+        cost_usd DOUBLE PRECISION,
+        priced INTEGER NOT NULL,
+        tool_calls TEXT NOT NULL,
+        PRIMARY KEY (conversation_id, reply_seq))""",
+    "CREATE INDEX IF NOT EXISTS usage_steps_user_day ON usage_steps (user_name, day)",
+    "CREATE INDEX IF NOT EXISTS usage_steps_day ON usage_steps (day)",
 ]
+
+
+class ToolUse(BaseModel):
+    """One tool call a model step asked for, as its usage row keeps it."""
+
+    service: str | None = None  # None: not known at the step; resolved when rolled up
+    tool: str
+
+
+class UsageStep(BaseModel):
+    """One model step's usage row (table `usage_steps`)."""
+
+    conversation_id: str
+    reply_seq: int
+    day: str  # YYYY-MM-DD, UTC
+    recorded_at: str  # ISO 8601, UTC
+    user: str = ""
+    model: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float | None = None  # None: the model has no known price
+    tool_calls: list[ToolUse] = Field(default_factory=list)
+
+    @property
+    def priced(self) -> bool:
+        return self.cost_usd is not None
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True)
+class UsageTotal:
+    """What a set of model steps used: all tokens, and the priced steps' cost."""
+
+    tokens: int = 0
+    cost_usd: float = 0.0
+    steps: int = 0
+    unpriced_steps: int = 0
 
 
 class Summary(BaseModel):
@@ -195,6 +256,66 @@ class ConversationStore(ABC):
         rows = await self._sql("SELECT body FROM tool_catalogs WHERE digest = ?", (digest,))
         return catalog_from_rows(rows)
 
+    # ---- usage: one row per model step ----------------------------------------------------
+    async def put_usage_step(self, step: UsageStep) -> None:
+        """Keep a model step's usage; the first row recorded for its reply stands."""
+        await self._sql(
+            "INSERT INTO usage_steps (conversation_id, reply_seq, day, recorded_at, user_name, "
+            "model, prompt_tokens, completion_tokens, cost_usd, priced, tool_calls) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            [
+                (
+                    step.conversation_id,
+                    step.reply_seq,
+                    step.day,
+                    step.recorded_at,
+                    step.user,
+                    step.model,
+                    step.prompt_tokens,
+                    step.completion_tokens,
+                    step.cost_usd,
+                    1 if step.priced else 0,
+                    json.dumps([use.model_dump() for use in step.tool_calls]),
+                )
+            ],
+        )
+
+    async def conversation_usage(self, conversation_id: str) -> UsageTotal:
+        """Every recorded step of one conversation, summed."""
+        return await self._usage_total("conversation_id = ?", (conversation_id,))
+
+    async def user_day_usage(self, user: str, day: str) -> UsageTotal:
+        """Every recorded step of one user's conversations on one UTC day, summed."""
+        return await self._usage_total("user_name = ? AND day = ?", (user, day))
+
+    async def _usage_total(self, where: str, params: tuple[Any, ...]) -> UsageTotal:
+        rows = await self._sql(
+            "SELECT COALESCE(SUM(prompt_tokens + completion_tokens), 0), "
+            "COALESCE(SUM(cost_usd), 0), COUNT(*), COALESCE(SUM(1 - priced), 0) "
+            f"FROM usage_steps WHERE {where}",
+            params,
+        )
+        tokens, cost, steps, unpriced = rows[0]
+        # PostgreSQL sums BIGINTs as NUMERIC (Decimal): plain numbers either way.
+        return UsageTotal(
+            tokens=int(tokens), cost_usd=float(cost), steps=int(steps), unpriced_steps=int(unpriced)
+        )
+
+    async def usage_steps(
+        self, *, since_day: str | None = None, user: str | None = None
+    ) -> list[UsageStep]:
+        """The recorded steps from `since_day` on (all without), of one user or everyone's."""
+        where, params = "day >= ?", [since_day or ""]
+        if user is not None:
+            where, params = where + " AND user_name = ?", [*params, user]
+        rows = await self._sql(
+            "SELECT conversation_id, reply_seq, day, recorded_at, user_name, model, "
+            "prompt_tokens, completion_tokens, cost_usd, priced, tool_calls FROM usage_steps "
+            f"WHERE {where} ORDER BY day, conversation_id, reply_seq",
+            tuple(params),
+        )
+        return [usage_step_from_row(row) for row in rows]
+
     # ---- what one model step does, as single calls a backend can serve in one round trip ----
     async def start_step(
         self,
@@ -248,6 +369,23 @@ def catalog_from_rows(rows: list[Any]) -> list[dict[str, Any]] | None:
         return None
     tools = json.loads(rows[0][0])
     return tools if isinstance(tools, list) else None
+
+
+def usage_step_from_row(row: Any) -> UsageStep:
+    (cid, seq, day, recorded_at, user, model, prompt, completion, cost, priced, calls) = row
+    uses = json.loads(calls) if calls else []
+    return UsageStep(
+        conversation_id=cid,
+        reply_seq=int(seq),
+        day=day,
+        recorded_at=recorded_at,
+        user=user,
+        model=model,
+        prompt_tokens=int(prompt),
+        completion_tokens=int(completion),
+        cost_usd=float(cost) if priced and cost is not None else None,
+        tool_calls=[ToolUse.model_validate(use) for use in uses if isinstance(use, dict)],
+    )
 
 
 def message_from_row(seq: int, body: str) -> StoredMessage:

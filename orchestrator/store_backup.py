@@ -6,7 +6,12 @@ writing: a backup is a consistent snapshot, and a restore is one write transacti
 worker's open connection sees on its next statement (the file is written in place, never swapped,
 so no connection is left on an unlinked file).
 
-Only the standard library is used: the CLI imports this module on its start-up path.
+Only the standard library is used at import: the CLI imports this module on its start-up path.
+
+A backup copies every table (the page-level copy knows no table names), `usage_steps` included.
+`STORE_TABLES` lists only what a file needs to count as a conversation store, so backups taken
+before a table was added (`tool_catalogs`, `approvals`, `usage_steps`) still restore; a restore
+then creates the tables such a backup lacks, empty, so the running worker can write to them.
 """
 
 from __future__ import annotations
@@ -130,6 +135,7 @@ def restore_store(store_url: str, source_path: Path) -> StoreCounts:
             _create_private(live)
             with _open(live) as target:
                 source.backup(target)
+                _create_missing_tables(target)
                 counts = _count(target)
     except sqlite3.Error as error:
         raise StoreBackupError(f"restore into {live} failed: {_one_line(error)}") from None
@@ -181,6 +187,16 @@ def _require_valid_backup(connection: sqlite3.Connection, path: Path) -> None:
         raise StoreBackupError(f"{path} is damaged: {_one_line(error)}") from None
     if not verdict or verdict[0] != "ok":
         raise StoreBackupError(f"{path} is damaged: {verdict[0] if verdict else 'no answer'}")
+
+
+def _create_missing_tables(connection: sqlite3.Connection) -> None:
+    """Add the tables (and indexes) the store has now and an older backup lacks, empty. The
+    live worker's connection created them once, at start: it does not look again."""
+    from orchestrator.store import SCHEMA  # not at import: keeps the CLI's start-up light
+
+    for statement in SCHEMA:
+        connection.execute(statement)
+    connection.commit()
 
 
 def _create_private(path: Path) -> None:

@@ -17,6 +17,7 @@ from datetime import timedelta
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
+    from orchestrator import telemetry
     from orchestrator.dispatch import (
         BOUNDED_FAN_OUT_PATCH,
         ApprovalNeed,
@@ -139,16 +140,20 @@ class TurnRunner:
                 state.step += 1
                 self.thinking = True
                 self._busy += 1
+                asked = workflow.time()
                 try:
                     reply = await ask_model(self._conversation_id, config, memory)
                 except MODEL_STEP_FAILURES as err:
+                    telemetry.model_step_failed(config.model, err, workflow.time() - asked)
                     return self._result(error=innermost_message(err))
                 finally:
                     self._busy -= 1
                     self.thinking = False
+                telemetry.model_step(config.model, "ok", workflow.time() - asked, reply.usage)
                 state.usage = state.usage.add(reply.usage)
                 memory.usage = memory.usage.add(reply.usage)
                 if reply.compacted:
+                    telemetry.compaction()
                     state.notes.append(
                         "older turns were summarised to fit the model's context window"
                     )
@@ -233,6 +238,11 @@ class TurnRunner:
             self.state.turn, self.state.step, planned.index, planned.call
         )
         if not isinstance(resolved, Resolved):
+            route = self._memory.routes.get(planned.call.name)
+            if route is not None:  # an unknown name is the model's guess: never a label
+                telemetry.tool_call(route.spec.service, route.spec.name, "rejected")
+            else:
+                telemetry.tool_call("unknown", "unknown", "rejected")
             self._finish(planned, resolved)
             return
         approval: ApprovalRecord | None = None
@@ -241,6 +251,8 @@ class TurnRunner:
             if needed is not None and workflow.patched(APPROVAL_GATE_PATCH):
                 approval = await self._decision(planned, resolved, needed)
                 if approval.verdict != "approve":
+                    spec = resolved.route.spec
+                    telemetry.tool_call(spec.service, spec.name, "denied")
                     self._finish(planned, denied(resolved, approval), approval)
                     return
         if self.cancel_reason is not None:
@@ -333,6 +345,10 @@ class TurnRunner:
                 timed_out=timed_out,
             )
         self._on_waiting_changed()
+        asked_at = planned.expires_at - self._config.approval_timeout_seconds
+        telemetry.approval_decided(
+            record.service, record.tool, record.verdict, max(workflow.time() - asked_at, 0.0)
+        )
         self._busy += 1
         try:
             await workflow.execute_local_activity(

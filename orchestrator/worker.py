@@ -77,6 +77,7 @@ def main() -> int:
     return serve_worker(
         temporal,
         build,
+        telemetry_name="orchestrator",
         model=llm_settings.resolved_model,
         offline_model=llm_settings.offline,
         tool_endpoints=settings.tool_endpoints,

@@ -18,6 +18,7 @@ from temporalio.common import SearchAttributeKey
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
+    from orchestrator import telemetry
     from orchestrator.dispatch import REDISCOVERY_PATCH, discover
     from orchestrator.gate import decision_problem, record_decision, waiting_calls
     from orchestrator.loop_settings import AgentConfig
@@ -81,7 +82,9 @@ class ConversationWorkflow:
         # missed instead of a second turn.
         carried = start.carried
         self._memory = (
-            carried.model_copy(update={"run": carried.run + 1}) if carried else CarriedState()
+            carried.model_copy(update={"run": carried.run + 1})
+            if carried
+            else CarriedState(user=start.user)
         )
         self._turns_this_run = 0
         self._phase: ConversationPhase = "starting"
@@ -93,6 +96,8 @@ class ConversationWorkflow:
         self._carry_refused = False  # this run's paused turn was too large to carry
         self._published_awaiting = False  # the AgentAwaitingApproval value last upserted
         self._ended = False
+        # Each queued message's trace context (its update's span), so its turn joins that trace.
+        self._trace_contexts: dict[str, telemetry.TraceContext] = {}
 
     @workflow.run
     async def run(self, start: ConversationInput) -> Usage:
@@ -164,7 +169,14 @@ class ConversationWorkflow:
             self._running,
             on_waiting_changed=self._publish_awaiting,
         )
-        task = asyncio.create_task(runner.run())
+        started = workflow.time()
+        trace_context = self._trace_contexts.pop(state.message_id, None)
+        task = telemetry.start_in_context(
+            trace_context,
+            "agent turn",
+            {"conversation.id": self._conversation_id, "agent.turn": state.turn},
+            runner.run(),
+        )
         self._runner, self._turn_task = runner, task
         # A turn paused on approvals for long does not hold the run open: once the run is full
         # it continues as new, carrying the turn, which resumes there.
@@ -183,13 +195,18 @@ class ConversationWorkflow:
             await self._continue_as_new(paused=runner)  # returns only if the turn is too large
             await workflow.wait_condition(task.done)
         result = task.result()
+        outcome = "cancelled" if result.cancelled else ("ok" if result.ok else "error")
+        telemetry.turn_finished(outcome, workflow.time() - started)
         self._runner, self._turn_task = None, None
         self._running.clear()
-        await workflow.execute_local_activity(
-            RECORD_TURN_ACTIVITY,
-            RecordTurnInput(conversation_id=self._conversation_id, turn=state.turn, result=result),
-            start_to_close_timeout=timedelta(seconds=30),
-        )
+        with telemetry.attached(trace_context):
+            await workflow.execute_local_activity(
+                RECORD_TURN_ACTIVITY,
+                RecordTurnInput(
+                    conversation_id=self._conversation_id, turn=state.turn, result=result
+                ),
+                start_to_close_timeout=timedelta(seconds=30),
+            )
         memory.recent_turns = [*memory.recent_turns, result][-RECENT_TURNS_KEPT:]
         self._answer(state.message_id, result)
 
@@ -228,6 +245,7 @@ class ConversationWorkflow:
                 return
         self._handing_over = True
         await workflow.wait_condition(workflow.all_handlers_finished)
+        telemetry.continued_as_new()
         workflow.continue_as_new(
             ConversationInput(conversation_id=self._conversation_id, carried=self._carry())
         )
@@ -276,6 +294,7 @@ class ConversationWorkflow:
                 if self._runner is not None:
                     self._runner.cancel("interrupted by a newer message")
             memory.inbox.append(QueuedMessage(message_id=message_id, text=text))
+            self._trace_contexts[message_id] = telemetry.current_context()
         await workflow.wait_condition(lambda: message_id in memory.answered or self._handing_over)
         if message_id in memory.answered:
             return memory.answered[message_id]

@@ -17,12 +17,14 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.runtime import (
     LogForwardingConfig,
     LoggingConfig,
+    PrometheusConfig,
     Runtime,
     TelemetryConfig,
     TelemetryFilter,
 )
 from temporalio.service import RPCError, RPCStatusCode
 
+from shared import telemetry
 from shared.config import TemporalSettings
 
 # The Rust core's own log lines (connection retries, poller errors) arrive on this logger.
@@ -31,8 +33,9 @@ CORE_LOGGER_NAME = "temporalio.core"
 _runtime_installed = False
 
 
-def install_runtime() -> None:
-    """Make the process's default Temporal runtime forward core logs to Python logging, once.
+def install_runtime(metrics_bind_address: str = "") -> None:
+    """Make the process's default Temporal runtime forward core logs to Python logging, once,
+    and serve Prometheus metrics (the SDK's and ours) on `metrics_bind_address` if given.
 
     Left alone, the core writes its WARN lines (e.g. "gRPC call ... retried 5 times" while a server
     restarts) straight to stdout, which corrupts `agent ... --json` output. Forwarded, they go
@@ -48,7 +51,15 @@ def install_runtime() -> None:
         filter=TelemetryFilter(core_level="WARN", other_level="ERROR"),
         forwarding=LogForwardingConfig(logger=logging.getLogger(CORE_LOGGER_NAME)),
     )
-    runtime = Runtime(telemetry=TelemetryConfig(logging=logging_config))
+    metrics = None
+    if metrics_bind_address:
+        metrics = PrometheusConfig(
+            bind_address=metrics_bind_address,
+            counters_total_suffix=True,
+            durations_as_seconds=True,
+            histogram_bucket_overrides=telemetry.HISTOGRAM_BUCKETS,
+        )
+    runtime = Runtime(telemetry=TelemetryConfig(logging=logging_config, metrics=metrics))
     Runtime.set_default(runtime, error_if_already_set=False)
 
 
@@ -73,6 +84,7 @@ async def connect(
         tls=tls,
         data_converter=pydantic_data_converter,
         interceptors=interceptors,
+        plugins=telemetry.plugins(),
     )
 
 
@@ -127,6 +139,7 @@ def exit_process(code: int) -> NoReturn:
     error: PyGILState_Release`, exit 134) after its work was done: a drained worker looks crashed
     to its container runtime, and a CLI run whose answer was printed looks failed to a script.
     """
+    telemetry.flush_spans()
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from temporalio import activity
@@ -90,6 +91,8 @@ async def run_registered_tool(
             client=client,
             approval=call.approval,
         )
+        started = time.monotonic()
+        outcome = "error"
         try:
             # The handler checked the call's approval before starting anything; checked again
             # here for any other way in (a tool workflow started directly, a local tool).
@@ -98,6 +101,7 @@ async def run_registered_tool(
                 raise ApplicationError(problem, type=TOOL_ERROR, non_retryable=True)
             async with heartbeating():
                 output = await registered.invoke(call.args, context)
+            outcome = "ok"
         except ToolArgumentsError as err:
             raise ApplicationError(
                 str(err), type=TOOL_ARGUMENTS_ERROR, non_retryable=True
@@ -109,8 +113,22 @@ async def run_registered_tool(
                 type=TOOL_TRANSIENT_ERROR if err.retryable else TOOL_ERROR,
                 non_retryable=not err.retryable,
             ) from None
+        finally:
+            record_execution(registry.service, registered.spec.name, outcome, started)
         bounded = bounded_result(output, max_result_bytes)
         if bounded is not output:
             log.warning("tool result truncated", limit_bytes=max_result_bytes)
         log.info("tool completed")
         return bounded
+
+
+def record_execution(service: str, tool: str, outcome: str, started: float) -> None:
+    """Count one attempt of a tool in the team's worker metrics (retries count: each ran)."""
+    meter = activity.metric_meter()
+    labels = {"service": service, "tool": tool, "outcome": outcome}
+    meter.create_counter(
+        "agent_tool_executions", "Tool attempts run by the team's worker, by outcome"
+    ).add(1, labels)
+    meter.create_histogram_float(
+        "agent_tool_execution_duration_seconds", "Tool attempt latency in the team's worker", "s"
+    ).record(time.monotonic() - started, {"service": service, "tool": tool})

@@ -35,10 +35,12 @@ from shared.heartbeat import HEARTBEAT_THROTTLE
 from shared.log import bind_context, configure_logging, get_logger
 from shared.manifest import ManifestError, TeamManifest, find_team
 from shared.nexus import ToolServiceHandler
+from shared.telemetry import TelemetrySettings, install_tracing
 from shared.temporal import (
     NamespaceMissingError,
     connect_when_ready,
     exit_process,
+    install_runtime,
     require_namespace,
 )
 from shared.tool_activity import DEFAULT_MAX_RESULT_BYTES, ToolActivities
@@ -191,22 +193,40 @@ def serve_team(team: TeamManifest) -> int:
             max_result_bytes=tool_settings.max_result_bytes,
         )
 
-    return serve_worker(settings, build, service=team.service, tools=code.registry.names())
+    return serve_worker(settings, build, telemetry_name=team.service, tools=code.registry.names())
 
 
 def serve_worker(
-    settings: TemporalSettings, build: Callable[[Client], Worker], **started: Any
+    settings: TemporalSettings,
+    build: Callable[[Client], Worker],
+    *,
+    telemetry_name: str,
+    **started: Any,
 ) -> int:
-    """The start-up path of every worker process, team or orchestrator: connect (waiting for a
-    server that is starting), check the namespace, build the worker, run it until SIGINT/SIGTERM.
-    Returns the process exit code; start-up failures are one log line."""
+    """The start-up path of every worker process, team or orchestrator: set up metrics and
+    traces, connect (waiting for a server that is starting), check the namespace, build the
+    worker, run it until SIGINT/SIGTERM. Returns the process exit code; start-up failures are
+    one log line. `telemetry_name` is the service name its spans carry."""
+    try:
+        observability = load_settings(TelemetrySettings)
+    except ConfigError as err:
+        log.error(str(err))
+        return 2
+    install_runtime(observability.metrics_bind_address)
+    tracing = install_tracing(observability, telemetry_name)
 
     async def main() -> None:
         bind_context(namespace=settings.namespace, task_queue=settings.task_queue)
         client = await connect_when_ready(settings)
         await require_namespace(client)
         worker = build(client)
-        log.info("worker started", **started)
+        log.info(
+            "worker started",
+            service=telemetry_name,
+            metrics=observability.metrics_bind_address or "off",
+            tracing=tracing,
+            **started,
+        )
         await run_until_signalled(worker)
 
     return run_worker_process(main)

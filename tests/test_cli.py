@@ -100,7 +100,12 @@ async def test_ask_json_then_send_history_and_end(
             },
         }
     ]
-    assert set(payload["usage"]) == {"prompt_tokens", "completion_tokens", "cost_usd"}
+    assert set(payload["usage"]) == {
+        "prompt_tokens",
+        "completion_tokens",
+        "cost_usd",
+        "unpriced_steps",
+    }
     cid = payload["conversation_id"]
 
     fake_model.script(completion("Still here."))

@@ -10,14 +10,18 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 import socket
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 from infrastructure.dev_server import temporal_binary
@@ -50,6 +54,7 @@ class RunningStack:
     run_dir: Path
     port: int
     pids: dict[str, int]
+    conversations: list[str] = field(default_factory=list)
 
 
 def _free_port() -> int:
@@ -112,6 +117,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
         "DEVSTACK_PORT": str(port),
         "DEVSTACK_HTTP_PORT": str(_free_port()),
         "DEVSTACK_UI_PORT": str(_free_port()),
+        "DEVSTACK_WORKER_METRICS_PORT": "0",  # free ports, not a running `make up`'s
         "LOG_LEVEL": "WARNING",
         "OPENAI_API_KEY": OPENAI_CANARY,
         "LLM_API_KEY": LLM_CANARY,
@@ -228,18 +234,147 @@ def test_signed_nexus_round_trip_through_the_stack(stack: RunningStack) -> None:
     # LLM_MODEL is unset for the orchestrator, so its built-in offline model picks the tool.
     cli_env = {k: v for k, v in os.environ.items() if not k.startswith(("LLM_", "TEMPORAL_"))}
     cli_env.update(TEMPORAL_ADDRESS=f"127.0.0.1:{stack.port}", TEMPORAL_NAMESPACE="orchestrator")
-    result = subprocess.run(
-        [str(Path(sys.executable).parent / "agent"), "ask", "--json", "What is my IP address?"],
+    result = _agent(stack, "ask", "--json", "What is my IP address?")
+    assert result.returncode == 0, result.stdout + result.stderr
+    turn = json.loads(result.stdout)
+    calls = [(c["service"], c["name"], c["ok"]) for c in turn["tool_calls"]]
+    assert ("it", "get_ip", True) in calls, turn
+    stack.conversations.append(turn["conversation_id"])
+
+
+def _agent(stack: RunningStack, *args: str) -> subprocess.CompletedProcess[str]:
+    """The CLI as a user runs it beside the stack; it appends its spans to the stack's file."""
+    cli_env = {k: v for k, v in os.environ.items() if not k.startswith(("LLM_", "TEMPORAL_"))}
+    cli_env.update(
+        TEMPORAL_ADDRESS=f"127.0.0.1:{stack.port}",
+        TEMPORAL_NAMESPACE="orchestrator",
+        TELEMETRY_TRACES_FILE=str(stack.run_dir / "traces.jsonl"),
+    )
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "agent"), *args],
         env=cli_env,
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
-    assert result.returncode == 0, result.stdout + result.stderr
-    turn = json.loads(result.stdout)
-    calls = [(c["service"], c["name"], c["ok"]) for c in turn["tool_calls"]]
-    assert ("it", "get_ip", True) in calls, turn
+
+
+def test_agent_trace_shows_where_the_turn_went_from_cli_to_tool(stack: RunningStack) -> None:
+    [conversation_id] = stack.conversations
+    # Workers export spans in batches (every 5 s at most): wait for the team's to arrive.
+    deadline = time.monotonic() + 30
+    while True:
+        shown = _agent(stack, "trace", "--json", conversation_id)
+        assert shown.returncode == 0, shown.stdout + shown.stderr
+        trace = json.loads(shown.stdout)
+        services = {span["service"] for span in trace["spans"]}
+        if {"agent-cli", "orchestrator", "it"} <= services or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert {"agent-cli", "orchestrator", "it"} <= services, services
+    assert trace["turn"] == 1
+    names = {span["name"] for span in trace["spans"]}
+    for expected in (
+        "agent turn",
+        "tool it.get_ip",
+        "RunWorkflow:ToolWorkflow",
+        "RunActivity:run_tool",
+    ):
+        assert expected in names, sorted(names)
+    assert len({span["trace_id"] for span in trace["spans"]}) == 1
+    tree = _agent(stack, "trace", conversation_id)
+    assert tree.returncode == 0, tree.stderr
+    assert "tool it.get_ip" in tree.stdout and " ms" in tree.stdout
+
+    missing = _agent(stack, "trace", "no-such-conversation")
+    assert missing.returncode == 1
+    assert "no spans of conversation no-such-conversation" in missing.stderr
+    assert "Traceback" not in missing.stderr
+
+
+def test_prometheus_scrapes_the_workers_metrics(stack: RunningStack, tmp_path: Path) -> None:
+    prometheus = shutil.which("prometheus")
+    if prometheus is None:
+        pytest.skip("Debian's prometheus package is not installed (`make test` installs it)")
+    targets = {
+        name: _environ(pid)["METRICS_BIND_ADDRESS"]
+        for name, pid in stack.pids.items()
+        if name != "temporal"
+    }
+    assert set(targets) == set(WORKER_NAMESPACES)
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        "global:\n  scrape_interval: 1s\nscrape_configs:\n"
+        + "".join(
+            f"  - job_name: {name}\n    static_configs:\n      - targets: ['{address}']\n"
+            for name, address in targets.items()
+        )
+    )
+    port = _free_port()
+    server = subprocess.Popen(
+        [
+            prometheus,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp_path / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        # One more conversation while Prometheus scrapes: a Finance tool this time.
+        asked = _agent(stack, "ask", "--json", "What is the stock price of AAPL?")
+        assert asked.returncode == 0, asked.stdout + asked.stderr
+        query = "sum by (service, outcome) (agent_tool_calls_total)"
+        by_service = _eventually_queried(
+            port,
+            query,
+            lambda rows: {"it", "finance"} <= {r["metric"].get("service") for r in rows},
+        )
+        counts = {
+            (r["metric"]["service"], r["metric"]["outcome"]): float(r["value"][1])
+            for r in by_service
+        }
+        assert counts[("it", "ok")] >= 1 and counts[("finance", "ok")] >= 1, counts
+        # The teams' own side, from their workers, and the SDK's metrics beside ours.
+        executed = _eventually_queried(
+            port, "sum by (job, service) (agent_tool_executions_total)", lambda rows: len(rows) >= 2
+        )
+        assert {(r["metric"]["job"], r["metric"]["service"]) for r in executed} >= {
+            ("it", "it"),
+            ("finance", "finance"),
+        }
+        turns = _eventually_queried(
+            port, 'agent_turns_total{job="orchestrator",outcome="ok"}', bool
+        )
+        assert sum(float(r["value"][1]) for r in turns) >= 2
+        sdk = _eventually_queried(port, 'temporal_workflow_completed_total{job="it"}', bool)
+        assert sdk
+        for row in _eventually_queried(port, '{__name__=~"agent_.*"}', bool):
+            assert not any("conversation" in label for label in row["metric"]), row["metric"]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def _eventually_queried(
+    port: int, query: str, done: Any, timeout: float = 30.0
+) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    rows: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        try:
+            answer = httpx.get(
+                f"http://127.0.0.1:{port}/api/v1/query", params={"query": query}, timeout=5
+            )
+            rows = answer.json()["data"]["result"] if answer.status_code == 200 else []
+        except httpx.HTTPError:
+            rows = []
+        if done(rows):
+            return rows
+        time.sleep(1)
+    raise AssertionError(f"Prometheus never answered {query!r} as expected; last: {rows}")
 
 
 def test_down_stops_exactly_what_up_started(stack: RunningStack) -> None:
