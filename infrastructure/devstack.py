@@ -361,6 +361,7 @@ class DevStack:
         }
         if worker.name in self.metrics_ports:
             own["METRICS_BIND_ADDRESS"] = f"{self.settings.ip}:{self.metrics_ports[worker.name]}"
+        own["OTEL_SERVICE_NAME"] = worker.name  # its spans say which process made them
         if self.settings.traces:
             own["TELEMETRY_TRACES_FILE"] = str(self.traces_path)
             # Spans within half a second of a turn, for `agent trace` right after it.

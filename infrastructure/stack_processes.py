@@ -23,9 +23,21 @@ from shared.manifest import TeamManifest
 BASE_ENV_NAMES = frozenset(
     {"PATH", "HOME", "LANG", "TZ", "TMPDIR", "PYTHONPATH", "VIRTUAL_ENV", "LOG_LEVEL", "LOG_FORMAT"}
 )
-# The locale categories (LC_ALL, LC_CTYPE, ...), and where spans go: the standard OTEL_* exporter
-# variables (an OTLP collector's address, not a secret) and TELEMETRY_CAPTURE_CONTENT.
-BASE_ENV_PREFIXES = ("LC_", "OTEL_", "TELEMETRY_CAPTURE_CONTENT")
+# The locale categories (LC_ALL, LC_CTYPE, ...), and where spans go and how many: the OTLP
+# collector's address and the sampler (not secrets; OTEL_EXPORTER_OTLP_HEADERS, which usually
+# holds a token, is not passed), and what spans hold. OTEL_SERVICE_NAME is set per process.
+BASE_ENV_PREFIXES = (
+    "LC_",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+    "OTEL_TRACES_SAMPLER",
+    "OTEL_BSP_",
+    "OTEL_SDK_DISABLED",
+    "TELEMETRY_CAPTURE_CONTENT",
+    "TELEMETRY_TEMPORAL_SPANS",
+)
 
 # Never copied from `make up`'s environment, whatever a process's prefixes say: devstack sets the
 # values each child needs (its Temporal target, its auth settings, its secrets directory), and the
@@ -36,6 +48,7 @@ DEVSTACK_OWNED_PREFIXES = (
     SECRETS_DIR_VARIABLE,
     "METRICS_BIND_ADDRESS",
     "TELEMETRY_TRACES_FILE",
+    "OTEL_SERVICE_NAME",
 )
 
 # Read by every team's worker: ToolServiceSettings (TOOL_*, including the effect ledger's

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
@@ -51,7 +52,7 @@ from orchestrator.tools import registry as local_registry
 from shared.config import AWAITING_APPROVAL_ATTRIBUTE
 from shared.heartbeat import heartbeating
 from shared.log import bound_context, get_logger
-from shared.telemetry import TelemetrySettings
+from shared.telemetry import TelemetrySettings, traces
 from shared.tool_activity import run_registered_tool
 from shared.tools import ToolCall
 
@@ -122,6 +123,7 @@ class OrchestratorActivities:
                 "offline_model": self._llm.offline,
                 "llm_timeout_seconds": self._llm.timeout_seconds,
                 "awaiting_approval_attribute": await self._has_awaiting_attribute(),
+                "tracing": traces(self._client),
             }
         )
 
@@ -180,25 +182,26 @@ class OrchestratorActivities:
             # An earlier attempt got and stored the model's reply, then failed to report it:
             # answer with that reply, so the tool calls the workflow runs are the stored ones.
             log.info("model step already answered; returning the stored reply")
-            return answered
+            return answered.model_copy(
+                update={"usage": await self._recorded_usage(cid, request.reply_seq)}
+            )
         # Before anything is asked of the model: a spent budget stops the step here.
         await self._check_budgets(request)
         tools = await self._tools_for(request)
+        summaries = _SummaryUsage(self._summarise)
         try:
-            messages, compacted = await build_context(
-                self._store, cid, self._window, self._summarise
-            )
+            messages, compacted = await build_context(self._store, cid, self._window, summaries)
             try:
-                response = await self._complete(messages, tools)
+                response, usage = await self._complete(messages, tools)
             except litellm_errors.ContextWindowExceededError:
                 # The provider's count beat ours: fold older turns away and run the step again.
                 messages, compacted = await build_context(
-                    self._store, cid, self._window, self._summarise, force_compaction=True
+                    self._store, cid, self._window, summaries, force_compaction=True
                 )
-                response = await self._complete(messages, tools)
-            result = parse_response(
-                response, reply_seq=request.reply_seq, model=self._llm.resolved_model
-            )
+                response, usage = await self._complete(messages, tools)
+            # The step's usage includes the summarising call compaction made, if any.
+            usage = usage.add(summaries.usage) if summaries.calls else usage
+            result = parse_response(response, reply_seq=request.reply_seq, usage=usage)
         except Exception as err:
             failure = classify_llm_error(err, trying_since=info.scheduled_time)
             log.warning("model call failed", error=failure.message, kind=failure.type)
@@ -220,6 +223,21 @@ class OrchestratorActivities:
             compacted=compacted,
         )
         return result.model_copy(update={"compacted": compacted})
+
+    async def _recorded_usage(self, conversation_id: str, reply_seq: int) -> Usage:
+        """What the earlier attempt that got this step's reply recorded it used. Its worker may
+        have died between storing the reply and its usage: then the cost is not known, and the
+        step counts as unpriced, never as free."""
+        step = await self._store.usage_step(conversation_id, reply_seq)
+        if step is None:
+            log.warning("no usage was recorded for this step's stored reply; counted unpriced")
+            return Usage(unpriced_steps=1)
+        return Usage(
+            prompt_tokens=step.prompt_tokens,
+            completion_tokens=step.completion_tokens,
+            cost_usd=step.cost_usd or 0.0,
+            unpriced_steps=0 if step.priced else 1,
+        )
 
     async def _check_budgets(self, request: LlmRequest) -> None:
         """Refuse the step (non-retryable BUDGET_EXCEEDED_ERROR) when the conversation, or its
@@ -326,7 +344,10 @@ class OrchestratorActivities:
             non_retryable=True,
         )
 
-    async def _complete(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> Any:
+    async def _complete(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]
+    ) -> tuple[Any, Usage]:
+        """Ask the model; its reply, and the reply's tokens and cost (priced once, here)."""
         kwargs: dict[str, Any] = {
             "model": self._llm.resolved_model,
             "messages": messages,
@@ -348,24 +369,27 @@ class OrchestratorActivities:
             capture_content=self._capture_content,
         ) as span:
             response = await litellm.acompletion(**kwargs)
-            if span.is_recording():
-                usage = response_usage(response, kwargs["model"])
-                record_response(span, response, usage, capture_content=self._capture_content)
-        return response
+            usage = response_usage(response, kwargs["model"])
+            record_response(span, response, usage, capture_content=self._capture_content)
+        return response, usage
 
-    async def _summarise(self, older: list[dict[str, Any]], previous: str | None) -> str:
+    async def _summarise(
+        self, older: list[dict[str, Any]], previous: str | None
+    ) -> tuple[str, Usage | None]:
+        """The summary of older turns, and what the model call that wrote it used (None: no
+        model was called, the offline model's extractive summary)."""
         if self._llm.offline:
-            return extractive_summary(older, previous)
+            return extractive_summary(older, previous), None
         transcript = json.dumps(older, ensure_ascii=False, default=str)
         prompt = f"Earlier summary:\n{previous}\n\n" if previous else ""
-        response = await self._complete(
+        response, usage = await self._complete(
             [
                 {"role": "system", "content": SUMMARY_PROMPT},
                 {"role": "user", "content": f"{prompt}Conversation:\n{transcript}"},
             ],
             [],
         )
-        return str(response.choices[0].message.content or "")
+        return str(response.choices[0].message.content or ""), usage
 
     @activity.defn(name=RECORD_TURN_ACTIVITY)
     async def record_turn(self, request: RecordTurnInput) -> None:
@@ -454,6 +478,27 @@ def _tool_uses(calls: list[LlmToolCall], tools: list[dict[str, Any]]) -> list[To
     return uses
 
 
+class _SummaryUsage:
+    """The summariser one model step hands to compaction, adding up what its calls used."""
+
+    def __init__(
+        self,
+        summarise: Callable[
+            [list[dict[str, Any]], str | None], Awaitable[tuple[str, Usage | None]]
+        ],
+    ) -> None:
+        self._summarise = summarise
+        self.usage = Usage()
+        self.calls = 0
+
+    async def __call__(self, older: list[dict[str, Any]], previous: str | None) -> str:
+        text, usage = await self._summarise(older, previous)
+        if usage is not None:
+            self.usage = self.usage.add(usage)
+            self.calls += 1
+        return text
+
+
 def _stored_reply(stored: ChatMessage | None) -> LlmStepResult | None:
     """The reply an earlier attempt of this step stored, if any."""
     if stored is None or stored.role != "assistant":
@@ -461,11 +506,18 @@ def _stored_reply(stored: ChatMessage | None) -> LlmStepResult | None:
     return LlmStepResult(content=stored.content, tool_calls=stored.tool_calls)
 
 
-def parse_response(response: Any, *, reply_seq: int = 0, model: str | None = None) -> LlmStepResult:
+def parse_response(
+    response: Any,
+    *,
+    reply_seq: int = 0,
+    model: str | None = None,
+    usage: Usage | None = None,
+) -> LlmStepResult:
     """Read a LiteLLM ModelResponse. A reply without choices is malformed (and retryable).
 
     `model` is the model asked for: the step is priced from LiteLLM's price map under that name
     (or the one the reply gives); with no price known the usage says so (`unpriced_steps` 1).
+    `usage`, when the caller priced the reply already, is taken as is (pricing is not cheap).
 
     A tool call without an id gets one derived from its place, so results can refer to it.
     The reply is bounded before it reaches workflow history: at most MAX_REPLY_TOOL_CALLS calls
@@ -511,7 +563,7 @@ def parse_response(response: Any, *, reply_seq: int = 0, model: str | None = Non
     return LlmStepResult(
         content=content,
         tool_calls=tool_calls,
-        usage=response_usage(response, model),
+        usage=usage if usage is not None else response_usage(response, model),
         model=str(getattr(response, "model", "") or ""),
     )
 

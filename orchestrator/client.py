@@ -48,6 +48,7 @@ from orchestrator.models import (
     Usage,
 )
 from shared.config import AWAITING_APPROVAL_ATTRIBUTE
+from shared.telemetry import client_span, traces
 
 R = TypeVar("R")
 
@@ -55,6 +56,8 @@ R = TypeVar("R")
 # task again and again (PAYLOADS_TOO_LARGE) instead of being refused: refuse far below that, on
 # the client, before anything is sent. A message also travels in the turn's result and in the
 # answers a conversation carries across continue-as-new, hence the wide margin.
+# The root of a turn's trace: one user message, as the client sent it (and sent it again).
+MESSAGE_SPAN = "agent message"
 MAX_MESSAGE_BYTES = 256 * 1024
 # ConversationInput.user's own limit, checked before anything is sent.
 MAX_USER_CHARS = 200
@@ -133,6 +136,8 @@ def check_user(user: str) -> None:
 class ConversationClient:
     def __init__(self, client: Client, task_queue: str) -> None:
         self._client = client
+        # A message's span is the root of its turn's trace, when the client carries the trace on.
+        self._traced = traces(client)
         self._task_queue = task_queue
 
     def handle(self, conversation_id: str) -> WorkflowHandle[object, Usage]:
@@ -189,7 +194,12 @@ class ConversationClient:
                 raise
             return result
 
-        return await _following_continue_as_new(attempt)
+        with client_span(
+            MESSAGE_SPAN,
+            {"conversation.id": conversation_id, "agent.message_id": message_id},
+            traced=self._traced,
+        ):
+            return await _following_continue_as_new(attempt)
 
     async def send_existing(
         self, conversation_id: str, text: str, *, message_id: str | None = None
@@ -206,7 +216,12 @@ class ConversationClient:
             )
             return result
 
-        return await _following_continue_as_new(attempt)
+        with client_span(
+            MESSAGE_SPAN,
+            {"conversation.id": conversation_id, "agent.message_id": message_id},
+            traced=self._traced,
+        ):
+            return await _following_continue_as_new(attempt)
 
     async def decide(self, conversation_id: str, decision: Decision) -> ApprovalRecord:
         """Approve or deny one call waiting for approval.

@@ -217,7 +217,7 @@ class ToolDispatcher:
             if route.endpoint is None:
                 outcome = await self._run_local(tool_call)
             else:
-                outcome = await self._run_remote(route.endpoint, tool_call)
+                outcome = await self._run_remote(route.endpoint, route.spec.service, tool_call)
         finally:
             self._running.remove(running)
         return settled(call, route.spec.service, tool_call.args, outcome)
@@ -244,14 +244,9 @@ class ToolDispatcher:
             )
         return args, ""
 
-    async def _run_remote(self, endpoint: str, call: ToolCall) -> ToolOutcome:
+    async def _run_remote(self, endpoint: str, service: str, call: ToolCall) -> ToolOutcome:
         """Call a team's tool, unless its endpoint's circuit breaker is open."""
         breaker = self._state.breakers.setdefault(endpoint, CircuitBreaker())
-        service = (
-            self._state.routes[call.tool].spec.service
-            if call.tool in self._state.routes
-            else endpoint
-        )
         now = workflow.time()
         if breaker.open_until > now:
             telemetry.tool_call(service, call.tool, "breaker_open")

@@ -13,10 +13,10 @@ from contextlib import contextmanager
 from typing import Any
 
 from opentelemetry import trace
-from opentelemetry.trace import Span, StatusCode
+from opentelemetry.trace import Span
 
 from orchestrator.models import Usage
-from shared.telemetry import tracing_active
+from shared.telemetry import failed, tracing_active
 
 TRACER_NAME = "durable_agents.llm"
 
@@ -43,18 +43,18 @@ def model_call_span(
         attributes["gen_ai.request.temperature"] = temperature
     if capture_content:
         attributes["gen_ai.input.messages"] = json.dumps(messages, default=str)
-    if not tracing_active():
+    if not tracing_active() or not trace.get_current_span().get_span_context().is_valid:
+        # Outside a trace (an untraced worker's activity): nothing to join.
         yield trace.INVALID_SPAN
         return
     tracer = trace.get_tracer(TRACER_NAME)
     with tracer.start_as_current_span(
-        f"chat {model}", kind=trace.SpanKind.CLIENT, attributes=attributes
+        f"chat {model}", kind=trace.SpanKind.CLIENT, attributes=attributes, record_exception=False
     ) as span:
         try:
             yield span
         except Exception as err:
-            span.set_attribute("error.type", type(err).__name__)
-            span.set_status(StatusCode.ERROR, str(err)[:500])
+            failed(span, err)  # the type only: a provider's error body may quote the prompt
             raise
 
 

@@ -140,3 +140,8 @@ class AgentConfig(LoopSettings):
         description="The namespace has the AgentAwaitingApproval search attribute: conversations "
         "set it while they wait for a decision.",
     )
+    tracing: bool = Field(
+        default=False,
+        description="The worker traces (its client has the tracing plugin): a turn whose message "
+        "came without a trace context starts its own trace.",
+    )

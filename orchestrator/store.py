@@ -301,6 +301,16 @@ class ConversationStore(ABC):
             tokens=int(tokens), cost_usd=float(cost), steps=int(steps), unpriced_steps=int(unpriced)
         )
 
+    async def usage_step(self, conversation_id: str, reply_seq: int) -> UsageStep | None:
+        """The usage row of one model step, if it was recorded."""
+        rows = await self._sql(
+            "SELECT conversation_id, reply_seq, day, recorded_at, user_name, model, "
+            "prompt_tokens, completion_tokens, cost_usd, priced, tool_calls FROM usage_steps "
+            "WHERE conversation_id = ? AND reply_seq = ?",
+            (conversation_id, reply_seq),
+        )
+        return usage_step_from_row(rows[0]) if rows else None
+
     async def usage_steps(
         self, *, since_day: str | None = None, user: str | None = None
     ) -> list[UsageStep]:

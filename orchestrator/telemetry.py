@@ -7,14 +7,15 @@ publishes it (never the model's guess), endpoint. Never a conversation id.
 
 Spans use OpenTelemetry directly: with `OpenTelemetryPlugin` on the worker's client, spans made
 in workflow code get deterministic ids and are not exported again when the workflow replays.
-Without tracing in this process, no span is made at all.
+Spans are made only inside a trace (a worker whose client has the tracing plugin); without
+tracing in this process, none at all.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Coroutine, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any, TypeVar
 
 from temporalio import workflow
@@ -25,11 +26,10 @@ with workflow.unsafe.imports_passed_through():
     from opentelemetry import trace
 
     from orchestrator.models import BUDGET_EXCEEDED_ERROR, Usage
-    from shared.telemetry import tracing_active
+    from shared.telemetry import new_span, span_in_trace, tracing_active
 
 T = TypeVar("T")
 TraceContext = otel_context.Context
-TRACER_NAME = "durable_agents.orchestrator"
 
 # Metric names as Prometheus shows them (the runtime adds `_total` to counters).
 TURNS = "agent_turns"
@@ -144,18 +144,24 @@ def start_in_context(
     name: str,
     attributes: Mapping[str, Any],
     work: Coroutine[Any, Any, T],
+    *,
+    root: bool = False,
 ) -> asyncio.Task[T]:
-    """Start `work` as a task whose spans are children of a span `name` under `parent`.
+    """Start `work` as a task whose spans are children of a span `name` under `parent` (the
+    message's update context), or of a new trace's root span `name` when the message came
+    without one (an untraced client, a turn carried across continue-as-new) and `root` says
+    this worker traces.
 
     The conversation's main loop answers messages queued by update handlers: without this, a
     turn's spans would hang off the run's span instead of the message's update.
     """
-
-    if not tracing_active():
-        return asyncio.create_task(work)
+    if parent is None or not _in_a_trace(parent):
+        if not (root and tracing_active()):
+            return asyncio.create_task(work)
+        parent = otel_context.Context()
 
     async def traced() -> T:
-        with trace.get_tracer(TRACER_NAME).start_as_current_span(name, attributes=attributes):
+        with new_span(name, attributes):
             return await work
 
     token = otel_context.attach(parent) if parent is not None else None
@@ -167,9 +173,22 @@ def start_in_context(
 
 
 @contextmanager
+def detached() -> Iterator[None]:
+    """Run the block outside any trace (an empty context), when this process traces."""
+    if not tracing_active():
+        yield
+        return
+    token = otel_context.attach(otel_context.Context())
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
+
+
+@contextmanager
 def attached(context: otel_context.Context | None) -> Iterator[None]:
     """Run the block in `context` (a message's trace), or in the current one if None."""
-    if context is None or not tracing_active():
+    if context is None or not _in_a_trace(context):
         yield
         return
     token = otel_context.attach(context)
@@ -179,13 +198,14 @@ def attached(context: otel_context.Context | None) -> Iterator[None]:
         otel_context.detach(token)
 
 
-@contextmanager
-def span(name: str, **attributes: Any) -> Iterator[trace.Span]:
-    """A span in workflow code, when this worker traces (nothing to record otherwise)."""
+def span(name: str, **attributes: Any) -> AbstractContextManager[Any]:
+    """A span in workflow code, inside the trace the workflow runs in (none outside one)."""
+    return span_in_trace(name, attributes)
+
+
+def _in_a_trace(context: otel_context.Context | None) -> bool:
+    """Whether `context` (or the current one) is inside a trace: our spans join a turn's trace,
+    made by the tracing plugin on the worker's client; a worker without it makes none."""
     if not tracing_active():
-        yield trace.INVALID_SPAN
-        return
-    with trace.get_tracer(TRACER_NAME).start_as_current_span(
-        name, attributes=attributes
-    ) as current:
-        yield current
+        return False
+    return trace.get_current_span(context).get_span_context().is_valid

@@ -71,7 +71,7 @@ def read_spans(path: Path) -> list[SpanRecord]:
     if not path.is_file():
         raise FileNotFoundError(path)
     spans = []
-    with path.open(encoding="utf-8") as lines:
+    with path.open(encoding="utf-8", errors="replace") as lines:
         for line in lines:
             try:
                 spans.append(SpanRecord.model_validate_json(line))
@@ -159,10 +159,11 @@ def _detail(span: SpanRecord) -> str:
             f"{attributes['gen_ai.usage.input_tokens']}+"
             f"{attributes.get('gen_ai.usage.output_tokens', 0)} tokens"
         )
+        cost = attributes.get("agent.cost.usd")
         if attributes.get("agent.cost.priced") is False:
             parts.append("unpriced")
-        elif "agent.cost.usd" in attributes:
-            parts.append(f"${attributes['agent.cost.usd']:.6f}")
+        elif isinstance(cost, int | float):
+            parts.append(f"${cost:.6f}")
     for key in ("agent.tool.outcome", "http.response.status_code", "http.status_code"):
         if key in attributes:
             parts.append(f"{key.rsplit('.', 1)[-1]} {attributes[key]}")
@@ -196,6 +197,8 @@ def trace_command(
             f"no spans file at {path}: `make up` writes one (TELEMETRY_TRACES_FILE); a deployed "
             "stack sends its spans over OTLP to Jaeger or Tempo instead"
         )
+    except OSError as error:
+        fail(f"cannot read the spans file {path}: {error.strerror or error}")
     traces = conversation_traces(spans, conversation_id)
     if not traces:
         fail(f"no spans of conversation {conversation_id} in {path}")

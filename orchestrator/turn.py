@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from temporalio import workflow
 
@@ -142,7 +142,10 @@ class TurnRunner:
                 self._busy += 1
                 asked = workflow.time()
                 try:
-                    reply = await ask_model(self._conversation_id, config, memory)
+                    with telemetry.span(
+                        f"model step {state.step}", **{"gen_ai.request.model": config.model}
+                    ):
+                        reply = await ask_model(self._conversation_id, config, memory)
                 except MODEL_STEP_FAILURES as err:
                     telemetry.model_step_failed(config.model, err, workflow.time() - asked)
                     return self._result(error=innermost_message(err))
@@ -345,7 +348,7 @@ class TurnRunner:
                 timed_out=timed_out,
             )
         self._on_waiting_changed()
-        asked_at = planned.expires_at - self._config.approval_timeout_seconds
+        asked_at = datetime.fromisoformat(pending.requested_at).timestamp()
         telemetry.approval_decided(
             record.service, record.tool, record.verdict, max(workflow.time() - asked_at, 0.0)
         )

@@ -101,6 +101,12 @@ class ConversationWorkflow:
 
     @workflow.run
     async def run(self, start: ConversationInput) -> Usage:
+        # The run itself belongs to no turn's trace: its context (the first message's, or the
+        # previous run's) would otherwise hang later turns, and the next run, off that trace.
+        with telemetry.detached():
+            return await self._run(start)
+
+    async def _run(self, start: ConversationInput) -> Usage:
         self._config = await self._load_config()
         if start.carried is None:
             stage(self._memory, ChatMessage(role="system", content=self._config.system_prompt))
@@ -176,6 +182,7 @@ class ConversationWorkflow:
             "agent turn",
             {"conversation.id": self._conversation_id, "agent.turn": state.turn},
             runner.run(),
+            root=config.tracing,
         )
         self._runner, self._turn_task = runner, task
         # A turn paused on approvals for long does not hold the run open: once the run is full

@@ -63,6 +63,19 @@ def configure_logging(*, level: str | None = None, fmt: str | None = None) -> No
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(max(numeric_level, logging.INFO) if level is None else numeric_level)
+    logging.getLogger("opentelemetry.context").addFilter(_evicted_workflow_detach)
+
+
+def _evicted_workflow_detach(record: logging.LogRecord) -> bool:
+    """Drop OpenTelemetry's "Failed to detach context" from workflows the worker evicts.
+
+    A traced workflow evicted from the worker's cache (shutdown, cache pressure) has its
+    coroutines closed from another context while spans are current in them; OpenTelemetry then
+    logs a traceback per span although nothing is lost (the spans of an evicted run are made
+    again, with the same ids, when it is replayed)."""
+    exc = record.exc_info[1] if record.exc_info else None
+    evicted = exc is not None and isinstance(exc.__context__, GeneratorExit)
+    return not (record.getMessage() == "Failed to detach context" and evicted)
 
 
 def _noop(_: Any, __: str, event_dict: Any) -> Any:

@@ -39,6 +39,7 @@ from temporalio.nexus import (
 
 from shared.contract import ListToolsRequest, ToolService
 from shared.log import bound_context, get_logger
+from shared.telemetry import span_in_trace
 from shared.tool_workflow import ToolWorkflow
 from shared.tools import (
     ToolArgumentsError,
@@ -71,11 +72,20 @@ class ExecuteToolHandler(TemporalOperationHandler[ToolCall, ToolResult]):
         input: ToolCall,
     ) -> TemporalOperationResult[ToolResult]:
         call = input
-        with bound_context(
-            namespace=client.client.namespace,
-            conversation_id=call.conversation_id,
-            workflow_id=call.workflow_id,
-            tool=call.tool,
+        known = call.tool if self._registry.get(call.tool) is not None else "unknown"
+        handled = span_in_trace(
+            f"handle {self._registry.service}.{known}",
+            {"agent.call_id": call.call_id, "conversation.id": call.conversation_id},
+            server=True,
+        )
+        with (
+            handled,
+            bound_context(
+                namespace=client.client.namespace,
+                conversation_id=call.conversation_id,
+                workflow_id=call.workflow_id,
+                tool=call.tool,
+            ),
         ):
             request = self._validated_request(call)
             start_options: dict[str, Any] = {

@@ -18,6 +18,7 @@ from shared.contract import (
 )
 from shared.heartbeat import heartbeating
 from shared.log import bound_context, get_logger
+from shared.telemetry import span_in_trace
 from shared.tool_workflow import RUN_TOOL_ACTIVITY
 from shared.tools import ToolArgumentsError, ToolCall, ToolContext, ToolError, ToolRegistry
 
@@ -93,28 +94,36 @@ async def run_registered_tool(
         )
         started = time.monotonic()
         outcome = "error"
-        try:
-            # The handler checked the call's approval before starting anything; checked again
-            # here for any other way in (a tool workflow started directly, a local tool).
-            problem = registered.approval_problem(call) if registered.spec.approval.gated else None
-            if problem:
-                raise ApplicationError(problem, type=TOOL_ERROR, non_retryable=True)
-            async with heartbeating():
-                output = await registered.invoke(call.args, context)
-            outcome = "ok"
-        except ToolArgumentsError as err:
-            raise ApplicationError(
-                str(err), type=TOOL_ARGUMENTS_ERROR, non_retryable=True
-            ) from None
-        except ToolError as err:
-            log.warning("tool refused", error=err.message, retryable=err.retryable)
-            raise ApplicationError(
-                err.message,
-                type=TOOL_TRANSIENT_ERROR if err.retryable else TOOL_ERROR,
-                non_retryable=not err.retryable,
-            ) from None
-        finally:
-            record_execution(registry.service, registered.spec.name, outcome, started)
+        ran = span_in_trace(
+            f"run {registry.service}.{registered.spec.name}",
+            {"agent.call_id": call.call_id, "agent.attempt": info.attempt},
+        )
+        with ran as span:
+            try:
+                # The handler checked the call's approval before starting anything; checked again
+                # here for any other way in (a tool workflow started directly, a local tool).
+                problem = (
+                    registered.approval_problem(call) if registered.spec.approval.gated else None
+                )
+                if problem:
+                    raise ApplicationError(problem, type=TOOL_ERROR, non_retryable=True)
+                async with heartbeating():
+                    output = await registered.invoke(call.args, context)
+                outcome = "ok"
+            except ToolArgumentsError as err:
+                raise ApplicationError(
+                    str(err), type=TOOL_ARGUMENTS_ERROR, non_retryable=True
+                ) from None
+            except ToolError as err:
+                log.warning("tool refused", error=err.message, retryable=err.retryable)
+                raise ApplicationError(
+                    err.message,
+                    type=TOOL_TRANSIENT_ERROR if err.retryable else TOOL_ERROR,
+                    non_retryable=not err.retryable,
+                ) from None
+            finally:
+                record_execution(registry.service, registered.spec.name, outcome, started)
+                span.set_attribute("agent.tool.outcome", outcome)
         bounded = bounded_result(output, max_result_bytes)
         if bounded is not output:
             log.warning("tool result truncated", limit_bytes=max_result_bytes)

@@ -7,6 +7,7 @@ instead of starting a second one. The tool itself runs in an activity under a re
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -15,6 +16,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_
 with workflow.unsafe.imports_passed_through():
     from shared.contract import NON_RETRYABLE_TOOL_ERRORS, TOOL_FAILED
     from shared.heartbeat import HEARTBEAT_TIMEOUT
+    from shared.telemetry import span_in_trace
     from shared.tools import ToolResult, ToolWorkflowInput
 
 TOOL_WORKFLOW_NAME = "ToolWorkflow"
@@ -38,28 +40,13 @@ class ToolWorkflow:
             maximum_attempts=request.max_attempts,
             non_retryable_error_types=NON_RETRYABLE_TOOL_ERRORS,
         )
+        traced = span_in_trace(
+            f"tool workflow {request.service}.{request.call.tool}",
+            {"agent.call_id": request.call.call_id},
+        )
         try:
-            if timeout <= LOCAL_ACTIVITY_MAX_TIMEOUT:
-                # A short tool runs as a local activity: the whole workflow then completes in one
-                # workflow task, which is what lets the handler's fast path answer synchronously.
-                output = await workflow.execute_local_activity(
-                    RUN_TOOL_ACTIVITY,
-                    request.call,
-                    start_to_close_timeout=timeout,
-                    retry_policy=retry_policy,
-                    summary=request.call.tool,
-                )
-            else:
-                output = await workflow.execute_activity(
-                    RUN_TOOL_ACTIVITY,
-                    request.call,
-                    start_to_close_timeout=timeout,
-                    # The activity heartbeats while the tool runs: a dead worker's call is retried
-                    # within seconds, not after the tool's whole timeout.
-                    heartbeat_timeout=HEARTBEAT_TIMEOUT,
-                    retry_policy=retry_policy,
-                    summary=request.call.tool,
-                )
+            with traced:
+                output = await _run_tool(request, timeout, retry_policy)
         except ActivityError as err:
             if is_cancelled_exception(err):
                 raise  # the caller cancelled the call (a cancelled turn): the run ends CANCELED
@@ -74,3 +61,28 @@ class ToolWorkflow:
             service=request.service,
             output=output,
         )
+
+
+async def _run_tool(
+    request: ToolWorkflowInput, timeout: timedelta, retry_policy: RetryPolicy
+) -> Any:
+    if timeout <= LOCAL_ACTIVITY_MAX_TIMEOUT:
+        # A short tool runs as a local activity: the whole workflow then completes in one
+        # workflow task, which is what lets the handler's fast path answer synchronously.
+        return await workflow.execute_local_activity(
+            RUN_TOOL_ACTIVITY,
+            request.call,
+            start_to_close_timeout=timeout,
+            retry_policy=retry_policy,
+            summary=request.call.tool,
+        )
+    return await workflow.execute_activity(
+        RUN_TOOL_ACTIVITY,
+        request.call,
+        start_to_close_timeout=timeout,
+        # The activity heartbeats while the tool runs: a dead worker's call is retried within
+        # seconds, not after the tool's whole timeout.
+        heartbeat_timeout=HEARTBEAT_TIMEOUT,
+        retry_policy=retry_policy,
+        summary=request.call.tool,
+    )

@@ -16,7 +16,8 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 class JsonLinesSpanExporter(SpanExporter):
     """Appends each finished span as one JSON object per line (see `span_record`).
 
-    Several processes share the file (the workers and the CLI): each batch is one `write` to a
+    Spans may hold tool error messages (and prompts, if content capture is on): the file is
+    created readable by its owner only. Several processes share the file (the workers and the CLI): each batch is one `write` to a
     descriptor opened with O_APPEND, which Linux appends whole, so lines never interleave."""
 
     def __init__(self, path: Path) -> None:
@@ -25,7 +26,7 @@ class JsonLinesSpanExporter(SpanExporter):
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         lines = "".join(json.dumps(span_record(span), default=str) + "\n" for span in spans)
-        descriptor = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        descriptor = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
             os.write(descriptor, lines.encode("utf-8"))
         finally:

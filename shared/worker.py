@@ -193,7 +193,9 @@ def serve_team(team: TeamManifest) -> int:
             max_result_bytes=tool_settings.max_result_bytes,
         )
 
-    return serve_worker(settings, build, telemetry_name=team.service, tools=code.registry.names())
+    return serve_worker(
+        settings, build, telemetry_name=team.service, http_spans=True, tools=code.registry.names()
+    )
 
 
 def serve_worker(
@@ -201,19 +203,28 @@ def serve_worker(
     build: Callable[[Client], Worker],
     *,
     telemetry_name: str,
+    http_spans: bool = False,
     **started: Any,
 ) -> int:
     """The start-up path of every worker process, team or orchestrator: set up metrics and
     traces, connect (waiting for a server that is starting), check the namespace, build the
     worker, run it until SIGINT/SIGTERM. Returns the process exit code; start-up failures are
-    one log line. `telemetry_name` is the service name its spans carry."""
+    one log line. `telemetry_name` is the service name its spans carry; `http_spans` traces
+    outgoing HTTP calls too (a team's tools)."""
     try:
         observability = load_settings(TelemetrySettings)
     except ConfigError as err:
         log.error(str(err))
         return 2
-    install_runtime(observability.metrics_bind_address)
-    tracing = install_tracing(observability, telemetry_name)
+    try:
+        install_runtime(observability.metrics_bind_address)
+    except ValueError as err:  # the core cannot bind the address (in use, not local, ...)
+        log.error(
+            f"cannot serve metrics on METRICS_BIND_ADDRESS={observability.metrics_bind_address}: "
+            f"{str(err).removeprefix('Failed starting Prometheus exporter: ')}"
+        )
+        return 2
+    tracing = install_tracing(observability, telemetry_name, http_spans=http_spans)
 
     async def main() -> None:
         bind_context(namespace=settings.namespace, task_queue=settings.task_queue)

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ import pytest
 from infrastructure.dev_server import temporal_binary
 from infrastructure.stack_processes import BASE_ENV_NAMES, BASE_ENV_PREFIXES
 from shared.manifest import discover_teams
+from tests.support.fake_http import FakeHttpServer, Reply
 
 # Secrets in `make up`'s environment, each meant for exactly one process (or none).
 OPENAI_CANARY = "sk-canary-openai-7f3a"
@@ -54,7 +55,6 @@ class RunningStack:
     run_dir: Path
     port: int
     pids: dict[str, int]
-    conversations: list[str] = field(default_factory=list)
 
 
 def _free_port() -> int:
@@ -110,6 +110,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
     run_dir = root / "run"
     _leave_loose_run_dir(run_dir)
     port = _free_port()
+    # The quote API Finance's stock_price calls: its HTTP request is the last span of a trace.
+    quotes = FakeHttpServer().start()
+    quotes.script(*[Reply(200, {"price": 187.5, "currency": "USD"}) for _ in range(20)])
     parent = {k: v for k, v in os.environ.items() if not k.startswith(("LLM_", "NEXUS_AUTH_"))}
     env = {
         **parent,
@@ -123,6 +126,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
         "LLM_API_KEY": LLM_CANARY,
         "JIRA_API_TOKEN": JIRA_CANARY,
         "QUOTE_API_KEY": QUOTE_CANARY,
+        "QUOTE_API_URL": quotes.url + "/v1/quote/{ticker}",
+        "NO_PROXY": "127.0.0.1",
         "ORCHESTRATOR_STORE_URL": f"sqlite:///{root / STORE_CANARY}.db",
         "NEXUS_AUTH_VERIFY_KEYS": json.dumps({"shell": FOREIGN_NEXUS_KEY}),
         "NEXUS_AUTH_SIGNING_KEYS": json.dumps({"it-tools": f"shell:{FOREIGN_NEXUS_KEY}"}),
@@ -137,6 +142,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
         yield RunningStack(env=env, run_dir=run_dir, port=port, pids=pids)
     finally:
         _devstack("down", env)
+        quotes.stop()
 
 
 def test_up_is_idempotent(stack: RunningStack) -> None:
@@ -239,7 +245,6 @@ def test_signed_nexus_round_trip_through_the_stack(stack: RunningStack) -> None:
     turn = json.loads(result.stdout)
     calls = [(c["service"], c["name"], c["ok"]) for c in turn["tool_calls"]]
     assert ("it", "get_ip", True) in calls, turn
-    stack.conversations.append(turn["conversation_id"])
 
 
 def _agent(stack: RunningStack, *args: str) -> subprocess.CompletedProcess[str]:
@@ -261,31 +266,59 @@ def _agent(stack: RunningStack, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_agent_trace_shows_where_the_turn_went_from_cli_to_tool(stack: RunningStack) -> None:
-    [conversation_id] = stack.conversations
-    # Workers export spans in batches (every 5 s at most): wait for the team's to arrive.
-    deadline = time.monotonic() + 30
-    while True:
-        shown = _agent(stack, "trace", "--json", conversation_id)
-        assert shown.returncode == 0, shown.stdout + shown.stderr
-        trace = json.loads(shown.stdout)
-        services = {span["service"] for span in trace["spans"]}
-        if {"agent-cli", "orchestrator", "it"} <= services or time.monotonic() > deadline:
-            break
-        time.sleep(1)
-    assert {"agent-cli", "orchestrator", "it"} <= services, services
-    assert trace["turn"] == 1
-    names = {span["name"] for span in trace["spans"]}
+    ip = _agent(stack, "ask", "--json", "What is my IP address?")
+    assert ip.returncode == 0, ip.stdout + ip.stderr
+    conversation_id = json.loads(ip.stdout)["conversation_id"]
+    asked = _agent(stack, "ask", "--json", "What is the stock price of AAPL?")
+    assert asked.returncode == 0, asked.stdout + asked.stderr
+    stock = json.loads(asked.stdout)
+    assert [(c["name"], c["ok"]) for c in stock["tool_calls"]] == [("stock_price", True)], stock
+    assert stock["tool_calls"][0]["result"]["source"] == "quote_api"
+    first = _trace_when(
+        stack,
+        conversation_id,
+        lambda spans: {"agent-cli", "orchestrator", "it"} <= {s["service"] for s in spans},
+    )
+    names = {span["name"] for span in first}
     for expected in (
+        "agent message",
         "agent turn",
+        "model step 1",
         "tool it.get_ip",
-        "RunWorkflow:ToolWorkflow",
-        "RunActivity:run_tool",
+        "handle it.get_ip",
+        "tool workflow it.get_ip",
+        "run it.get_ip",
     ):
         assert expected in names, sorted(names)
-    assert len({span["trace_id"] for span in trace["spans"]}) == 1
+    assert len({span["trace_id"] for span in first}) == 1
+    # The IT team's spans are made by its own worker, across the signed Nexus hop (`make up`
+    # runs with caller authentication on): the trace context travels beside the token.
+    by_name = {span["name"]: span for span in first}
+    assert by_name["handle it.get_ip"]["service"] == "it"
+    assert by_name["run it.get_ip"]["service"] == "it"
+    assert by_name["agent message"]["service"] == "agent-cli"
     tree = _agent(stack, "trace", conversation_id)
     assert tree.returncode == 0, tree.stderr
     assert "tool it.get_ip" in tree.stdout and " ms" in tree.stdout
+
+    # The whole way, from the CLI to the team's HTTP call, for the stock price.
+    spans = _trace_when(
+        stack, stock["conversation_id"], lambda spans: any(s["name"] == "GET" for s in spans)
+    )
+    by_id = {span["span_id"]: span for span in spans}
+    [http] = [span for span in spans if span["name"] == "GET"]
+    chain = [http]
+    while chain[-1]["parent_id"] in by_id:
+        chain.append(by_id[chain[-1]["parent_id"]])
+    assert [(s["name"], s["service"]) for s in chain] == [
+        ("GET", "finance"),
+        ("run finance.stock_price", "finance"),
+        ("tool workflow finance.stock_price", "finance"),
+        ("handle finance.stock_price", "finance"),
+        ("tool finance.stock_price", "orchestrator"),
+        ("agent turn", "orchestrator"),
+        ("agent message", "agent-cli"),
+    ]
 
     missing = _agent(stack, "trace", "no-such-conversation")
     assert missing.returncode == 1
@@ -351,11 +384,31 @@ def test_prometheus_scrapes_the_workers_metrics(stack: RunningStack, tmp_path: P
         assert sum(float(r["value"][1]) for r in turns) >= 2
         sdk = _eventually_queried(port, 'temporal_workflow_completed_total{job="it"}', bool)
         assert sdk
+        asked_in = json.loads(asked.stdout)["conversation_id"]
         for row in _eventually_queried(port, '{__name__=~"agent_.*"}', bool):
-            assert not any("conversation" in label for label in row["metric"]), row["metric"]
+            labels = row["metric"]
+            assert not any("conversation" in name for name in labels), labels
+            assert asked_in not in labels.values(), labels
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def _trace_when(
+    stack: RunningStack, conversation_id: str, done: Any, timeout: float = 30.0
+) -> list[dict[str, Any]]:
+    """`agent trace --json`'s spans of the conversation's latest turn, once `done` says they are
+    all there: workers export spans in batches (every 0.5 s under `make up`)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        shown = _agent(stack, "trace", "--json", conversation_id)
+        assert shown.returncode == 0, shown.stdout + shown.stderr
+        trace = json.loads(shown.stdout)
+        assert trace["turn"] == 1, trace["turn"]
+        spans: list[dict[str, Any]] = trace["spans"]
+        if done(spans) or time.monotonic() > deadline:
+            return spans
+        time.sleep(0.5)
 
 
 def _eventually_queried(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 
@@ -35,12 +36,30 @@ def _start(module: str, **env: str) -> subprocess.CompletedProcess[str]:
         ("it_service.worker", {"NEXUS_AUTH_REQUIRED": "true"}, "NEXUS_AUTH_VERIFY_KEYS is empty"),
         ("orchestrator.worker", {"ORCHESTRATOR_MAX_STEPS": "0"}, "ORCHESTRATOR_MAX_STEPS"),
         ("orchestrator.worker", {"NEXUS_AUTH_SIGNING_KEYS": "{oops"}, "NEXUS_AUTH_SIGNING_KEYS"),
+        ("it_service.worker", {"METRICS_BIND_ADDRESS": "9464"}, "METRICS_BIND_ADDRESS must be"),
+        (
+            "orchestrator.worker",
+            {"ORCHESTRATOR_BUDGET_USER_DAY_USD": "-1"},
+            "ORCHESTRATOR_BUDGET_USER_DAY_USD",
+        ),
     ],
 )
 def test_bad_settings_fail_fast(module: str, env: dict[str, str], expected: str) -> None:
     result = _start(module, **env)
     assert result.returncode == 2
     assert expected in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_metrics_port_in_use_is_one_line() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        result = _start("finance_service.worker", METRICS_BIND_ADDRESS=address)
+    assert result.returncode == 2
+    assert f"cannot serve metrics on METRICS_BIND_ADDRESS={address}" in result.stderr
+    assert "Address already in use" in result.stderr
     assert "Traceback" not in result.stderr
 
 
