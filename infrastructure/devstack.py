@@ -111,6 +111,8 @@ class DevStackSettings(BaseSettings):
 
 
 DEV_KEY_ID = "dev1"
+# `make up` starts a new .run/traces.jsonl (keeping the previous one) once it is this large.
+TRACES_ROTATE_BYTES = 64 * 1024 * 1024
 
 
 class DevStack:
@@ -207,6 +209,7 @@ class DevStack:
         client = await self._wait_for_server()
         await ensure_stack(client, StackSettings())
         if self.settings.traces:
+            self._rotate_traces()
             self.traces_path.touch(mode=0o600)  # the CLI traces too once the file exists
         for worker in self.workers:
             if not state[worker.name]:
@@ -282,6 +285,17 @@ class DevStack:
         ]
         # The server reads no settings of ours and holds no keys: the base list only.
         self._spawn("temporal", argv, child_environment(os.environ, (), {}))
+
+    def _rotate_traces(self) -> None:
+        """Start a new spans file at `up` once the current one is large (`agent trace` reads it
+        whole); the previous one is kept beside it, one generation. Safe while processes run:
+        each opens the file for every batch it appends (shared.trace_file)."""
+        try:
+            size = self.traces_path.stat().st_size
+        except FileNotFoundError:
+            return
+        if size > TRACES_ROTATE_BYTES:
+            self.traces_path.replace(self.traces_path.with_name(self.traces_path.name + ".1"))
 
     def _tighten_modes(self) -> None:
         """Run dir and secret directories 0700, key files 0600, even if an older version of this

@@ -435,3 +435,19 @@ def test_down_stops_exactly_what_up_started(stack: RunningStack) -> None:
     assert down.returncode == 0 and "Stopped:" in down.stdout
     assert stack.pids and not any(_alive(pid) for pid in stack.pids.values())
     assert not list((stack.run_dir / "pids").glob("*.json"))
+
+
+def test_up_starts_a_new_spans_file_once_it_is_large(tmp_path: Path) -> None:
+    from infrastructure.devstack import TRACES_ROTATE_BYTES, DevStack, DevStackSettings
+
+    stack = DevStack(DevStackSettings.throwaway(tmp_path / "run", traces=True), teams=[])
+    stack.run_dir.mkdir()
+    spans = stack.traces_path
+    spans.write_text('{"small": true}\n')
+    stack._rotate_traces()
+    assert spans.read_text() == '{"small": true}\n'  # under the limit: kept as is
+    with spans.open("r+b") as grown:
+        grown.truncate(TRACES_ROTATE_BYTES + 1)
+    stack._rotate_traces()
+    assert not spans.exists()
+    assert (spans.parent / "traces.jsonl.1").stat().st_size == TRACES_ROTATE_BYTES + 1
