@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
-from typing import Any, NoReturn
+from typing import Any
 
 from temporalio import activity
 from temporalio.api.operatorservice.v1 import (
@@ -26,11 +25,9 @@ from orchestrator.llm import classify_llm_error, litellm, litellm_errors
 from orchestrator.llm_span import model_call_span, record_response
 from orchestrator.loop_settings import AgentConfig
 from orchestrator.models import (
-    BUDGET_EXCEEDED_ERROR,
     LLM_STEP_ACTIVITY,
     LOAD_CONFIG_ACTIVITY,
     LOCAL_TOOL_ACTIVITY,
-    OFFLINE_MODEL,
     READ_TURNS_ACTIVITY,
     RECORD_APPROVAL_ACTIVITY,
     RECORD_TURN_ACTIVITY,
@@ -46,8 +43,8 @@ from orchestrator.models import (
     TurnResult,
     Usage,
 )
-from orchestrator.store import ConversationStore, ToolUse, UsageStep, UsageTotal, open_store
-from orchestrator.tools import LOCAL_SERVICE
+from orchestrator.spending import Spending, response_usage
+from orchestrator.store import ConversationStore, open_store
 from orchestrator.tools import registry as local_registry
 from shared.config import AWAITING_APPROVAL_ATTRIBUTE
 from shared.heartbeat import heartbeating
@@ -83,6 +80,7 @@ class OrchestratorActivities:
             settings.store_url,
             settings.store_password.get_secret_value() if settings.store_password else None,
         )
+        self._spending = Spending(self._store, settings, llm_settings.resolved_model)
         self._catalogs: dict[str, str] = {}  # digest -> the tool list's JSON
         # Prompt and reply text in model spans only when the deployment allows it.
         self._capture_content = TelemetrySettings().telemetry_capture_content
@@ -183,10 +181,10 @@ class OrchestratorActivities:
             # answer with that reply, so the tool calls the workflow runs are the stored ones.
             log.info("model step already answered; returning the stored reply")
             return answered.model_copy(
-                update={"usage": await self._recorded_usage(cid, request.reply_seq)}
+                update={"usage": await self._spending.recorded(cid, request.reply_seq)}
             )
         # Before anything is asked of the model: a spent budget stops the step here.
-        await self._check_budgets(request)
+        await self._spending.check(request)
         tools = await self._tools_for(request)
         summaries = _SummaryUsage(self._summarise)
         try:
@@ -208,7 +206,7 @@ class OrchestratorActivities:
             raise failure from None
         reply = ChatMessage(role="assistant", content=result.content, tool_calls=result.tool_calls)
         kept = await self._store.put_reply(cid, request.reply_seq, reply)
-        await self._record_usage(request, result.usage, kept, tools)
+        await self._spending.record(request, result.usage, kept, tools)
         if kept != reply:
             # Another attempt of this step (its worker presumed dead) stored its reply first: the
             # workflow must act on the stored one, or its tool calls would not be the transcript's.
@@ -223,82 +221,6 @@ class OrchestratorActivities:
             compacted=compacted,
         )
         return result.model_copy(update={"compacted": compacted})
-
-    async def _recorded_usage(self, conversation_id: str, reply_seq: int) -> Usage:
-        """What the earlier attempt that got this step's reply recorded it used. Its worker may
-        have died between storing the reply and its usage: then the cost is not known, and the
-        step counts as unpriced, never as free."""
-        step = await self._store.usage_step(conversation_id, reply_seq)
-        if step is None:
-            log.warning("no usage was recorded for this step's stored reply; counted unpriced")
-            return Usage(unpriced_steps=1)
-        return Usage(
-            prompt_tokens=step.prompt_tokens,
-            completion_tokens=step.completion_tokens,
-            cost_usd=step.cost_usd or 0.0,
-            unpriced_steps=0 if step.priced else 1,
-        )
-
-    async def _check_budgets(self, request: LlmRequest) -> None:
-        """Refuse the step (non-retryable BUDGET_EXCEEDED_ERROR) when the conversation, or its
-        user today, has already used a budget up. Totals are what the store recorded for the
-        steps before this one, so the step that crosses a limit still runs; the next one stops.
-        """
-        settings = self._settings
-        if settings.budget_conversation_tokens or settings.budget_conversation_usd:
-            spent = await self._store.conversation_usage(request.conversation_id)
-            problem = _over_budget(
-                spent,
-                settings.budget_conversation_tokens,
-                settings.budget_conversation_usd,
-                who="this conversation",
-                whose="its",
-                what="budget",
-                tokens_setting="ORCHESTRATOR_BUDGET_CONVERSATION_TOKENS",
-                usd_setting="ORCHESTRATOR_BUDGET_CONVERSATION_USD",
-                then="or start a new conversation",
-            )
-            if problem:
-                _refuse(problem, "conversation")
-        # Conversations started without a user are not counted against anyone's daily budget.
-        if request.user and (settings.budget_user_day_tokens or settings.budget_user_day_usd):
-            spent = await self._store.user_day_usage(request.user, _utc_now().date().isoformat())
-            problem = _over_budget(
-                spent,
-                settings.budget_user_day_tokens,
-                settings.budget_user_day_usd,
-                who=f"user {request.user}",
-                whose="the",
-                what="daily budget",
-                tokens_setting="ORCHESTRATOR_BUDGET_USER_DAY_TOKENS",
-                usd_setting="ORCHESTRATOR_BUDGET_USER_DAY_USD",
-                then="or wait: it resets at 00:00 UTC",
-            )
-            if problem:
-                _refuse(problem, "user")
-
-    async def _record_usage(
-        self, request: LlmRequest, usage: Usage, kept: ChatMessage, tools: list[dict[str, Any]]
-    ) -> None:
-        """One usage row for the step, describing the reply the store kept (an earlier attempt's
-        when it won the race: its tool calls are the ones that run). The row is keyed like the
-        reply, so only the first attempt to record it counts."""
-        now = _utc_now()
-        await self._store.put_usage_step(
-            UsageStep(
-                conversation_id=request.conversation_id,
-                reply_seq=request.reply_seq,
-                day=now.date().isoformat(),
-                recorded_at=now.isoformat(timespec="seconds"),
-                user=request.user,
-                # The model asked for (and priced as): the provider may answer with a dated name.
-                model=self._llm.resolved_model,
-                prompt_tokens=usage.prompt_tokens,
-                completion_tokens=usage.completion_tokens,
-                cost_usd=None if usage.unpriced_steps else usage.cost_usd,
-                tool_calls=_tool_uses(kept.tool_calls, tools),
-            )
-        )
 
     async def _tools_for(self, request: LlmRequest) -> list[dict[str, Any]]:
         """The step's tool list: the one it carries (kept under its digest for the next steps),
@@ -410,74 +332,6 @@ class OrchestratorActivities:
         return await run_registered_tool(local_registry, self._client, call)
 
 
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _over_budget(
-    spent: UsageTotal,
-    tokens_limit: int | None,
-    usd_limit: float | None,
-    *,
-    who: str,
-    whose: str,
-    what: str,
-    tokens_setting: str,
-    usd_setting: str,
-    then: str,
-) -> str | None:
-    """What a person reads when a budget is used up (None while it is not)."""
-    if tokens_limit is not None and spent.tokens >= tokens_limit:
-        return (
-            f"{who} has used {spent.tokens:,} of {whose} {tokens_limit:,}-token {what}; "
-            f"raise {tokens_setting} {then}"
-        )
-    if usd_limit is not None and spent.cost_usd >= usd_limit:
-        return (
-            f"{who} has used {_usd(spent.cost_usd)} of {whose} {_usd(usd_limit)} {what} "
-            f"(priced model steps only); raise {usd_setting} {then}"
-        )
-    return None
-
-
-def _usd(amount: float) -> str:
-    """$1.02, $0.50; amounts under a cent with two significant digits ($0.00045), not $0.00."""
-    return f"${amount:,.2f}" if amount >= 0.01 or amount == 0 else f"${amount:.2g}"
-
-
-def _refuse(message: str, scope: str) -> NoReturn:
-    """Stop the step; the error's one detail is the budget's scope (conversation or user)."""
-    log.warning("budget exceeded; the model is not called", reason=message, scope=scope)
-    raise ApplicationError(message, scope, type=BUDGET_EXCEEDED_ERROR, non_retryable=True)
-
-
-def _tool_uses(calls: list[LlmToolCall], tools: list[dict[str, Any]]) -> list[ToolUse]:
-    """Which team each call of a reply goes to, as far as the step can tell from its tool list.
-
-    The list has model-facing names only (dispatch.build_routes): a name is the tool's own
-    unless two services publish it, then `service__tool` with a description starting
-    `[service] `. The step's request carries no routes (the workflow keeps them), so a call to
-    an unqualified team tool is stored with `service` None and its team is resolved when usage
-    is rolled up, from the conversation's turn records (which name each call's service). A
-    local tool is known here: unqualified, it is the orchestrator's own registry's.
-    """
-    described: dict[str, str] = {}
-    for tool in tools:
-        function = tool.get("function") if isinstance(tool, dict) else None
-        if isinstance(function, dict) and isinstance(function.get("name"), str):
-            described[function["name"]] = str(function.get("description") or "")
-    uses = []
-    for call in calls:
-        service, qualified, bare = call.name.partition("__")
-        if qualified and bare and described.get(call.name, "").startswith(f"[{service}] "):
-            uses.append(ToolUse(service=service, tool=bare))
-        elif call.name in described and local_registry.get(call.name) is not None:
-            uses.append(ToolUse(service=LOCAL_SERVICE, tool=call.name))
-        else:
-            uses.append(ToolUse(service=None, tool=call.name))
-    return uses
-
-
 class _SummaryUsage:
     """The summariser one model step hands to compaction, adding up what its calls used."""
 
@@ -566,46 +420,3 @@ def parse_response(
         usage=usage if usage is not None else response_usage(response, model),
         model=str(getattr(response, "model", "") or ""),
     )
-
-
-def response_usage(response: Any, model: str | None) -> Usage:
-    """The reply's tokens, and its cost from LiteLLM's price map (or unpriced)."""
-    usage = getattr(response, "usage", None)
-    cost = _price(response, model)
-    return Usage(
-        prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
-        completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
-        cost_usd=cost or 0.0,
-        unpriced_steps=0 if cost is not None else 1,
-    )
-
-
-def _price(response: Any, model: str | None) -> float | None:
-    """The reply's cost in USD from LiteLLM's price map, or None when no price is known.
-
-    Unknown is not free: a model LiteLLM cannot price (local, fake, a name missing from the map)
-    is None, and so is the offline model, whose zero price is registered only so LiteLLM's
-    lookups answer for it. A price LiteLLM computed for the call itself (under the model asked
-    for) comes first; then the map under the model asked for, then under the reply's own name.
-    """
-    names = {str(model or ""), str(getattr(response, "model", "") or "")}
-    if any(name == OFFLINE_MODEL or name.startswith(_OFFLINE_PREFIX) for name in names):
-        return None
-    hidden = getattr(response, "_hidden_params", None)
-    computed = hidden.get("response_cost") if isinstance(hidden, dict) else None
-    if isinstance(computed, int | float) and not isinstance(computed, bool):
-        return float(computed)
-    for name in (model, None):
-        try:
-            if name:
-                cost = litellm.completion_cost(completion_response=response, model=name)
-            else:
-                cost = litellm.completion_cost(completion_response=response)
-        except Exception:  # not in the price map (or no usage to price): try the next name
-            continue
-        if cost is not None:
-            return float(cost)
-    return None
-
-
-_OFFLINE_PREFIX = OFFLINE_MODEL.split("/", 1)[0] + "/"
