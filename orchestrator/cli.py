@@ -54,6 +54,7 @@ from orchestrator.render import (
     send_with_status,
     turn_json,
 )
+from orchestrator.key_commands import keys_app
 from orchestrator.store_commands import store_app
 from shared.config import ConfigError
 from shared.log import configure_logging
@@ -67,6 +68,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(store_app)
+app.add_typer(keys_app)
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print a JSON object instead of text.")]
 UserOption = Annotated[

@@ -48,19 +48,21 @@ LLM_RETRY_POLICY = RetryPolicy(
 
 
 async def ask_model(
-    conversation_id: str, config: AgentConfig, memory: CarriedState
+    conversation_id: str, config: AgentConfig, memory: CarriedState, turn: int = 0, step: int = 0
 ) -> LlmStepResult:
     """Store `memory.pending`, ask the model, and advance the sequence numbers past its reply."""
     if not memory.catalog_digest:  # carried from a run that predates catalog digests
         memory.catalog_digest = catalog_digest(model_tools(memory.routes))
     digest = memory.catalog_digest
     try:
-        reply = await _step(conversation_id, config, memory, memory.catalog_stored != digest)
+        reply = await _step(
+            conversation_id, config, memory, memory.catalog_stored != digest, turn, step
+        )
     except MODEL_STEP_FAILURES as err:
         cause = err.cause if isinstance(err, ActivityError) else err
         if not (isinstance(cause, ApplicationError) and cause.type == TOOL_CATALOG_MISSING_ERROR):
             raise
-        reply = await _step(conversation_id, config, memory, full_catalog=True)
+        reply = await _step(conversation_id, config, memory, True, turn, step)
     memory.catalog_stored = digest
     # The activity stored the delta and the reply under these sequence numbers.
     memory.pending = []
@@ -69,7 +71,12 @@ async def ask_model(
 
 
 async def _step(
-    conversation_id: str, config: AgentConfig, memory: CarriedState, full_catalog: bool
+    conversation_id: str,
+    config: AgentConfig,
+    memory: CarriedState,
+    full_catalog: bool,
+    turn: int,
+    step: int,
 ) -> LlmStepResult:
     request = LlmRequest(
         conversation_id=conversation_id,
@@ -78,6 +85,8 @@ async def _step(
         tools=model_tools(memory.routes) if full_catalog else None,
         tools_digest=memory.catalog_digest,
         user=memory.user,
+        turn=turn,
+        step=step,
     )
     # Compaction may add a summarising model call to the step.
     timeout = timedelta(seconds=2 * config.llm_timeout_seconds + 10)

@@ -9,6 +9,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, Field
 
+from orchestrator.events import TurnEvent, carried
 from shared.approval import CallApproval, Verdict
 from shared.tools import ToolSpec
 
@@ -298,13 +299,19 @@ class CarriedState(BaseModel):
         description="Recent decisions by call id: a late or repeated "
         "decision is refused by name, across continue-as-new too.",
     )
+    events: list[TurnEvent] = Field(
+        default_factory=list, description="The newest turn events (orchestrator.events)."
+    )
+    next_event: int = Field(default=0, description="The next turn event's offset.")
 
     def for_next_run(self, answers_budget: int) -> CarriedState:
         """What continue-as-new hands on: the answers and recent turns kept only as far as the
         newest of each fit `answers_budget` bytes of JSON."""
         answered = dict(_newest_within(list(self.answered.items()), answers_budget))
         recent = [t for _, t in _newest_within(list(enumerate(self.recent_turns)), answers_budget)]
-        return self.model_copy(update={"answered": answered, "recent_turns": recent})
+        return self.model_copy(
+            update={"answered": answered, "recent_turns": recent, "events": carried(self.events)}
+        )
 
 
 def _newest_within(items: list[tuple[K, TurnResult]], budget: int) -> list[tuple[K, TurnResult]]:
@@ -344,6 +351,10 @@ class LlmRequest(BaseModel):
     )
     tools_digest: str = ""
     user: str = Field(default="", description="Who the conversation is for (budgets, usage).")
+    # Where the step's token deltas are filed for readers (orchestrator.events). A local
+    # activity's input is not recorded in history, so these cost no history bytes.
+    turn: int = 0
+    step: int = 0
 
     @property
     def stored_before(self) -> int:

@@ -21,6 +21,8 @@ from typing import Any, ClassVar, TypeVar
 from pydantic import BaseModel, Field
 
 from orchestrator.models import ApprovalRecord, ChatMessage, StoredMessage, TurnResult
+from orchestrator.store_accounts import ACCOUNTS_SCHEMA, Accounts
+from orchestrator.store_stream import STREAM_SCHEMA, StreamTokens
 
 T = TypeVar("T")
 
@@ -75,6 +77,8 @@ SCHEMA = [
         PRIMARY KEY (conversation_id, reply_seq))""",
     "CREATE INDEX IF NOT EXISTS usage_steps_user_day ON usage_steps (user_name, day)",
     "CREATE INDEX IF NOT EXISTS usage_steps_day ON usage_steps (day)",
+    *STREAM_SCHEMA,
+    *ACCOUNTS_SCHEMA,
 ]
 
 
@@ -141,7 +145,7 @@ class ContextRows:
     recent: list[StoredMessage]
 
 
-class ConversationStore(ABC):
+class ConversationStore(StreamTokens, Accounts, ABC):
     """The store's interface. The plain queries are written once, here, in SQL both backends
     run (`?` placeholders, turned into the driver's `PLACEHOLDER`); a backend supplies `_run`
     and may serve the multi-query calls below in fewer round trips."""

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
     from orchestrator import telemetry
+    from orchestrator import events
     from orchestrator.dispatch import (
         BOUNDED_FAN_OUT_PATCH,
         ApprovalNeed,
@@ -87,6 +89,7 @@ class TurnRunner:
         self._running = running
         self._dispatcher = ToolDispatcher(conversation_id, config, memory, running)
         self._calls_in_flight: dict[int, asyncio.Task[StepResult]] = {}
+        self._call_ids: dict[int, str] = {}  # a planned call's platform call id, once resolved
         self._busy = 0  # model steps, tool calls and store writes under way
         self.thinking = False
         self.cancel_reason: str | None = None
@@ -103,6 +106,22 @@ class TurnRunner:
         return bool(unfinished) and all(
             c.pending is not None and c.pending.call_id not in self._memory.decisions
             for c in unfinished
+        )
+
+    def _emit(self, kind: events.TurnEventKind, **fields: Any) -> None:
+        """Publish a turn event for the people watching (orchestrator.events)."""
+        memory, now = self._memory, workflow.time()
+        memory.next_event = events.publish(
+            memory.events,
+            memory.next_event,
+            events.TurnEvent(
+                offset=memory.next_event,
+                kind=kind,
+                turn=self.state.turn,
+                at=datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds"),
+                message_id=self.state.message_id,
+                **fields,
+            ),
         )
 
     def cancel(self, reason: str) -> list[str]:
@@ -126,6 +145,7 @@ class TurnRunner:
         state, config, memory = self.state, self._config, self._memory
         if state.step == 0 and state.step_calls is None:
             stage(memory, ChatMessage(role="user", content=state.text))
+            self._emit("turn_started", text=state.text)
             await rediscover_unavailable(config, memory)
             if memory.unavailable:
                 state.notes.append("tool services unavailable: " + ", ".join(memory.unavailable))
@@ -138,6 +158,7 @@ class TurnRunner:
                     state.notes.append(note)
                     return self._result(answer=note)
                 state.step += 1
+                self._emit("model_step_started", step=state.step, reply_seq=memory.next_seq)
                 self.thinking = True
                 self._busy += 1
                 asked = workflow.time()
@@ -145,7 +166,9 @@ class TurnRunner:
                     with telemetry.span(
                         f"model step {state.step}", **{"gen_ai.request.model": config.model}
                     ):
-                        reply = await ask_model(self._conversation_id, config, memory)
+                        reply = await ask_model(
+                            self._conversation_id, config, memory, state.turn, state.step
+                        )
                 except MODEL_STEP_FAILURES as err:
                     telemetry.model_step_failed(config.model, err, workflow.time() - asked)
                     return self._result(error=innermost_message(err))
@@ -156,6 +179,7 @@ class TurnRunner:
                 state.usage = state.usage.add(reply.usage)
                 memory.usage = memory.usage.add(reply.usage)
                 if reply.compacted:
+                    self._emit("compaction", step=state.step)
                     telemetry.compaction()
                     state.notes.append(
                         "older turns were summarised to fit the model's context window"
@@ -248,6 +272,7 @@ class TurnRunner:
                 telemetry.tool_call("unknown", "unknown", "rejected")
             self._finish(planned, resolved)
             return
+        self._call_ids[planned.index] = resolved.call.call_id
         approval: ApprovalRecord | None = None
         if self.cancel_reason is None:
             needed = self._dispatcher.approval_needed(resolved)
@@ -266,6 +291,13 @@ class TurnRunner:
                 route=resolved.route,
                 call=resolved.call.model_copy(update={"approval": approval.for_team()}),
             )
+        self._emit(
+            "tool_started",
+            step=self.state.step,
+            call_id=resolved.call.call_id,
+            tool=resolved.route.spec.name,
+            service=resolved.route.spec.service,
+        )
         self._busy += 1
         try:
             if slots is None:
@@ -311,6 +343,15 @@ class TurnRunner:
                 requested_at=iso_time(now),
                 expires_at=iso_time(expires),
             )
+            self._emit(
+                "approval_requested",
+                step=self.state.step,
+                call_id=call_id,
+                tool=planned.pending.tool,
+                service=planned.pending.service,
+                detail=reason,
+                args=str(planned.pending.args)[:2000],
+            )
         pending = planned.pending
         left = planned.expires_at - workflow.time()
         if needed.nobody_may_approve:
@@ -348,6 +389,16 @@ class TurnRunner:
                 timed_out=timed_out,
             )
         self._on_waiting_changed()
+        self._emit(
+            "approval_decided",
+            step=self.state.step,
+            call_id=call_id,
+            tool=record.tool,
+            service=record.service,
+            verdict=record.verdict,
+            approver=record.approver,
+            detail=record.reason,
+        )
         asked_at = datetime.fromisoformat(pending.requested_at).timestamp()
         telemetry.approval_decided(
             record.service, record.tool, record.verdict, max(workflow.time() - asked_at, 0.0)
@@ -368,6 +419,15 @@ class TurnRunner:
     ) -> None:
         record, content = result
         planned.record = record.model_copy(update={"approval": approval}) if approval else record
+        self._emit(
+            "tool_finished",
+            step=self.state.step,
+            call_id=self._call_ids.get(planned.index, planned.call.id),
+            tool=record.name,
+            service=record.service,
+            ok=record.ok,
+            detail=None if record.ok else str(record.result)[:300],
+        )
         # Kept as the tool message the model will read, already cut to its share of the step's
         # budget: a step paused on approvals is carried across continue-as-new with its results.
         calls = self.state.step_calls or []
@@ -382,6 +442,10 @@ class TurnRunner:
 
     def _result(self, answer: str = "", error: str | None = None) -> TurnResult:
         state = self.state
+        if error is None:
+            self._emit("answer", step=state.step, text=answer)
+        else:
+            self._emit("error", step=state.step, text=error)
         return TurnResult(
             conversation_id=self._conversation_id,
             answer=answer,

@@ -18,7 +18,7 @@ from temporalio.common import SearchAttributeKey
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from orchestrator import telemetry
+    from orchestrator import events, telemetry
     from orchestrator.dispatch import REDISCOVERY_PATCH, discover
     from orchestrator.gate import decision_problem, record_decision, waiting_calls
     from orchestrator.loop_settings import AgentConfig
@@ -485,3 +485,9 @@ class ConversationWorkflow:
     @workflow.query(name=USAGE_QUERY)
     def usage(self) -> Usage:
         return self._memory.usage
+
+    @workflow.query(name=events.EVENTS_QUERY)
+    def turn_events(self, after: int) -> events.EventsPage:
+        """The turn events from offset `after` on (orchestrator.events); no history is written."""
+        memory = self._memory
+        return events.page(memory.events, memory.next_event, after)
