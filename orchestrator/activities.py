@@ -45,6 +45,7 @@ from orchestrator.models import (
 )
 from orchestrator.spending import Spending, response_usage
 from orchestrator.store import ConversationStore, open_store
+from orchestrator.token_sink import TokenSink
 from orchestrator.tools import registry as local_registry
 from shared.config import AWAITING_APPROVAL_ATTRIBUTE
 from shared.heartbeat import heartbeating
@@ -187,16 +188,17 @@ class OrchestratorActivities:
         await self._spending.check(request)
         tools = await self._tools_for(request)
         summaries = _SummaryUsage(self._summarise)
+        sink = TokenSink(self._store, request, attempt=info.attempt) if self._llm.stream else None
         try:
             messages, compacted = await build_context(self._store, cid, self._window, summaries)
             try:
-                response, usage = await self._complete(messages, tools)
+                response, usage = await self._complete(messages, tools, sink)
             except litellm_errors.ContextWindowExceededError:
                 # The provider's count beat ours: fold older turns away and run the step again.
                 messages, compacted = await build_context(
                     self._store, cid, self._window, summaries, force_compaction=True
                 )
-                response, usage = await self._complete(messages, tools)
+                response, usage = await self._complete(messages, tools, sink)
             # The step's usage includes the summarising call compaction made, if any.
             usage = usage.add(summaries.usage) if summaries.calls else usage
             result = parse_response(response, reply_seq=request.reply_seq, usage=usage)
@@ -267,9 +269,15 @@ class OrchestratorActivities:
         )
 
     async def _complete(
-        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]],
+        sink: TokenSink | None = None,
     ) -> tuple[Any, Usage]:
-        """Ask the model; its reply, and the reply's tokens and cost (priced once, here)."""
+        """Ask the model; its reply, and the reply's tokens and cost (priced once, here).
+
+        With a `sink`, the reply is streamed: its text deltas go to the sink (the store, for live
+        readers) as they arrive, and the reply is assembled from the chunks when it ends."""
         kwargs: dict[str, Any] = {
             "model": self._llm.resolved_model,
             "messages": messages,
@@ -290,7 +298,10 @@ class OrchestratorActivities:
             tools=len(tools),
             capture_content=self._capture_content,
         ) as span:
-            response = await litellm.acompletion(**kwargs)
+            if sink is None:
+                response = await litellm.acompletion(**kwargs)
+            else:
+                response = await _streamed(kwargs, sink)
             usage = response_usage(response, kwargs["model"])
             record_response(span, response, usage, capture_content=self._capture_content)
         return response, usage
@@ -330,6 +341,33 @@ class OrchestratorActivities:
     @activity.defn(name=LOCAL_TOOL_ACTIVITY)
     async def run_local_tool(self, call: ToolCall) -> Any:
         return await run_registered_tool(local_registry, self._client, call)
+
+
+async def _streamed(kwargs: dict[str, Any], sink: TokenSink) -> Any:
+    """Ask with `stream=True`, hand each text delta to `sink`, and build the whole reply."""
+    stream = await litellm.acompletion(
+        **kwargs, stream=True, stream_options={"include_usage": True}
+    )
+    chunks: list[Any] = []
+    said_something = False  # text, a tool call, or the provider's token count
+    try:
+        async for chunk in stream:
+            chunks.append(chunk)
+            said_something = said_something or bool(getattr(chunk, "usage", None))
+            choices = getattr(chunk, "choices", None)
+            delta = getattr(choices[0], "delta", None) if choices else None
+            said_something = said_something or bool(getattr(delta, "tool_calls", None))
+            text = getattr(delta, "content", None)
+            if text:
+                said_something = True
+                sink.add(text)
+    finally:
+        await sink.flush()
+    if not said_something:
+        # LiteLLM ends any stream with a finish reason, even a body that was no stream at all:
+        # a reply with no text, no call and no token count is malformed. Retryable.
+        raise ValueError("the model's streamed reply carried nothing")
+    return litellm.stream_chunk_builder(chunks, messages=kwargs["messages"])
 
 
 class _SummaryUsage:

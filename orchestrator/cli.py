@@ -41,6 +41,7 @@ from orchestrator.client import (
     check_message,
     check_user,
 )
+from orchestrator.key_commands import keys_app
 from orchestrator.models import ConversationStatus, PendingApproval, TurnResult, Usage
 from orchestrator.render import (
     OFFLINE_NOTICE,
@@ -54,7 +55,6 @@ from orchestrator.render import (
     send_with_status,
     turn_json,
 )
-from orchestrator.key_commands import keys_app
 from orchestrator.store_commands import store_app
 from shared.config import ConfigError
 from shared.log import configure_logging

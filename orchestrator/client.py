@@ -25,6 +25,7 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
+from orchestrator.events import EVENTS_QUERY, EventsPage
 from orchestrator.models import (
     CANCEL_UPDATE,
     CONVERSATION_CONTINUED_ERROR,
@@ -285,6 +286,13 @@ class ConversationClient:
             STATUS_QUERY, result_type=ConversationStatus
         )
         return status
+
+    async def events(self, conversation_id: str, after: int = 0) -> EventsPage:
+        """The conversation's turn events from offset `after` on (orchestrator.events)."""
+        page: EventsPage = await self.handle(conversation_id).query(
+            EVENTS_QUERY, after, result_type=EventsPage
+        )
+        return page
 
     async def recent_turns(self, conversation_id: str) -> list[TurnResult]:
         """The last few turns, from the running workflow's state."""

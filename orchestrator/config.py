@@ -25,6 +25,11 @@ class LLMSettings(BaseSettings):
     api_key: SecretStr | None = None
     timeout_seconds: float = Field(default=60.0, gt=0, le=600)
     temperature: float = Field(default=0.2, ge=0, le=2)
+    stream: bool = Field(
+        default=True,
+        description="Stream the model's tokens to readers (gateway, CLI) as they arrive; the "
+        "reply the workflow acts on is the same either way.",
+    )
 
     @property
     def resolved_model(self) -> str:

@@ -71,6 +71,15 @@ class StreamTokens:
             for r in rows
         ]
 
+    async def last_token(self, conversation_id: str) -> tuple[int, int, int] | None:
+        """The position of the newest chunk kept, if any."""
+        rows = await self._sql(
+            "SELECT reply_seq, attempt, idx FROM stream_tokens WHERE conversation_id = ? "
+            "ORDER BY reply_seq DESC, attempt DESC, idx DESC LIMIT 1",
+            (conversation_id,),
+        )
+        return (int(rows[0][0]), int(rows[0][1]), int(rows[0][2])) if rows else None
+
     async def prune_tokens(self, conversation_id: str, below_reply_seq: int) -> None:
         """Forget the chunks of steps older than `below_reply_seq` minus a margin."""
         await self._sql(

@@ -19,7 +19,6 @@ from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
     from orchestrator import telemetry
-    from orchestrator import events
     from orchestrator.dispatch import (
         BOUNDED_FAN_OUT_PATCH,
         ApprovalNeed,
@@ -32,6 +31,7 @@ with workflow.unsafe.imports_passed_through():
         tool_message,
         unrun,
     )
+    from orchestrator.events import TurnEvent, TurnEventKind, publish
     from orchestrator.gate import SYSTEM_APPROVER, denied, iso_time, record_decision
     from orchestrator.loop_settings import AgentConfig
     from orchestrator.model_step import MODEL_STEP_FAILURES, ask_model
@@ -108,13 +108,13 @@ class TurnRunner:
             for c in unfinished
         )
 
-    def _emit(self, kind: events.TurnEventKind, **fields: Any) -> None:
+    def _emit(self, kind: TurnEventKind, **fields: Any) -> None:
         """Publish a turn event for the people watching (orchestrator.events)."""
         memory, now = self._memory, workflow.time()
-        memory.next_event = events.publish(
+        memory.next_event = publish(
             memory.events,
             memory.next_event,
-            events.TurnEvent(
+            TurnEvent(
                 offset=memory.next_event,
                 kind=kind,
                 turn=self.state.turn,

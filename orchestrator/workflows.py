@@ -18,8 +18,9 @@ from temporalio.common import SearchAttributeKey
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from orchestrator import events, telemetry
+    from orchestrator import telemetry
     from orchestrator.dispatch import REDISCOVERY_PATCH, discover
+    from orchestrator.events import EVENTS_QUERY, EventsPage, page
     from orchestrator.gate import decision_problem, record_decision, waiting_calls
     from orchestrator.loop_settings import AgentConfig
     from orchestrator.models import (
@@ -486,8 +487,8 @@ class ConversationWorkflow:
     def usage(self) -> Usage:
         return self._memory.usage
 
-    @workflow.query(name=events.EVENTS_QUERY)
-    def turn_events(self, after: int) -> events.EventsPage:
+    @workflow.query(name=EVENTS_QUERY)
+    def turn_events(self, after: int) -> EventsPage:
         """The turn events from offset `after` on (orchestrator.events); no history is written."""
         memory = self._memory
-        return events.page(memory.events, memory.next_event, after)
+        return page(memory.events, memory.next_event, after)

@@ -6,7 +6,8 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterable
+import re
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
@@ -15,7 +16,7 @@ os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
 import litellm
 from litellm import ModelResponse
 from litellm.llms.custom_llm import CustomLLM
-from litellm.types.utils import Choices, Message, Usage
+from litellm.types.utils import Choices, GenericStreamingChunk, Message, Usage
 from litellm.utils import custom_llm_setup
 
 from orchestrator.models import OFFLINE_MODEL
@@ -141,6 +142,54 @@ class OfflineKeywordRouter(CustomLLM):
         self, model: str, messages: list[Any], *args: Any, **kwargs: Any
     ) -> ModelResponse:
         return self.completion(model, messages, **kwargs)
+
+    async def astreaming(  # type: ignore[override]
+        self, model: str, messages: list[Any], *args: Any, **kwargs: Any
+    ) -> AsyncIterator[GenericStreamingChunk]:
+        for chunk in _stream_chunks(self.completion(model, messages, **kwargs)):
+            yield chunk
+
+
+def _stream_chunks(response: ModelResponse) -> list[GenericStreamingChunk]:
+    """The response as LiteLLM's generic stream: a word of text per chunk, then each tool call,
+    then the finish reason with the token counts."""
+    choice = response.choices[0]
+    message = choice.message
+    usage = response.usage
+    words = re.findall(r"\s*\S+\s*", message.content or "")
+    chunks: list[GenericStreamingChunk] = [
+        {"text": word, "tool_use": None, "is_finished": False, "finish_reason": "", "usage": None}
+        for word in words
+    ]
+    for index, call in enumerate(message.tool_calls or []):
+        chunks.append(
+            {
+                "text": "",
+                "tool_use": {
+                    "id": call.id,
+                    "type": "function",
+                    "function": {"name": call.function.name, "arguments": call.function.arguments},
+                    "index": index,
+                },
+                "is_finished": False,
+                "finish_reason": "",
+                "usage": None,
+            }
+        )
+    chunks.append(
+        {
+            "text": "",
+            "tool_use": None,
+            "is_finished": True,
+            "finish_reason": choice.finish_reason or "stop",
+            "usage": {
+                "prompt_tokens": usage.prompt_tokens,
+                "completion_tokens": usage.completion_tokens,
+                "total_tokens": usage.total_tokens,
+            },
+        }
+    )
+    return chunks
 
 
 def register_offline_model() -> None:

@@ -26,12 +26,18 @@ UNSCRIPTED_STATUS = 418
 
 @dataclass(frozen=True)
 class Reply:
-    """One scripted answer. `body` is sent as JSON unless it is `bytes` or `str` (sent verbatim)."""
+    """One scripted answer. `body` is sent as JSON unless it is `bytes` or `str` (sent verbatim).
+
+    With `chunks`, the body is those pieces instead, written one after another `chunk_delay`
+    seconds apart, and the connection closed after the last (server-sent events)."""
 
     status: int = 200
     body: Any = None
     delay: float = 0.0
     headers: dict[str, str] = field(default_factory=dict)
+    chunks: tuple[bytes, ...] = ()
+    chunk_delay: float = 0.0
+    content_type: str = "text/event-stream"
 
     def encoded(self) -> tuple[bytes, str]:
         if isinstance(self.body, bytes):
@@ -157,6 +163,9 @@ class _Handler(BaseHTTPRequestHandler):
         reply = fake._next_reply(request)
         if not fake._sleep(reply.delay):
             return
+        if reply.chunks:
+            self._stream(reply)
+            return
         payload, content_type = reply.encoded()
         try:
             self.send_response(reply.status)
@@ -168,6 +177,23 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(payload)
         except OSError:
             pass  # the client gave up (its timeout ran out) before the delayed answer
+
+    def _stream(self, reply: Reply) -> None:
+        fake = self.server.fake
+        try:
+            self.send_response(reply.status)
+            self.send_header("Content-Type", reply.content_type)
+            self.send_header("Cache-Control", "no-cache")
+            for name, value in reply.headers.items():
+                self.send_header(name, value)
+            self.end_headers()
+            for index, chunk in enumerate(reply.chunks):
+                if index and not fake._sleep(reply.chunk_delay):
+                    return
+                self.wfile.write(chunk)
+                self.wfile.flush()
+        except OSError:
+            pass  # the client went away mid-stream
 
     def log_message(self, format: str, *args: Any) -> None:
         pass

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 from typing import Any
 
 from tests.support.fake_http import FakeHttpServer, RecordedRequest, Reply
@@ -21,8 +22,12 @@ def completion(
     *,
     prompt_tokens: int = 20,
     completion_tokens: int = 5,
+    stream_delay: float = 0.0,
 ) -> Reply:
-    """A 200 chat completion; `tool_calls` arguments may be a raw string (to send broken JSON)."""
+    """A 200 chat completion; `tool_calls` arguments may be a raw string (to send broken JSON).
+
+    Asked with `"stream": true` (the model step streams by default), the same reply is sent as
+    server-sent chunks, one word of the content per chunk, `stream_delay` seconds apart."""
     message: dict[str, Any] = {"role": "assistant", "content": content}
     if tool_calls:
         message["tool_calls"] = [
@@ -54,7 +59,44 @@ def completion(
             "total_tokens": prompt_tokens + completion_tokens,
         },
     }
-    return Reply(200, body)
+    return Reply(200, body, chunk_delay=stream_delay)
+
+
+def words(content: str) -> list[str]:
+    """How a streamed reply splits its content: one word per chunk, with its trailing space."""
+    return re.findall(r"\s*\S+\s*", content) or ([content] if content else [])
+
+
+def as_stream(reply: Reply) -> Reply:
+    """The chat completion `reply` as OpenAI's streaming format: a role chunk, one chunk per word
+    of the content, one per tool call, the finish reason, the usage, and `[DONE]`."""
+    body = reply.body
+    choice = body["choices"][0]
+    message = choice["message"]
+    head = {key: body[key] for key in ("id", "created", "model")}
+
+    def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
+        data = head | {
+            "object": "chat.completion.chunk",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        }
+        return f"data: {json.dumps(data | extra)}\n\n".encode()
+
+    pieces = [chunk({"role": "assistant", "content": ""})]
+    pieces += [chunk({"content": word}) for word in words(message.get("content") or "")]
+    for index, call in enumerate(message.get("tool_calls") or []):
+        pieces.append(chunk({"tool_calls": [call | {"index": index}]}))
+    pieces.append(chunk({}, choice["finish_reason"]))
+    usage = head | {"object": "chat.completion.chunk", "choices": [], "usage": body["usage"]}
+    pieces.append(f"data: {json.dumps(usage)}\n\n".encode())
+    pieces.append(b"data: [DONE]\n\n")
+    return Reply(
+        200,
+        chunks=tuple(pieces),
+        delay=reply.delay,
+        chunk_delay=reply.chunk_delay,
+        headers=reply.headers,
+    )
 
 
 def error(status: int, message: str, headers: dict[str, str] | None = None) -> Reply:
@@ -66,6 +108,12 @@ def error(status: int, message: str, headers: dict[str, str] | None = None) -> R
 
 
 class FakeModelServer(FakeHttpServer):
+    def _next_reply(self, request: RecordedRequest) -> Reply:
+        reply = super()._next_reply(request)
+        if _streaming(request) and _is_completion(reply):
+            return as_stream(reply)
+        return reply
+
     def reset(self) -> None:
         """Forget the previous test's script and requests (the server is shared by the session)."""
         with self._lock:
@@ -74,6 +122,20 @@ class FakeModelServer(FakeHttpServer):
 
     def chat_requests(self) -> list[dict[str, Any]]:
         return [r.json() for r in self.requests if r.path.endswith("/chat/completions")]
+
+
+def _streaming(request: RecordedRequest) -> bool:
+    if not request.path.endswith("/chat/completions"):
+        return False
+    try:
+        return bool(request.json().get("stream"))
+    except (ValueError, AttributeError):
+        return False
+
+
+def _is_completion(reply: Reply) -> bool:
+    body = reply.body
+    return reply.status == 200 and isinstance(body, dict) and body.get("object") == "chat.completion"
 
 
 def last_tool_messages(request: RecordedRequest) -> list[dict[str, Any]]:

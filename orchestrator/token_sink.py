@@ -1,0 +1,66 @@
+"""Where a model step's streamed text goes: the conversation store, in order, while it streams.
+
+One write is in flight at a time; deltas that arrive meanwhile wait and go in the next write, so
+a fast stream costs few writes and a slow one (a token every 20 ms) is written token by token.
+Readers (orchestrator.feed) tail the store; nothing of this reaches workflow history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from orchestrator.events import TokenChunk
+from orchestrator.models import LlmRequest
+from orchestrator.store import ConversationStore
+from shared.log import get_logger
+
+log = get_logger(__name__)
+
+# Older steps' chunks are pruned now and then, when a step starts (see StreamTokens).
+PRUNE_EVERY_SEQ = 16
+
+
+class TokenSink:
+    def __init__(self, store: ConversationStore, request: LlmRequest, *, attempt: int) -> None:
+        self._store = store
+        self._request = request
+        self._attempt = attempt
+        self._waiting: list[str] = []
+        self._index = 0
+        self._writer: asyncio.Task[None] | None = None
+        self._failed = False
+
+    def add(self, text: str) -> None:
+        self._waiting.append(text)
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write())
+
+    async def flush(self) -> None:
+        """Wait until every delta added so far is written (or given up on)."""
+        while self._writer is not None and not self._writer.done():
+            await self._writer
+        if self._waiting:
+            await self._write()
+
+    async def _write(self) -> None:
+        while self._waiting and not self._failed:
+            text, self._waiting = "".join(self._waiting), []
+            request = self._request
+            chunk = TokenChunk(
+                reply_seq=request.reply_seq,
+                attempt=self._attempt,
+                index=self._index,
+                turn=request.turn,
+                step=request.step,
+                text=text,
+            )
+            self._index += 1
+            try:
+                if chunk.index == 0 and request.reply_seq % PRUNE_EVERY_SEQ == 0:
+                    await self._store.prune_tokens(request.conversation_id, request.reply_seq)
+                await self._store.put_tokens(request.conversation_id, [chunk])
+            except Exception as err:  # live text is a courtesy: the step's reply is what counts
+                self._failed = True
+                log.warning(
+                    "cannot store streamed tokens; readers get the answer whole", error=str(err)
+                )

@@ -1,0 +1,165 @@
+"""Live turns: token deltas through the store, turn events through the workflow, one feed.
+
+Real dev server, real workers, real Nexus; the fake model streams over real HTTP (SSE chunks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from temporalio.client import Client
+
+from orchestrator.events import StreamCursor, StreamEvent
+from orchestrator.feed import ConversationFeeds
+from orchestrator.models import TurnResult
+from orchestrator.store import open_store
+from orchestrator.worker import build_orchestrator_worker
+from tests.conftest import (
+    STORE_URL,
+    Orchestrator,
+    Stack,
+    fake_llm_settings,
+    orchestrator_settings,
+)
+from tests.support.fake_llm import FakeModelServer, completion, words
+
+ANSWER = "The calculator says six times seven is forty two, which is the answer you wanted."
+
+
+def _cid() -> str:
+    return f"stream-{uuid.uuid4().hex[:8]}"
+
+
+@asynccontextmanager
+async def _feeds(orchestrator: Orchestrator) -> AsyncIterator[ConversationFeeds]:
+    store = open_store(STORE_URL)
+    feeds = ConversationFeeds(orchestrator.conversations, store)
+    try:
+        yield feeds
+    finally:
+        await feeds.close()
+        await store.close()
+
+
+async def _until_answer(
+    feeds: ConversationFeeds,
+    cid: str,
+    after: StreamCursor,
+    sending: asyncio.Task[TurnResult] | None = None,
+    stop_after_tokens: int | None = None,
+) -> tuple[list[StreamEvent], list[bool]]:
+    """The events up to the turn's end (or the first `stop_after_tokens` tokens), and for each
+    token whether the message's update had already returned when it arrived."""
+    seen: list[StreamEvent] = []
+    answered_at_token: list[bool] = []
+    async for event in feeds.subscribe(cid, after):
+        seen.append(event)
+        if event.kind == "token":
+            answered_at_token.append(sending is not None and sending.done())
+            if stop_after_tokens is not None and len(answered_at_token) >= stop_after_tokens:
+                break
+        if event.kind in ("answer", "error"):
+            break
+    return seen, answered_at_token
+
+
+async def test_a_turn_streams_its_tokens_before_the_answer_and_its_events_in_order(
+    orchestrator: Orchestrator, fake_model: FakeModelServer
+) -> None:
+    cid = _cid()
+    fake_model.script(
+        completion(tool_calls=[("calculator", {"expression": "6 * 7"})]),
+        completion(ANSWER, stream_delay=0.05),
+    )
+    async with _feeds(orchestrator) as feeds:
+        start = await feeds.cursor(cid)
+        sending = asyncio.create_task(orchestrator.conversations.send(cid, "what is 6 * 7?"))
+        events, answered_at_token = await asyncio.wait_for(
+            _until_answer(feeds, cid, start, sending), timeout=60
+        )
+        result = await sending
+    assert result.answer == ANSWER
+    tokens = [e.text for e in events if e.kind == "token"]
+    # Word by word, as the provider sent them, and not one of them after the turn had answered.
+    assert "".join(t or "" for t in tokens) == ANSWER
+    assert len(tokens) > 1
+    assert not any(answered_at_token)
+    kinds = [e.kind for e in events if e.kind != "token"]
+    assert kinds == [
+        "turn_started",
+        "model_step_started",
+        "tool_started",
+        "tool_finished",
+        "model_step_started",
+        "answer",
+    ]
+    by_kind = {e.kind: e for e in events if e.event is not None}
+    assert by_kind["tool_finished"].event is not None
+    assert by_kind["tool_finished"].event.tool == "calculator"
+    assert by_kind["tool_finished"].event.ok is True
+    assert by_kind["answer"].text == ANSWER
+    assert all(e.turn == 1 for e in events)
+    assert {e.step for e in events if e.kind == "token"} == {2}
+    # Every id is a cursor, and they only move forward.
+    cursors = [StreamCursor.parse(e.id) for e in events]
+    assert all((b.events, b.tokens) >= (a.events, a.tokens) for a, b in itertools.pairwise(cursors))
+
+
+async def test_a_reader_that_comes_back_resumes_where_it_left_off(
+    orchestrator: Orchestrator, fake_model: FakeModelServer
+) -> None:
+    cid = _cid()
+    fake_model.script(completion(ANSWER, stream_delay=0.05))
+    async with _feeds(orchestrator) as feeds:
+        start = await feeds.cursor(cid)
+        sending = asyncio.create_task(orchestrator.conversations.send(cid, "hello"))
+        first, _ = await asyncio.wait_for(
+            _until_answer(feeds, cid, start, stop_after_tokens=3), timeout=60
+        )
+        # The reader is gone for a while; the turn goes on without it.
+        await sending
+    async with _feeds(orchestrator) as feeds:  # a new process, say: nothing cached
+        rest, _ = await asyncio.wait_for(
+            _until_answer(feeds, cid, StreamCursor.parse(first[-1].id)), timeout=60
+        )
+    tokens = [e.text for e in first + rest if e.kind == "token"]
+    assert "".join(t or "" for t in tokens) == ANSWER
+    assert len(tokens) == len(words(ANSWER))  # none twice, none lost
+    assert [e.kind for e in rest][-1] == "answer"
+    # Each turn event once, before or after the gap.
+    assert sorted(e.kind for e in first + rest if e.kind != "token") == [
+        "answer",
+        "model_step_started",
+        "turn_started",
+    ]
+
+
+async def test_streaming_adds_no_history(stack: Stack, fake_model: FakeModelServer) -> None:
+    """The same two-step turn, streamed and not: the workflow histories are the same size."""
+    client: Client = stack.client("orchestrator")
+    sizes: dict[bool, int] = {}
+    for stream in (False, True):
+        task_queue = f"orchestrator-stream-{uuid.uuid4().hex[:8]}"
+        llm = fake_llm_settings(fake_model).model_copy(update={"stream": stream})
+        worker = build_orchestrator_worker(
+            client, task_queue=task_queue, settings=orchestrator_settings(), llm_settings=llm
+        )
+        fake_model.script(
+            completion(tool_calls=[("calculator", {"expression": "6 * 7"})]),
+            completion(ANSWER, stream_delay=0.01),
+        )
+        async with worker:
+            from orchestrator.client import ConversationClient
+
+            conversations = ConversationClient(client, task_queue)
+            cid = f"history-{'on' if stream else 'off'}-{uuid.uuid4().hex[:8]}"
+            result = await conversations.send(cid, "what is 6 * 7?", message_id="m-1")
+            assert result.answer == ANSWER
+            history = await conversations.handle(cid).fetch_history()
+            sizes[stream] = sum(event.ByteSize() for event in history.events)
+    # Ids and timestamps differ by a few bytes between runs; 50 tokens would be kilobytes.
+    assert abs(sizes[True] - sizes[False]) < 100, sizes
