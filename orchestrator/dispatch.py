@@ -185,6 +185,9 @@ class ToolDispatcher:
             tool=route.spec.name,
             args=args,
             conversation_id=self._conversation_id,
+            # Who asked, for the team's tool (ToolContext.user); the caller token binds it. Only
+            # payloads change, no command: conversations recorded before it replay unpatched.
+            user=self._state.user,
         )
         return Resolved(route=route, call=tool_call)
 

@@ -6,11 +6,12 @@ key shared with that one team. The team's worker verifies it before any handler 
 answers UNAUTHENTICATED otherwise, so a rejected call starts nothing.
 
 Anyone who can read the caller's history can copy the token, so a token authorizes exactly one
-call: the claims also bind the operation, the tool, the call id, a hash of the arguments and the
-conversation id, and the team compares each with the request it serves. A copied token can only
-repeat that same call, which the handler answers from the call's recorded result (the tool
-workflow id comes from the call id), so it neither runs a tool nor reveals anything the history
-did not already hold.
+call: the claims also bind the operation, the tool, the call id, a hash of the arguments, the
+conversation id and the user the call is made for (`sub`, ToolCall.user: asserted by the
+orchestrator, which signs it), and the team compares each with the request it serves. A copied
+token can only repeat that same call, for the same user, which the handler answers from the
+call's recorded result (the tool workflow id comes from the call id), so it neither runs a tool
+nor reveals anything the history did not already hold.
 
 Keys are per team and carry an id (`kid`), so a team can accept an old and a new key while the
 orchestrator moves to the new one (see README, "Rotating keys").
@@ -69,6 +70,13 @@ class CallBinding(BaseModel):
     call_id: str = Field(description="ToolCall.call_id; empty for operations that run no tool.")
     args_sha256: str = Field(description="sha256 of the canonical JSON of the tool arguments.")
     cid: str = Field(description="Conversation id; empty when the input names none.")
+    # A default, unlike the fields above: a token minted before the user was bound has no `sub`,
+    # and reads as "no user", so it verifies for a request naming no user (user "") and for no
+    # other. Such tokens live minutes (their operation's timeout), so only calls in flight across
+    # the upgrade meet this rule.
+    sub: str = Field(
+        default="", description="ToolCall.user, who the call is made for; empty: nobody named."
+    )
     approval_sha256: str = Field(
         default="", description="sha256 of the call's approval (who decided what); empty: none."
     )
@@ -81,6 +89,7 @@ BOUND_FIELDS = {
     "call_id": "call id",
     "args_sha256": "arguments",
     "cid": "conversation id",
+    "sub": "user",
     "approval_sha256": "approval",
 }
 
@@ -113,6 +122,7 @@ def bind_call(operation: str, request: Any) -> CallBinding:
             call_id=request.call_id,
             args_sha256=canonical_sha256(request.args),
             cid=request.conversation_id,
+            sub=request.user,
             approval_sha256=(
                 canonical_sha256(request.approval.model_dump(mode="json"))
                 if request.approval is not None
@@ -126,6 +136,7 @@ def bind_call(operation: str, request: Any) -> CallBinding:
         call_id="",
         args_sha256=canonical_sha256(request),
         cid=str(getattr(request, "conversation_id", "") or ""),
+        sub=str(getattr(request, "user", "") or ""),
     )
 
 

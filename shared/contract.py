@@ -68,6 +68,12 @@ class ToolCall(BaseModel):
     tool: str = Field(min_length=1, max_length=128)
     args: dict[str, Any] = Field(default_factory=dict)
     conversation_id: str = Field(default="", max_length=200)
+    user: str = Field(
+        default="",
+        max_length=200,
+        description="Who asked: the conversation's user, as the orchestrator asserts it (bound by "
+        "the token); empty: nobody named.",
+    )
     approval: CallApproval | None = Field(
         default=None, description="The decision on a call that needed one (bound by the token)."
     )

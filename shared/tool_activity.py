@@ -91,6 +91,7 @@ async def run_registered_tool(
             task_queue=info.task_queue,
             client=client,
             approval=call.approval,
+            user=call.user,
         )
         started = time.monotonic()
         outcome = "error"

@@ -93,6 +93,10 @@ class ToolContext:
     task_queue: str
     client: temporalio.client.Client
     approval: CallApproval | None = None  # who approved the call, when its policy asked
+    # Who asked: the conversation's user as the orchestrator asserts it (the gateway's
+    # authenticated user when the gateway started the conversation), bound by the caller token
+    # when the team verifies tokens. Empty when the conversation names nobody.
+    user: str = ""
 
 
 ToolFunction = Callable[..., Awaitable[Any]]

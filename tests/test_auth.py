@@ -370,6 +370,8 @@ FORGERIES: dict[str, tuple[dict[str, Any], str]] = {
     "arguments": ({"args": {"project": "SEC"}}, "different arguments"),
     "conversation id": ({"conversation_id": "conv-made-up"}, "conversation id 'conv-"),
     "call id": ({"call_id": "call-made-up"}, "call id 'auth-"),
+    # Claiming to call for another user (the token binds who asked, here nobody).
+    "user": ({"user": "mallory"}, "user '', not 'mallory'"),
 }
 
 
