@@ -42,9 +42,11 @@ from orchestrator.client import (
     check_user,
 )
 from orchestrator.key_commands import keys_app
+from orchestrator.live import LiveShown, open_feeds, send_streaming
 from orchestrator.models import ConversationStatus, PendingApproval, TurnResult, Usage
 from orchestrator.render import (
     OFFLINE_NOTICE,
+    ApprovalHandler,
     call_json,
     describe_usage_cost,
     err,
@@ -71,6 +73,13 @@ app.add_typer(store_app)
 app.add_typer(keys_app)
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print a JSON object instead of text.")]
+StreamOption = Annotated[
+    bool | None,
+    typer.Option(
+        "--stream/--no-stream",
+        help="Print the answer token by token and tool calls as they run. Default: in a terminal.",
+    ),
+]
 UserOption = Annotated[
     str | None,
     typer.Option(
@@ -119,9 +128,12 @@ def ask(
     message: Annotated[str, typer.Argument(help="Your question.")],
     as_json: JsonOption = False,
     user: UserOption = None,
+    stream: StreamOption = None,
 ) -> None:
     """Start a new conversation with one message and print the answer."""
-    _check_and_send(_new_conversation_id(), message, as_json=as_json, new=True, user=user)
+    _check_and_send(
+        _new_conversation_id(), message, as_json=as_json, new=True, user=user, stream=stream
+    )
 
 
 @app.command()
@@ -130,15 +142,52 @@ def send(
     message: Annotated[str, typer.Argument(help="Your message.")],
     as_json: JsonOption = False,
     user: UserOption = None,
+    stream: StreamOption = None,
 ) -> None:
     """Continue a conversation (it is started if it does not exist yet)."""
-    _check_and_send(conversation_id, message, as_json=as_json, new=False, user=user)
+    _check_and_send(conversation_id, message, as_json=as_json, new=False, user=user, stream=stream)
+
+
+def _live(stream: bool | None, as_json: bool) -> bool:
+    """Show the turn as it happens: asked for, or by default in a terminal (never with --json)."""
+    return not as_json and (out.is_terminal if stream is None else stream)
+
+
+async def _send(
+    conversations: ConversationClient,
+    conversation_id: str,
+    message: str,
+    *,
+    live: bool,
+    on_approval: ApprovalHandler,
+    user: str,
+) -> tuple[TurnResult, LiveShown]:
+    """Send a message; live, its answer streams when the store is in reach (else a status line).
+    Returns the result, and what of it was printed as it happened."""
+    feeds = open_feeds(conversations) if live else None
+    if feeds is None:
+        result = await send_with_status(
+            conversations, conversation_id, message, live=live, on_approval=on_approval, user=user
+        )
+        return result, LiveShown()
+    try:
+        return await send_streaming(
+            conversations, feeds, conversation_id, message, on_approval=on_approval, user=user
+        )
+    finally:
+        await feeds.close()
 
 
 def _check_and_send(
-    conversation_id: str, message: str, *, as_json: bool, new: bool, user: str | None
+    conversation_id: str,
+    message: str,
+    *,
+    as_json: bool,
+    new: bool,
+    user: str | None,
+    stream: bool | None = None,
 ) -> None:
-    async def work() -> TurnResult:
+    async def work() -> tuple[TurnResult, LiveShown]:
         # Before connecting: a message the client would refuse needs no server to be refused.
         check_conversation_id(conversation_id)
         check_message(message)
@@ -146,23 +195,23 @@ def _check_and_send(
         conversations, _ = await open_conversations()
         # In a terminal, a call that waits for approval is named with the command that decides
         # it; no prompt: `send` may run in a script, and `agent chat` is the interactive way.
-        result = await send_with_status(
+        result, shown = await _send(
             conversations,
             conversation_id,
             message,
-            live=not as_json and out.is_terminal,
+            live=_live(stream, as_json),
             on_approval=announce_approval(conversation_id),
             user=user or current_user(),
         )
         if not as_json:
             await _announce_model(conversations, conversation_id)
-        return result
+        return result, shown
 
-    result = run(work)
+    result, shown = run(work)
     if as_json:
         print(json.dumps(turn_json(result), ensure_ascii=False))
     else:
-        print_turn(result)
+        print_turn(result, answer_shown=shown.answer, tools_shown=shown.tools)
         if new:
             err.print(
                 f"[dim]conversation {conversation_id} · continue with `agent send "
@@ -222,8 +271,8 @@ def chat(
                     out.print(escape(str(ended)))
                 return
             try:
-                result = await translate(
-                    lambda m=message: send_with_status(  # type: ignore[misc]
+                result, shown = await translate(
+                    lambda m=message: _send(  # type: ignore[misc]
                         conversations, conversation_id, m, live=True, on_approval=decide, user=who
                     )
                 )
@@ -239,7 +288,7 @@ def chat(
             if not announced:
                 await _announce_model(conversations, conversation_id)
                 announced = True
-            print_turn(result)
+            print_turn(result, answer_shown=shown.answer, tools_shown=shown.tools)
         out.print(f"[dim]resume with `agent chat --conversation {conversation_id}`[/]")
 
     run(work)

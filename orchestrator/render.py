@@ -131,8 +131,12 @@ def print_pending(conversation_id: str, pending: PendingApproval) -> None:
     out.print(f"  expires: {escape(describe_expiry(pending.expires_at))}", soft_wrap=True)
 
 
-def print_turn(result: TurnResult) -> None:
-    if result.tool_calls:
+def print_turn(
+    result: TurnResult, *, answer_shown: bool = False, tools_shown: bool = False
+) -> None:
+    """Print a turn's calls, notes and answer, leaving out what was shown live already
+    (orchestrator.live)."""
+    if result.tool_calls and not tools_shown:
         table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
         table.add_column("tool")
         table.add_column("service")
@@ -147,21 +151,21 @@ def print_turn(result: TurnResult) -> None:
                 f"{mark} {escape(compact(call.result, 160))}",
             )
         out.print(table)
-        for call in result.tool_calls:
-            if call.approval is not None:
-                mark = "green" if call.approval.verdict == "approve" else "yellow"
-                out.print(
-                    f"[{mark}]{escape(call.name)}: {escape(describe_decision(call.approval))}[/]",
-                    soft_wrap=True,
-                )
+    for call in result.tool_calls:
+        if call.approval is not None:
+            mark = "green" if call.approval.verdict == "approve" else "yellow"
+            out.print(
+                f"[{mark}]{escape(call.name)}: {escape(describe_decision(call.approval))}[/]",
+                soft_wrap=True,
+            )
     if result.cancelled:
         out.print("[yellow]the turn was cancelled[/]")
     for note in result.notes:
         out.print(f"[dim]note: {escape(note)}[/]")
-    if result.ok:
-        out.print(f"[bold cyan]agent:[/] {escape(result.answer)}")
-    else:
+    if not result.ok:
         print_error(result.error or "the turn failed")
+    elif not answer_shown:
+        out.print(f"[bold cyan]agent:[/] {escape(result.answer)}")
 
 
 def describe_cost(cost_usd: float | None, unpriced_steps: int) -> str:

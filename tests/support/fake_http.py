@@ -22,6 +22,7 @@ from typing import Any
 
 HOST = "127.0.0.1"
 UNSCRIPTED_STATUS = 418
+GATE_TIMEOUT = 20.0
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,10 @@ class Reply:
     chunks: tuple[bytes, ...] = ()
     chunk_delay: float = 0.0
     content_type: str = "text/event-stream"
+    # Stream the first `gate_after` chunks, then wait (at most GATE_TIMEOUT) for `gate`: a test
+    # proves something happened while the rest was still unsent, without timing anything.
+    gate: threading.Event | None = None
+    gate_after: int = 0
 
     def encoded(self) -> tuple[bytes, str]:
         if isinstance(self.body, bytes):
@@ -190,6 +195,8 @@ class _Handler(BaseHTTPRequestHandler):
             for index, chunk in enumerate(reply.chunks):
                 if index and not fake._sleep(reply.chunk_delay):
                     return
+                if reply.gate is not None and index == reply.gate_after:
+                    reply.gate.wait(GATE_TIMEOUT)
                 self.wfile.write(chunk)
                 self.wfile.flush()
         except OSError:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import threading
 from typing import Any
 
 from tests.support.fake_http import FakeHttpServer, RecordedRequest, Reply
@@ -23,11 +24,14 @@ def completion(
     prompt_tokens: int = 20,
     completion_tokens: int = 5,
     stream_delay: float = 0.0,
+    gate: threading.Event | None = None,
+    gate_after_words: int = 1,
 ) -> Reply:
     """A 200 chat completion; `tool_calls` arguments may be a raw string (to send broken JSON).
 
     Asked with `"stream": true` (the model step streams by default), the same reply is sent as
-    server-sent chunks, one word of the content per chunk, `stream_delay` seconds apart."""
+    server-sent chunks, one word of the content per chunk, `stream_delay` seconds apart; with a
+    `gate`, the first `gate_after_words` words are sent and the rest only once it is set."""
     message: dict[str, Any] = {"role": "assistant", "content": content}
     if tool_calls:
         message["tool_calls"] = [
@@ -59,7 +63,8 @@ def completion(
             "total_tokens": prompt_tokens + completion_tokens,
         },
     }
-    return Reply(200, body, chunk_delay=stream_delay)
+    # The role chunk comes first, then a chunk per word.
+    return Reply(200, body, chunk_delay=stream_delay, gate=gate, gate_after=1 + gate_after_words)
 
 
 def words(content: str) -> list[str]:
@@ -96,6 +101,8 @@ def as_stream(reply: Reply) -> Reply:
         delay=reply.delay,
         chunk_delay=reply.chunk_delay,
         headers=reply.headers,
+        gate=reply.gate,
+        gate_after=reply.gate_after,
     )
 
 
@@ -135,7 +142,9 @@ def _streaming(request: RecordedRequest) -> bool:
 
 def _is_completion(reply: Reply) -> bool:
     body = reply.body
-    return reply.status == 200 and isinstance(body, dict) and body.get("object") == "chat.completion"
+    return (
+        reply.status == 200 and isinstance(body, dict) and body.get("object") == "chat.completion"
+    )
 
 
 def last_tool_messages(request: RecordedRequest) -> list[dict[str, Any]]:
