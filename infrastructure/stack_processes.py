@@ -1,7 +1,7 @@
 """Which processes the embedded stack runs, and what each of them may see.
 
-`make up` (infrastructure.devstack) starts one worker per team manifest and the orchestrator;
-each gets a fresh environment holding only the base names every process needs and the prefixes it
+`make up` (infrastructure.devstack) starts one worker per team manifest, the orchestrator and the
+HTTP gateway; each gets a fresh environment holding only the base names every process needs and the prefixes it
 reads itself, so no process sees another's settings or secrets. The compose rehearsal builds its
 processes' environments the same way.
 """
@@ -164,8 +164,15 @@ ORCHESTRATOR_WORKER = WorkerProcess(
     TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
     env_prefixes=ORCHESTRATOR_ENV_PREFIXES,
 )
+
+# The HTTP/SSE gateway (orchestrator.gateway): not a worker, it polls no task queue. It reads its
+# own settings, and the orchestrator's store URL (and password) only: never the model's keys.
+GATEWAY_PROCESS = "gateway"
+GATEWAY_COMMAND = ("-m", "orchestrator.gateway")
+GATEWAY_ENV_PREFIXES = ("GATEWAY_", "ORCHESTRATOR_STORE_")
+
 # Process names the stack itself uses; a team named like one would share its records and logs.
-RESERVED_PROCESS_NAMES = frozenset({"temporal", ORCHESTRATOR_WORKER.name})
+RESERVED_PROCESS_NAMES = frozenset({"temporal", ORCHESTRATOR_WORKER.name, GATEWAY_PROCESS})
 
 
 def team_worker(team: TeamManifest) -> WorkerProcess:

@@ -114,6 +114,21 @@ class Accounts:
         )
         return str(rows[0][0]) if rows else None
 
+    async def owned_conversation(self, conversation_id: str) -> OwnedConversation | None:
+        """Who owns a conversation, and its title and creation time; None when nobody does."""
+        rows = await self._sql(
+            "SELECT conversation_id, user_name, title, created_at FROM conversation_owners "
+            "WHERE conversation_id = ?",
+            (conversation_id,),
+        )
+        return (
+            OwnedConversation(
+                conversation_id=rows[0][0], user=rows[0][1], title=rows[0][2], created_at=rows[0][3]
+            )
+            if rows
+            else None
+        )
+
     async def owned_conversations(self, user: str, limit: int = 50) -> list[OwnedConversation]:
         """A user's conversations, newest first."""
         rows = await self._sql(

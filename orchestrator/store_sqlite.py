@@ -45,7 +45,11 @@ class SqliteStore(ConversationStore):
             self._connection = None
         if self._connection is None:
             self._path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            os.close(os.open(self._path, os.O_CREAT | os.O_RDWR, 0o600))
+            if not self._path.exists():
+                # Only when missing: closing any descriptor of a file drops every POSIX lock this
+                # process holds on it, including SQLite's own of another store on the same file
+                # (another process could then delete the -wal under live connections).
+                os.close(os.open(self._path, os.O_CREAT | os.O_RDWR, 0o600))
             os.chmod(self._path, 0o600)
             self._inode = self._file_identity()
             connection = sqlite3.connect(self._path, check_same_thread=False, timeout=30)

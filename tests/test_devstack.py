@@ -121,6 +121,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
         "DEVSTACK_HTTP_PORT": str(_free_port()),
         "DEVSTACK_UI_PORT": str(_free_port()),
         "DEVSTACK_WORKER_METRICS_PORT": "0",  # free ports, not a running `make up`'s
+        "DEVSTACK_GATEWAY_PORT": str(_free_port()),
         "LOG_LEVEL": "WARNING",
         "OPENAI_API_KEY": OPENAI_CANARY,
         "LLM_API_KEY": LLM_CANARY,
@@ -147,7 +148,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
 
 def test_up_is_idempotent(stack: RunningStack) -> None:
     assert {"it", "finance"} <= set(WORKER_NAMESPACES)
-    assert set(stack.pids) == {"temporal", *WORKER_NAMESPACES}
+    assert set(stack.pids) == {"temporal", "gateway", *WORKER_NAMESPACES}
     assert all(_alive(pid) for pid in stack.pids.values())
     assert (stack.run_dir / "temporal.db").exists()
     assert (stack.run_dir / "logs" / "it.log").exists()
@@ -178,7 +179,8 @@ def test_each_process_gets_only_its_own_settings_and_secrets(stack: RunningStack
     owners = {
         OPENAI_CANARY: {"orchestrator"},
         LLM_CANARY: {"orchestrator"},
-        STORE_CANARY: {"orchestrator"},
+        # The gateway reads the same store (API keys, conversation owners, token deltas).
+        STORE_CANARY: {"orchestrator", "gateway"},
         JIRA_CANARY: {"it"},
         QUOTE_CANARY: {"finance"},
         FOREIGN_NEXUS_KEY: set(),
@@ -333,7 +335,7 @@ def test_prometheus_scrapes_the_workers_metrics(stack: RunningStack, tmp_path: P
     targets = {
         name: _environ(pid)["METRICS_BIND_ADDRESS"]
         for name, pid in stack.pids.items()
-        if name != "temporal"
+        if name not in {"temporal", "gateway"}
     }
     assert set(targets) == set(WORKER_NAMESPACES)
     config = tmp_path / "prometheus.yml"
@@ -428,6 +430,37 @@ def _eventually_queried(
             return rows
         time.sleep(1)
     raise AssertionError(f"Prometheus never answered {query!r} as expected; last: {rows}")
+
+
+def _printed_key(output: str) -> str:
+    [line] = [line for line in output.splitlines() if "demo API key:" in line]
+    return line.split("demo API key:")[1].split()[0]
+
+
+def test_up_starts_the_gateway_with_a_demo_key(stack: RunningStack) -> None:
+    up = _devstack("up", stack.env)  # the stack is up: prints the gateway and the same key
+    assert up.returncode == 0, up.stdout + up.stderr
+    key = _printed_key(up.stdout)
+    assert key.startswith("agk_")
+    url = f"http://127.0.0.1:{stack.env['DEVSTACK_GATEWAY_PORT']}"
+    assert f"gateway {url}" in up.stdout
+    key_file = stack.run_dir / "gateway-demo-key"
+    assert key_file.read_text().strip() == key and _mode(key_file) == 0o600
+    assert _printed_key(_devstack("up", stack.env).stdout) == key  # the same key every time
+
+    with httpx.Client(base_url=url, timeout=10, trust_env=False) as http:
+        assert http.get("/healthz").json() == {"ok": True}
+        assert http.get("/v1/me", headers={"Authorization": f"Bearer {key}"}).json() == {
+            "user": "demo"
+        }
+        refused = http.get("/v1/me", headers={"Authorization": "Bearer agk_nope"})
+        assert refused.status_code == 401 and refused.json()["error"]["code"] == "unauthenticated"
+
+    # The gateway is not a worker: it gets the store URL, never the model's keys or Nexus keys.
+    env = _environ(stack.pids["gateway"])
+    assert env["TEMPORAL_NAMESPACE"] == "orchestrator"
+    assert env["GATEWAY_HOST"] == "127.0.0.1"
+    assert "SECRETS_DIR" not in env and "OPENAI_API_KEY" not in env
 
 
 def test_down_stops_exactly_what_up_started(stack: RunningStack) -> None:

@@ -1,0 +1,94 @@
+"""What the gateway's API takes and answers (the shapes /openapi.json documents)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from orchestrator.client import utf8_problem
+from orchestrator.models import ConversationStatus, PendingApproval, TurnResult
+from shared.approval import Verdict
+
+MAX_TITLE_CHARS = 200
+MAX_MESSAGE_ID_CHARS = 128
+MAX_REASON_CHARS = 2000
+
+
+class _Request(BaseModel):
+    # A misspelt field is named in a 400 instead of being silently dropped.
+    model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*")
+    @classmethod
+    def _encodable(cls, value: Any) -> Any:
+        # JSON can carry lone surrogates (an escaped \ud800), which no store or payload can encode.
+        if isinstance(value, str):
+            problem = utf8_problem(value)
+            if problem:
+                raise ValueError(f"not valid UTF-8 text: {problem}")
+        return value
+
+
+class CreateConversation(_Request):
+    title: str = Field(default="", max_length=MAX_TITLE_CHARS)
+
+
+class SendMessage(_Request):
+    text: str = Field(description="The message.")
+    message_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_MESSAGE_ID_CHARS,
+        description="Idempotency key: the same id sent again is answered once, with the same "
+        "answer. Made up by the gateway when missing.",
+    )
+
+
+class CancelBody(_Request):
+    reason: str = Field(default="", max_length=MAX_REASON_CHARS)
+
+
+class DecideBody(_Request):
+    verdict: Verdict
+    reason: str = Field(default="", max_length=MAX_REASON_CHARS)
+
+
+class Me(BaseModel):
+    user: str
+
+
+class Health(BaseModel):
+    ok: bool = True
+
+
+class ConversationSummary(BaseModel):
+    conversation_id: str
+    title: str
+    created_at: str
+
+
+class ConversationList(BaseModel):
+    conversations: list[ConversationSummary]
+
+
+class ConversationDetail(ConversationSummary):
+    turns: list[TurnResult]
+    status: ConversationStatus | None = Field(
+        description="The running conversation's status; null before its first message and "
+        "after it ended."
+    )
+    cursor: str = Field(description="The stream position now: GET .../events?after=<cursor>.")
+
+
+class Approval(PendingApproval):
+    conversation_id: str
+
+
+class ApprovalList(BaseModel):
+    approvals: list[Approval]
+
+
+def approval(conversation_id: str, pending: PendingApproval) -> Approval:
+    values: dict[str, Any] = pending.model_dump()
+    return Approval(conversation_id=conversation_id, **values)
