@@ -19,6 +19,7 @@ from fastapi import Body, Depends, FastAPI, Header, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from temporalio.client import WorkflowExecutionStatus, WorkflowUpdateFailedError
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -101,7 +102,9 @@ def create_app(settings: GatewaySettings, services: Services) -> FastAPI:
         log.info("gateway ready", task_queue=services.task_queue)
         yield
 
-    app = FastAPI(
+    # FastAPIOffline: /docs and /redoc load Swagger UI and ReDoc from the gateway itself, not a
+    # CDN, so the API docs work where the web chat does, offline.
+    app = FastAPIOffline(
         title="Agent gateway",
         version="1",
         description="Durable LLM agent conversations over HTTP, with live turn streams (SSE).",
