@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 
 from temporalio.client import WorkflowQueryFailedError, WorkflowQueryRejectedError
@@ -46,6 +46,8 @@ POLL_IDLE = 1.0
 FEED_IDLE_SECONDS = 30.0
 # Entries a feed keeps for readers that join late or come back (older ones are dropped).
 LOG_KEPT = 5000
+# How long `cursor` waits for the events query before using what the feed has read.
+CURSOR_QUERY_WAIT = 1.0
 # After a turn ends, the feed stays fast this long (a follow-up message is likely).
 ACTIVE_AFTER_TURN = 3.0
 
@@ -116,12 +118,22 @@ class ConversationFeeds:
         self._feeds: dict[str, _Feed] = {}
 
     async def cursor(self, conversation_id: str) -> StreamCursor:
-        """The position at the end of the stream now: following from here shows what comes next."""
-        events = 0
-        with contextlib.suppress(RPCError, WorkflowQueryFailedError, WorkflowQueryRejectedError):
-            page = await self._conversations.events(conversation_id, after=2**62)
-            events = page.next_offset
+        """The position at the end of the stream now: following from here shows what comes next.
+
+        The token position is read first and is exact. The events query is held by the server
+        while a model step runs; after CURSOR_QUERY_WAIT the turn events this process has read
+        already stand in (a position a little behind: a few events are shown again, none lost).
+        """
         last = await self._store.last_token(conversation_id)
+        feed = self._feeds.get(conversation_id)
+        events = feed.events_next if feed is not None else 0
+        with contextlib.suppress(
+            RPCError, WorkflowQueryFailedError, WorkflowQueryRejectedError, TimeoutError
+        ):
+            page = await asyncio.wait_for(
+                self._conversations.events(conversation_id, after=2**62), CURSOR_QUERY_WAIT
+            )
+            events = page.next_offset
         return StreamCursor(events=events, tokens=last or TOKEN_CURSOR_START)
 
     async def subscribe(
@@ -130,7 +142,7 @@ class ConversationFeeds:
         after: StreamCursor,
         *,
         until_message_id: str | None = None,
-    ) -> AsyncIterator[StreamEvent]:
+    ) -> AsyncGenerator[StreamEvent, None]:
         """Every event after `after`, live. With `until_message_id`, ends after that message's
         answer or error."""
         feed = self._feed(conversation_id)

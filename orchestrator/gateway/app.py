@@ -8,6 +8,8 @@ never that it is someone else's.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -171,12 +173,13 @@ def create_app(settings: GatewaySettings, services: Services) -> FastAPI:
     async def get_conversation(conversation_id: str, user: User) -> ConversationDetail:
         """Its turns, its status while it runs, and the stream position to follow it from."""
         conversation = await owned(conversation_id, user)
-        turns = await services.store.turns(conversation_id)
         running = await _running(conversation_id)
         status: ConversationStatus | None = None
         cursor = StreamCursor()
         if running is not None:
             cursor = await services.feeds.cursor(conversation_id)
+        # After the cursor: a turn that ends meanwhile is in the turns, or after the cursor.
+        turns = await services.store.turns(conversation_id)
         if running:
             try:
                 status = await services.conversations.handle(conversation_id).query(
@@ -225,14 +228,27 @@ def create_app(settings: GatewaySettings, services: Services) -> FastAPI:
             except Exception as error:
                 raise send_error(error) from None
         after = await _turn_start(conversation_id, message_id, retry=body.message_id is not None)
-        handle = await accept(services, conversation_id, body.text, message_id, user)
-        log.info("message accepted", conversation_id=conversation_id, message_id=message_id)
         source = services.feeds.subscribe(conversation_id, after, until_message_id=message_id)
+        first = asyncio.ensure_future(anext(source))
+        accepting = asyncio.ensure_future(
+            accept(services, conversation_id, body.text, message_id, user)
+        )
+        # A refusal (busy, ended, invalid) is a plain 4xx when it comes before the turn's first
+        # event, which it does unless the conversation is busy with an earlier message.
+        await asyncio.wait({first, accepting}, return_when=asyncio.FIRST_COMPLETED)
+        if accepting.done() and accepting.exception() is not None:
+            first.cancel()
+            with contextlib.suppress(BaseException):
+                await first
+            await source.aclose()
+            raise accepting.exception()  # type: ignore[misc]
+        log.info("message sent", conversation_id=conversation_id, message_id=message_id)
         return StreamingResponse(
             streams.turn(
                 services,
                 source,
-                handle,
+                accepting,
+                first,
                 conversation_id=conversation_id,
                 text=body.text,
                 message_id=message_id,

@@ -3,31 +3,16 @@ and the live feeds that merge a conversation's turn events and token deltas."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Protocol
 
 from temporalio.client import Client
 
 from orchestrator.client import ConversationClient
 from orchestrator.config import OrchestratorSettings
-from orchestrator.events import StreamCursor, StreamEvent
 from orchestrator.feed import ConversationFeeds
 from orchestrator.store import ConversationStore, open_store
 from shared.config import TemporalSettings
 from shared.temporal import connect
-
-
-class Feeds(Protocol):
-    """orchestrator.feed.ConversationFeeds, as the gateway uses it."""
-
-    async def cursor(self, conversation_id: str) -> StreamCursor: ...
-
-    def subscribe(
-        self, conversation_id: str, after: StreamCursor, *, until_message_id: str | None = None
-    ) -> AsyncIterator[StreamEvent]: ...
-
-    async def close(self) -> None: ...
 
 
 @dataclass
@@ -36,7 +21,7 @@ class Services:
     conversations: ConversationClient
     task_queue: str
     store: ConversationStore
-    feeds: Feeds
+    feeds: ConversationFeeds
 
     @classmethod
     async def open(cls, temporal: TemporalSettings, orchestrator: OrchestratorSettings) -> Services:

@@ -32,5 +32,9 @@ class GatewaySettings(BaseSettings):
         default=15.0, gt=0, le=300, description="An SSE comment is sent after this much silence."
     )
     status_timeout_seconds: float = Field(
-        default=5.0, gt=0, le=60, description="How long a conversation's status query may take."
+        default=1.0,
+        gt=0,
+        le=60,
+        description="How long a conversation's status query may take (the server holds it while a "
+        "model step runs; the conversation is returned without its status then).",
     )

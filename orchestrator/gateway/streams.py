@@ -45,8 +45,20 @@ class _Item:
     finished: bool = False
 
 
-async def _pump(source: AsyncIterator[StreamEvent], queue: asyncio.Queue[_Item]) -> None:
+async def _pump(
+    source: AsyncIterator[StreamEvent],
+    queue: asyncio.Queue[_Item],
+    first: asyncio.Task[StreamEvent] | None = None,
+) -> None:
+    """Hand `source`'s events to `queue`; `first`, when given, is its first event, being read
+    already."""
     try:
+        if first is not None:
+            try:
+                await queue.put(_Item(event=await first))
+            except StopAsyncIteration:
+                await queue.put(_Item(finished=True))
+                return
         async for event in source:
             await queue.put(_Item(event=event))
     except Exception as error:
@@ -83,7 +95,8 @@ async def live(source: AsyncIterator[StreamEvent], keepalive: float) -> AsyncIte
 async def turn(
     services: Services,
     source: AsyncIterator[StreamEvent],
-    handle: WorkflowUpdateHandle[TurnResult],
+    accepting: asyncio.Task[WorkflowUpdateHandle[TurnResult]],
+    first: asyncio.Task[StreamEvent],
     *,
     conversation_id: str,
     text: str,
@@ -94,16 +107,21 @@ async def turn(
 ) -> AsyncIterator[str]:
     """One message's turn: the feed's events up to and including the message's answer or error.
 
-    The update's result is awaited beside the feed (it also follows the conversation across
-    continue-as-new). A message answered without an answer event in the kept events (a queued
+    The stream starts as soon as the message is accepted or its turn's first event arrives,
+    whichever comes first: the server reports a message accepted only when the workflow task
+    that took it completes, and that task runs the turn's first model step, whose tokens are
+    already on their way. `first` is the feed's first event, being read. A message refused after
+    the stream began ends it with an `error` event saying why. The update's result is awaited
+    beside the feed (it also follows the conversation across continue-as-new). A message answered without an answer event in the kept events (a queued
     message answered as the conversation ended, or one answered long before this retry) ends
     the stream with an event made from its result, so the stream never waits for nothing.
     """
     queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=1000)
-    pump = asyncio.create_task(_pump(source, queue))
+    pump = asyncio.create_task(_pump(source, queue, first))
 
     async def result() -> None:
         try:
+            handle = await accepting
             outcome = await answer(services, handle, conversation_id, text, message_id, user)
         except Exception as error:
             await queue.put(_Item(failure=error))
