@@ -20,8 +20,9 @@ install: .venv/.installed ## Install uv (if missing) and the locked dependencies
 	$(UV) sync --frozen
 	@touch $@
 
-# The store tests and the compose rehearsal run a real PostgreSQL, and the metrics test a real
-# Prometheus, from Debian's packages; install them when we can.
+# The store tests and the compose rehearsal run a real PostgreSQL, the metrics test a real
+# Prometheus and the web chat test a real headless Chromium, from Debian's packages; install them
+# when we can.
 system-deps:
 	@if ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || command -v pg_ctl >/dev/null 2>&1; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
@@ -33,6 +34,11 @@ system-deps:
 		echo "Installing Prometheus (Debian package) for the metrics test..."; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
 	else echo "Prometheus not found and cannot be installed here: the metrics scrape test will be skipped"; fi
+	@if command -v chromedriver >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "Installing Chromium and chromedriver (Debian packages) for the web chat browser test..."; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null; \
+	else echo "chromedriver not found and cannot be installed here: the web chat browser test will be skipped"; fi
 
 up: install ## Start the embedded stack: dev server, namespaces, Nexus endpoints, workers
 	@$(RUN) python -m infrastructure.devstack up
@@ -72,6 +78,7 @@ bench: install ## Latency figures (see bench/README.md)
 	$(RUN) python -m bench.stack_throughput
 	$(RUN) python -m bench.recovery
 	$(RUN) python -m bench.tracing
+	$(RUN) python -m bench.streaming
 
 chaos: install ## Kill workers and restart the server under 50 conversations; print the report
 	$(RUN) python -m infrastructure.chaos --conversations $(or $(CONVERSATIONS),50)
