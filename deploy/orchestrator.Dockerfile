@@ -1,5 +1,6 @@
 # syntax=docker/dockerfile:1
 # Orchestrator worker: conversation workflows and the LLM activity (litellm lives here only).
+# The HTTP gateway runs from the same image (docker-compose.yml: command python -m orchestrator.gateway).
 # Build from the repository root: docker build -f deploy/orchestrator.Dockerfile .
 # Installs only the core dependencies and the `orchestrator` dependency group from the committed uv.lock.
 
@@ -21,6 +22,8 @@ COPY --from=build /opt/venv /opt/venv
 COPY shared/ ./shared/
 COPY orchestrator/ ./orchestrator/
 COPY deploy/healthcheck.py /usr/local/bin/healthcheck.py
+# `agent` (keys, store, history) for `docker compose exec`: the project is not installed here.
+COPY --chmod=0755 deploy/agent /usr/local/bin/agent
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \

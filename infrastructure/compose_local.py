@@ -85,12 +85,17 @@ class Overrides:
     # Per service: "0.0.0.0:<container port>" it listens on -> "127.0.0.1:<local port>" (a value
     # that is exactly that bind address is rewritten; see `WILDCARD_BIND`).
     listens: dict[str, dict[str, str]] = field(default_factory=dict)
+    # Per service: its own loopback, "localhost:<container port>" or "127.0.0.1:<container port>"
+    # (in its container, itself; e.g. a health check's URL) -> its local address.
+    loopbacks: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def apply(self, service: str, value: str) -> str:
         if value in self.listens.get(service, {}):
             return self.listens[service][value]
         for compose_address, address in self.addresses.items():
             value = re.sub(rf"(?<![\w.-]){re.escape(compose_address)}(?!\d)", address, value)
+        for own, address in self.loopbacks.get(service, {}).items():
+            value = re.sub(rf"(?<![\w.-]){re.escape(own)}(?!\d)", address, value)
         targets = sorted(self.mounts.get(service, {}).items(), key=lambda item: -len(item[0]))
         for scheme in ("sqlite:///", ""):
             if not value.startswith(scheme):
@@ -106,10 +111,13 @@ class Overrides:
 
     def listen(self, service: str, container_port: int, local_port: int) -> str:
         """Give a service's "0.0.0.0:<container_port>" its own local port; other services reach it
-        as "<service>:<container_port>". Returns the local address."""
+        as "<service>:<container_port>", the service itself also on its loopback. Returns the
+        local address."""
         address = f"{LOCAL_HOST}:{local_port}"
         self.listens.setdefault(service, {})[f"0.0.0.0:{container_port}"] = address
         self.addresses[f"{service}:{container_port}"] = address
+        for loopback in ("localhost", "127.0.0.1"):
+            self.loopbacks.setdefault(service, {})[f"{loopback}:{container_port}"] = address
         return address
 
 

@@ -16,24 +16,32 @@ service would run, in depends_on order:
   (infrastructure.compose_local.OtlpSink);
 - `jaeger`, `prometheus`, `grafana`: skipped (storage and UIs); what Prometheus would scrape is
   scraped once at the end instead: every target of its mounted config, through the overrides;
-- every service built from deploy/ (the setup job and the workers): its real command (compose's
-  `command`, else the Dockerfile's CMD, with `python` this environment's interpreter) and its real
-  environment (the Dockerfile's ENV, its env files, including an optional `*.secrets.env` when one
-  exists, and compose's `environment`), and nothing else of this shell's environment beyond the
-  base names every process needs (infrastructure.stack_processes.child_environment).
+- every service built from deploy/ (the setup job, the workers and the gateway): its real command
+  (compose's `command`, else the Dockerfile's CMD, with `python` this environment's interpreter)
+  and its real environment (the Dockerfile's ENV, its env files, including an optional
+  `*.secrets.env` when one exists, and compose's `environment`), and nothing else of this shell's
+  environment beyond the base names every process needs
+  (infrastructure.stack_processes.child_environment). A built service that publishes a port is an
+  HTTP service (the gateway; infrastructure.compose_http): it is waited for on its health route,
+  not on a task queue.
 
 The one override (`Overrides`), applied to the values of that environment, never to the files:
-each `service:port` a stand-in listens on becomes `127.0.0.1:<its local port>`, and each volume
-mount target becomes a local directory (a named volume is a directory under the run dir that lives
+each `service:port` a stand-in listens on becomes `127.0.0.1:<its local port>` (a port an HTTP
+service publishes too, through its `<PREFIX>_HOST`/`<PREFIX>_PORT` pair), and each volume mount
+target becomes a local directory (a named volume is a directory under the run dir that lives
 as long as the rehearsal; a bind mount is the repository's file). A service's working directory is
 its container's writable layer: an empty directory, emptied again whenever the service is
 (re)started, so whatever a service writes outside its volumes is lost here as it would be there.
 
 Then it plays a conversation that uses both teams with the `agent` CLI (the orchestrator answers
-with the built-in offline model: LLM_MODEL is unset in the compose env file), restarts every
-worker as `docker compose up --build` recreates their containers (SIGTERM, the service's
-stop_grace_period, an emptied writable layer), continues the conversation, and checks that
-`agent history` still has every turn, read from the store on PostgreSQL. It prints a short report
+with the built-in offline model: LLM_MODEL is unset in the compose env file), and one through each
+HTTP service: an API key made with `agent keys create` in that service's environment (as `docker
+compose exec gateway agent keys create` would), a conversation, a message POSTed with
+`Accept: text/event-stream` and its events read up to the answer. It restarts every worker and
+HTTP service as `docker compose up --build` recreates their containers (SIGTERM, the service's
+stop_grace_period, an emptied writable layer; each must exit 0), continues both conversations (the
+key still works: it is in the store), and checks that `agent history` still has every turn, read
+from the store on PostgreSQL. It prints a short report
 and exits 0 when every check passed. Last, the telemetry the compose file promises: every worker
 whose env file sends spans to the collector has spans there under its OTEL_SERVICE_NAME, and every
 Prometheus target on a service run here answers with Prometheus text.
@@ -50,7 +58,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +67,14 @@ from infrastructure.compose_file import (
     compose_env,
     depends_on,
     start_order,
+)
+from infrastructure.compose_http import (
+    GatewayClient,
+    HttpService,
+    create_key,
+    is_http_service,
+    prepare_http_service,
+    wait_for_http,
 )
 from infrastructure.compose_local import LocalCompose, RehearsalError
 from infrastructure.postgres import PostgresUnavailable
@@ -83,12 +99,19 @@ BEFORE_RESTART = (
     "Track IP 192.0.2.7",
 )
 AFTER_RESTART = "What's the ROI on 1000 at 5 percent for 3 years?"
+# Through each HTTP service (the gateway), as a user with an API key: one message before the
+# restart (a Finance tool), one after it (an IT tool), in one conversation.
+HTTP_USER = "rehearsal"
+HTTP_BEFORE_RESTART = "What is the stock price of MSFT?"
+HTTP_AFTER_RESTART = "What is my IP address?"
 
 
 @dataclass
 class Rehearsal(LocalCompose):
     """The rehearsal's scenario on top of the local stack: a conversation across both teams,
     every worker recreated, every turn still there."""
+
+    http: dict[str, HttpService] = field(default_factory=dict)
 
     # ---- the conversation ----------------------------------------------------------------
     def agent(self, *args: str) -> dict[str, Any]:
@@ -179,12 +202,49 @@ class Rehearsal(LocalCompose):
                 ):
                     self.run_job(name)
                     jobs.append(name)
+                elif is_http_service(service):
+                    self.http[name] = prepare_http_service(self, name)
+                    self.start_worker(name)
                 else:
                     self.start_worker(name)
                     workers.append(name)
-            asyncio.run(self.wait_for_workers(workers))
-            self.report.say(f"workers polling and healthy: {', '.join(workers)}")
+            self.wait_until_serving(workers)
             return self.play(workers, jobs)
+
+    def wait_until_serving(self, workers: list[str]) -> None:
+        asyncio.run(self.wait_for_workers(workers))
+        self.report.say(f"workers polling and healthy: {', '.join(workers)}")
+        if self.http:
+            asyncio.run(wait_for_http(self, list(self.http.values())))
+            answering = ", ".join(f"{h.name} on {h.url}{h.health}" for h in self.http.values())
+            self.report.say(f"HTTP services answering and healthy: {answering}")
+
+    # ---- the HTTP services (the gateway) ---------------------------------------------------
+    def http_clients(self) -> dict[str, GatewayClient]:
+        """A user's API key per HTTP service, made with `agent keys create` in its environment."""
+        clients = {}
+        for name, http in self.http.items():
+            created = create_key(self, name, HTTP_USER, "compose rehearsal")
+            client = GatewayClient(http.url, str(created["key"]))
+            if client.me() != HTTP_USER:
+                raise RehearsalError(f"{name} does not know the key `agent keys create` made")
+            self.report.say(
+                f"{name}: `agent keys create {HTTP_USER}` in its environment made key "
+                f"{created.get('key_id', '?')}; GET /v1/me knows it"
+            )
+            clients[name] = client
+        return clients
+
+    def http_send(self, name: str, client: GatewayClient, conversation: str, text: str) -> str:
+        """One message through an HTTP service, its turn read from the event stream."""
+        turn = client.send(conversation, text)
+        self.report.say(
+            f"{name}: POST {text!r} (text/event-stream): {len(turn.kinds)} events, tools "
+            f"[{', '.join(turn.tools)}], ended with {turn.end}"
+        )
+        if not turn.tools:
+            raise RehearsalError(f"{name}: the message {text!r} used no tool")
+        return ", ".join(turn.tools)
 
     def play(self, workers: list[str], jobs: list[str]) -> dict[str, Any]:
         conversation = f"rehearsal-{os.getpid()}-{int(time.time())}"
@@ -196,28 +256,48 @@ class Rehearsal(LocalCompose):
             )
         for message in BEFORE_RESTART[1:]:
             self.send(conversation, message)
+        clients = self.http_clients()
+        http_conversations = {
+            name: client.create_conversation("compose rehearsal")
+            for name, client in clients.items()
+        }
+        http_tools = {
+            name: [self.http_send(name, client, http_conversations[name], HTTP_BEFORE_RESTART)]
+            for name, client in clients.items()
+        }
 
-        # `docker compose up --build`: every worker container is recreated.
+        # `docker compose up --build`: every worker and HTTP service container is recreated.
         timings, unclean = [], []
-        for name in workers:
+        for name in [*workers, *self.http]:
             took, code = self.workers[name].stop()
             timings.append(f"{name} exit {code} in {took:.1f}s")
             if code != 0:
                 unclean.append(f"{name} exited {code}:\n{self.workers[name].tail()}")
         if unclean:
-            raise RehearsalError("a worker did not drain cleanly on SIGTERM: " + "; ".join(unclean))
-        self.report.say(f"stopped every worker with SIGTERM, drained: {', '.join(timings)}")
+            raise RehearsalError("a service did not stop cleanly on SIGTERM: " + "; ".join(unclean))
+        self.report.say(f"stopped every service with SIGTERM, drained: {', '.join(timings)}")
         for name in jobs:  # one-shot jobs run again on every `up`: they must be idempotent
             self.run_job(name)
             outcome = self._store_setup_outcome(name)
             if outcome is not None and outcome != "unchanged":
                 raise RehearsalError(f"{name} run again changed the store database: {outcome}")
-        for name in workers:
+        for name in [*workers, *self.http]:
             self.start_worker(name)
-        asyncio.run(self.wait_for_workers(workers))
-        self.report.say("recreated every worker (empty writable layers); polling and healthy")
+        self.wait_until_serving(workers)
+        self.report.say("recreated every worker and HTTP service (empty writable layers)")
 
         self.send(conversation, AFTER_RESTART)
+        for name, client in clients.items():  # the same key: it lives in the store
+            http_tools[name].append(
+                self.http_send(name, client, http_conversations[name], HTTP_AFTER_RESTART)
+            )
+            detail = client.conversation(http_conversations[name])
+            messages = [turn.get("message") for turn in detail.get("turns", [])]
+            if messages != [HTTP_BEFORE_RESTART, HTTP_AFTER_RESTART]:
+                raise RehearsalError(f"{name}: the conversation's turns are {messages}")
+            self.report.say(
+                f"{name}: the same key after the restart; GET the conversation: both turns"
+            )
         history = self.agent("history", conversation)
         said = [turn["message"] for turn in history["turns"]]
         expected = [*BEFORE_RESTART, AFTER_RESTART]
@@ -250,6 +330,10 @@ class Rehearsal(LocalCompose):
             "tool_calls": [call["service"] + "." + call["name"] for call in history["tool_calls"]],
             "container_files": left,
             "volume_files": volumes,
+            "http": {
+                name: {"conversation_id": http_conversations[name], "tools": http_tools[name]}
+                for name in clients
+            },
             "telemetry": self.report_telemetry(),
         }
 
@@ -288,9 +372,12 @@ class Rehearsal(LocalCompose):
 
     def _span_senders(self) -> list[tuple[str, str, str]]:
         """(worker, collector service, service name) for each worker whose compose environment
-        sends OTLP to a collector the rehearsal stands in for."""
+        sends OTLP to a collector the rehearsal stands in for. HTTP services are not asked for
+        spans: the gateway sets up no tracing of its own."""
         senders = []
         for name in self.workers:
+            if name in self.http:
+                continue
             env = compose_env(self.services[name], self.base)
             endpoint = env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "")
             for collector in self.otlp_sinks:
@@ -335,6 +422,8 @@ def _rehearse(run_dir: Path) -> dict[str, Any]:
 def _lines(summary: Mapping[str, Any]) -> Iterator[str]:
     yield f"conversation {summary['conversation_id']}: {len(summary['turns'])} turns"
     yield f"tool calls: {', '.join(summary['tool_calls'])}"
+    for name, http in summary.get("http", {}).items():
+        yield f"{name}: conversation {http['conversation_id']} over HTTP/SSE, tools {'; '.join(http['tools'])}"
     yield f"total {summary['seconds']}s"
 
 

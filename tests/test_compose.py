@@ -10,6 +10,7 @@ import ast
 import copy
 import fnmatch
 import importlib
+import importlib.util
 import json
 import os
 import re
@@ -32,10 +33,17 @@ from pydantic_settings import BaseSettings
 from ruamel.yaml import YAML
 
 from finance_service.quotes import QuoteSettings
-from infrastructure.compose_file import depends_on, dockerfile_instructions, env_files
+from infrastructure.compose_file import (
+    depends_on,
+    dockerfile_instructions,
+    env_files,
+    image_copies,
+    seconds,
+)
 from infrastructure.setup import STORE_PASSWORD_FILE, StackSettings
 from it_service.jira import JiraSettings
 from orchestrator.config import LLMSettings, OrchestratorSettings
+from orchestrator.gateway.settings import GatewaySettings
 from shared.auth import NexusAuthSettings
 from shared.config import (
     OrchestratorTemporalSettings,
@@ -502,6 +510,143 @@ def test_dockerfiles_copy_the_lockfile_and_sync_frozen() -> None:
         assert any(kw == "USER" for kw, _ in dockerfile_instructions(dockerfile)), "run as non-root"
 
 
+# --- the HTTP gateway -------------------------------------------------------------------------
+
+GATEWAY = "gateway"
+
+
+def gateway_settings() -> GatewaySettings:
+    return settings_from_env(GatewaySettings, container_env(ROOT, services()[GATEWAY]))
+
+
+def test_gateway_runs_from_the_orchestrator_image_with_its_env_files() -> None:
+    """Same image, env files and secrets volume as the orchestrator worker: the gateway and the
+    worker agree on the Temporal namespace and task queue and on the conversation store."""
+    gateway, worker = services()[GATEWAY], services()["orchestrator-worker"]
+    assert gateway["build"] == worker["build"]
+    assert service_command(ROOT, gateway) == ["python", "-m", "orchestrator.gateway"]
+    assert env_files(gateway) == env_files(worker)
+    assert gateway["volumes"] == worker["volumes"]
+    assert all(str(volume).endswith(":ro") for volume in gateway["volumes"]), "it only reads it"
+    gateway_env, worker_env = container_env(ROOT, gateway), container_env(ROOT, worker)
+    for key in (
+        "TEMPORAL_ADDRESS",
+        "TEMPORAL_NAMESPACE",
+        "TEMPORAL_TASK_QUEUE",
+        "ORCHESTRATOR_STORE_URL",
+        "SECRETS_DIR",
+    ):
+        assert gateway_env[key] == worker_env[key], key
+    temporal = settings_from_env(OrchestratorTemporalSettings, gateway_env)
+    assert temporal.namespace == default_of(OrchestratorTemporalSettings, "namespace")
+    assert temporal.task_queue == default_of(OrchestratorTemporalSettings, "task_queue")
+    assert depends_on(gateway) == depends_on(worker)
+    assert gateway.get("restart") == "unless-stopped"
+    assert gateway.get("init") is True, "SIGTERM reaches the server, which stops gracefully"
+    # Its spans (if it ever sends any) and its (absent) metrics are not the worker's.
+    assert gateway_env["OTEL_SERVICE_NAME"] != worker_env["OTEL_SERVICE_NAME"]
+    assert gateway_env["METRICS_BIND_ADDRESS"] == ""
+
+
+def test_gateway_is_published_on_the_host_loopback_only() -> None:
+    """Inside its container it listens on every interface (else the published port reaches
+    nothing); on the host, on 127.0.0.1 only: there is no TLS in front of it here."""
+    settings = gateway_settings()
+    assert settings.host == "0.0.0.0"
+    assert services()[GATEWAY]["ports"] == [f"127.0.0.1:{settings.port}:{settings.port}"]
+
+
+def test_services_we_build_publish_on_the_host_loopback_only() -> None:
+    for name, service in services().items():
+        if "build" in service:
+            for port in service.get("ports", []):
+                assert str(port).startswith("127.0.0.1:"), (
+                    f"{name} publishes {port} beyond loopback"
+                )
+
+
+def test_gateway_health_check_gets_its_health_route() -> None:
+    from orchestrator.gateway.__main__ import server_config
+    from orchestrator.gateway.app import create_app
+
+    gateway = services()[GATEWAY]
+    settings = gateway_settings()
+    test = gateway["healthcheck"]["test"]
+    assert test[:4] == ["CMD", "python", "/usr/local/bin/healthcheck.py", "orchestrator.gateway"]
+    assert test[4:] == ["--get", f"http://127.0.0.1:{settings.port}/healthz"]
+    _, dockerfile = build_paths(gateway)
+    assert image_copies(dockerfile, ROOT)[test[2]] == DEPLOY / "healthcheck.py"
+    app = create_app(settings, typing.cast(Any, None))
+    assert "/healthz" in {getattr(route, "path", "") for route in app.routes}
+    # `docker stop` waits long enough for uvicorn's graceful shutdown (open SSE streams).
+    graceful = server_config(app, settings).timeout_graceful_shutdown or 0
+    assert seconds(gateway["stop_grace_period"], 10.0) > graceful
+
+
+def load_healthcheck_script() -> Any:
+    spec = importlib.util.spec_from_file_location("healthcheck", DEPLOY / "healthcheck.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_health_check_script_wants_ok_true_from_the_route() -> None:
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from threading import Thread
+
+    answers = {"/healthz": (200, b'{"ok": true}'), "/sick": (503, b"{}"), "/no": (200, b"{}")}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            status, body = answers.get(self.path, (404, b""))
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    healthcheck = load_healthcheck_script()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        assert healthcheck.http_healthy(f"{url}/healthz") is None
+        assert healthcheck.http_healthy(f"{url}/sick") == "HTTP 503"
+        assert healthcheck.http_healthy(f"{url}/no") is not None
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert healthcheck.http_healthy(f"{url}/healthz").startswith("unreachable")
+    assert healthcheck.main(["healthcheck.py", "orchestrator.gateway", "--get"]) == 1
+
+
+def test_orchestrator_image_has_the_agent_cli(tmp_path: Path) -> None:
+    """`docker compose exec gateway agent keys create alice` works: the image copies deploy/agent
+    into a bin folder on PATH (the project itself is not installed there), and it runs the CLI
+    from the sources in the image's WORKDIR."""
+    dockerfile = DEPLOY / "orchestrator.Dockerfile"
+    assert image_copies(dockerfile, ROOT)["/usr/local/bin/agent"] == DEPLOY / "agent"
+    copy = [a for kw, a in dockerfile_instructions(dockerfile) if kw == "COPY" and "agent" in a]
+    assert copy and "--chmod=0755" in copy[0], "an executable, for exec"
+    script = (DEPLOY / "agent").read_text()
+    assert script.startswith("#!/usr/bin/env python\n"), "the image's venv python is first on PATH"
+    assert f'sys.path.insert(0, "{workdir(ROOT, services()[GATEWAY])}")' in script
+    result = subprocess.run(
+        [sys.executable, str(DEPLOY / "agent"), "keys", "create", "--help"],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "agent keys create" in result.stdout  # the usage line names the command
+
+
 # --- env files --------------------------------------------------------------------------------
 
 
@@ -732,6 +877,8 @@ def loaded_settings(base: Path, service: dict[str, Any]) -> list[type[BaseSettin
     assert command[:2] == ["python", "-m"], f"not a `python -m` command: {command}"
     entry, args = command[2], command[3:]
     modules = project_imports(entry)
+    if (ROOT.joinpath(*entry.split(".")) / "__main__.py").is_file():  # `python -m <package>`
+        project_imports(f"{entry}.__main__", modules)
     package = entry.split(".")[0]
     team_package = args[0] if entry == "shared.worker" and args else package
     if (ROOT / team_package / MANIFEST_FILE).is_file():  # a team worker also runs its code

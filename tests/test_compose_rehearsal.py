@@ -1,7 +1,9 @@
 """`make compose-rehearsal` for real: docker-compose.yml's services as local processes (a real
-PostgreSQL from Debian's packages, the embedded dev server, the setup job and the three workers
-with their compose env files), a conversation over both teams, every worker restarted, and the
-whole history still there. Skipped only when PostgreSQL cannot be installed or started here."""
+PostgreSQL from Debian's packages, the embedded dev server, the setup job, the three workers and
+the HTTP gateway with their compose env files), a conversation over both teams with the CLI and one
+through the gateway (an API key from `agent keys create`, a message streamed over SSE), every
+worker and the gateway restarted, and the whole history still there. Skipped only when PostgreSQL
+cannot be installed or started here."""
 
 from __future__ import annotations
 
@@ -10,8 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from infrastructure.compose_file import image_command, load_compose, start_order
-from infrastructure.compose_local import Overrides
+from infrastructure.compose_file import compose_env, image_command, load_compose, start_order
+from infrastructure.compose_http import (
+    health_path,
+    is_http_service,
+    listen_variables,
+    published_ports,
+)
+from infrastructure.compose_local import Overrides, RehearsalError
 from infrastructure.compose_rehearsal import AFTER_RESTART, BEFORE_RESTART, rehearse
 from infrastructure.postgres import PostgresUnavailable
 
@@ -55,6 +63,31 @@ def test_rehearsal_runs_what_the_compose_file_runs() -> None:
     assert commands["setup"] == ["python", "-m", "infrastructure.setup"]
     assert commands["orchestrator-worker"] == ["python", "-m", "orchestrator.worker"]
     assert commands["it-worker"] == ["python", "-m", "it_service.worker"]
+    assert commands["gateway"] == ["python", "-m", "orchestrator.gateway"]
+    # The gateway is the one HTTP service: it publishes a port; the workers and the job do not.
+    assert [name for name, s in services.items() if is_http_service(s)] == ["gateway"]
+    assert order.index("setup") < order.index("gateway")
+
+
+def test_http_services_listen_where_they_publish() -> None:
+    """The rehearsal gives a published port a local port through the service's own
+    <PREFIX>_HOST/<PREFIX>_PORT pair, and refuses a pair that would not listen on every interface
+    of its container (the published port would reach nothing)."""
+    gateway = load_compose()["services"]["gateway"]
+    assert published_ports(gateway) == [8088]
+    assert health_path(gateway) == "/healthz"
+    env = compose_env(gateway, ROOT)
+    assert listen_variables("gateway", env, 8088) == ["GATEWAY_PORT"]
+    for host in ("127.0.0.1", ""):
+        with pytest.raises(RehearsalError, match="reaches nothing"):
+            listen_variables("gateway", {**env, "GATEWAY_HOST": host}, 8088)
+    with pytest.raises(RehearsalError, match="no \\*_PORT"):
+        listen_variables("gateway", {**env, "GATEWAY_PORT": "9000"}, 8088)
+    assert published_ports({"ports": ["8080", "127.0.0.1:9000:9001/tcp", {"target": 7000}]}) == [
+        8080,
+        9001,
+        7000,
+    ]
 
 
 def test_compose_rehearsal(tmp_path: Path) -> None:
@@ -71,4 +104,8 @@ def test_compose_rehearsal(tmp_path: Path) -> None:
     assert summary["container_files"] == {}, "state written inside a container is lost"
     assert "orchestrator-secrets/orchestrator_store_password" in summary["volume_files"]
     assert "it-data/ledger.db" in summary["volume_files"]
+    # Through the gateway: a Finance tool before every service restarted, an IT tool after.
+    gateway = summary["http"]["gateway"]
+    assert gateway["conversation_id"].startswith("c-")
+    assert [tools.split(".")[0] for tools in gateway["tools"]] == ["finance", "it"]
     assert took < 120, f"the rehearsal took {took:.0f}s"

@@ -523,6 +523,12 @@ def test_overrides_give_each_service_its_own_listen_port() -> None:
     assert overrides.apply("orchestrator-worker", "0.0.0.0:9464") == "0.0.0.0:9464"
     assert overrides.apply("it-worker", "0.0.0.0:94640") == "0.0.0.0:94640"
     assert overrides.apply("it-worker", "http://0.0.0.0:9464/x") == "http://0.0.0.0:9464/x"
+    # In its own container, its loopback is itself (a health check's URL); not in another's.
+    assert overrides.apply("it-worker", "http://127.0.0.1:9464/metrics") == f"http://{it}/metrics"
+    assert overrides.apply("it-worker", "localhost:9464") == it
+    assert overrides.apply("finance-worker", "localhost:9464") == finance
+    assert overrides.apply("orchestrator-worker", "localhost:9464") == "localhost:9464"
+    assert overrides.apply("it-worker", "127.0.0.1:94640") == "127.0.0.1:94640"
 
 
 def test_collector_stand_in_counts_spans_from_a_real_otlp_exporter() -> None:

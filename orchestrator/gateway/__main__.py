@@ -8,6 +8,7 @@ A bad setting is one line on stderr and exit code 2; an unreachable Temporal, ex
 from __future__ import annotations
 
 import asyncio
+import signal
 import sys
 
 import uvicorn
@@ -56,6 +57,12 @@ async def serve(
         return 1
     try:
         server = uvicorn.Server(server_config(create_app(settings, services), settings))
+        # After its graceful shutdown uvicorn raises the stop signal again, for the handler that
+        # was in place before it: with the default one, SIGTERM (`docker stop`) would then kill
+        # the process (exit 143) instead of letting it exit 0 like the workers. Make that one
+        # a no-op (SIGINT too: no KeyboardInterrupt traceback after Ctrl-C).
+        for stop in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(stop, lambda *_: None)
         await server.serve()
         return 0 if server.started else 1
     finally:
