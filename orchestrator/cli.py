@@ -17,7 +17,8 @@ import json
 import os
 import sys
 import uuid
-from typing import Annotated, NoReturn
+from pathlib import Path
+from typing import Annotated, NoReturn, TypeGuard
 
 import typer
 from rich.markup import escape
@@ -32,7 +33,14 @@ from orchestrator.approval_commands import (
     pending_json,
     prompt_for_approval,
 )
-from orchestrator.cli_support import CliError, first_line, open_conversations, run, translate
+from orchestrator.cli_support import (
+    CliError,
+    fail,
+    first_line,
+    open_conversations,
+    run,
+    translate,
+)
 from orchestrator.client import (
     ConversationClient,
     ConversationEndedError,
@@ -90,6 +98,30 @@ UserOption = Annotated[
     ),
 ]
 
+GatewayOption = Annotated[
+    str | None,
+    typer.Option(
+        "--gateway",
+        envvar="AGENT_GATEWAY_URL",
+        help="Talk to the HTTP gateway at this URL, as the user of the API key in "
+        "$AGENT_API_KEY, instead of to Temporal directly.",
+    ),
+]
+KeyFileOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--api-key-file",
+        help="With --gateway: read the API key from this file, not $AGENT_API_KEY.",
+    ),
+]
+
+
+def _via_gateway(url: str | None, key_file: Path | None) -> TypeGuard[str]:
+    """Whether the command talks to the gateway (`--gateway`/$AGENT_GATEWAY_URL) instead."""
+    if key_file is not None and not url:
+        fail("--api-key-file goes with --gateway URL (or AGENT_GATEWAY_URL)")
+    return bool(url)
+
 
 def _new_conversation_id() -> str:
     return f"conv-{uuid.uuid4().hex[:12]}"
@@ -129,8 +161,16 @@ def ask(
     as_json: JsonOption = False,
     user: UserOption = None,
     stream: StreamOption = None,
+    gateway: GatewayOption = None,
+    api_key_file: KeyFileOption = None,
 ) -> None:
     """Start a new conversation with one message and print the answer."""
+    if _via_gateway(gateway, api_key_file):  # imported here: the direct mode does without
+        from orchestrator.gateway_client import ask_or_send
+
+        live = _live(stream, as_json)
+        ask_or_send(gateway, api_key_file, None, message, as_json=as_json, live=live, user=user)
+        return
     _check_and_send(
         _new_conversation_id(), message, as_json=as_json, new=True, user=user, stream=stream
     )
@@ -143,8 +183,19 @@ def send(
     as_json: JsonOption = False,
     user: UserOption = None,
     stream: StreamOption = None,
+    gateway: GatewayOption = None,
+    api_key_file: KeyFileOption = None,
 ) -> None:
-    """Continue a conversation (it is started if it does not exist yet)."""
+    """Continue a conversation (it is started if it does not exist yet; with --gateway, one
+    of yours)."""
+    if _via_gateway(gateway, api_key_file):
+        from orchestrator.gateway_client import ask_or_send
+
+        live = _live(stream, as_json)
+        ask_or_send(
+            gateway, api_key_file, conversation_id, message, as_json=as_json, live=live, user=user
+        )
+        return
     _check_and_send(conversation_id, message, as_json=as_json, new=False, user=user, stream=stream)
 
 
@@ -227,6 +278,8 @@ def chat(
         str | None, typer.Option("--conversation", "-c", help="Resume this conversation.")
     ] = None,
     user: UserOption = None,
+    gateway: GatewayOption = None,
+    api_key_file: KeyFileOption = None,
 ) -> None:
     """Interactive, multi-turn chat. Type /exit (or Ctrl-D) to leave; the conversation stays."""
     conversation_id = conversation or _new_conversation_id()
@@ -234,6 +287,11 @@ def chat(
         # Invalid UTF-8 typed or piped in becomes lone surrogates instead of a UnicodeDecodeError
         # that would end the chat; check_message then names the bad byte and where it is.
         sys.stdin.reconfigure(errors="surrogateescape")
+    if _via_gateway(gateway, api_key_file):
+        from orchestrator import gateway_client
+
+        gateway_client.chat(gateway, api_key_file, conversation, user)
+        return
 
     async def work() -> None:
         check_conversation_id(conversation_id)

@@ -2,7 +2,8 @@
 
 Reads the conversation's feed (orchestrator.feed) straight from Temporal and the conversation
 store, as an operator's CLI can; when the store is out of reach it does without (the status
-line of `send_with_status` instead).
+line of `send_with_status` instead). The gateway mode (orchestrator.gateway_client) prints the
+events of the gateway's SSE stream with the same `TurnPrinter`.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ class LiveShown:
     tools: bool = False
 
 
-class _Printer:
+class TurnPrinter:
     """Prints stream events as they come: tokens inline, tool calls on lines of their own.
 
     Events of a step older than the one whose text is streaming arrive late (the server held
@@ -74,36 +75,44 @@ class _Printer:
         self._in_text = False
         self._text_key: tuple[int, int] = (0, 0)  # (turn, step) whose text was printed last
 
-    def _end_text(self) -> None:
+    def end_line(self) -> None:
+        """End the answer line being streamed, if any (before a prompt, or the turn's summary)."""
         if self._in_text:
             out.print()
             self._in_text = False
+
+    def finish(self, result: TurnResult) -> LiveShown:
+        """End the line being streamed; what of `result` is on screen already."""
+        self.end_line()
+        return LiveShown(answer=self.answer_shown and result.ok, tools=self.tools_shown)
 
     def show(self, event: StreamEvent) -> None:
         turn_event = event.event
         key = (event.turn, event.step)
         if event.kind == "token":
             if not self._in_text or key != self._text_key:
-                self._end_text()
+                self.end_line()
                 out.print("[bold cyan]agent:[/] ", end="")
                 self._in_text, self._text_key = True, key
             out.print(escape(event.text or ""), end="", soft_wrap=True, highlight=False)
             return
         if event.kind == "model_step_retry":
-            self._end_text()
+            self.end_line()
             out.print("[dim](the model step is retried; its answer starts again)[/]")
             self._text_key = (0, 0)
             return
         if event.kind in ("answer", "error"):
-            self._end_text()
-            self.answer_shown = event.kind == "answer" and key == self._text_key
+            self.end_line()
+            # (0, 0): no text streamed (the gateway's own answer event carries no turn).
+            streamed = self._text_key != (0, 0) and key == self._text_key
+            self.answer_shown = event.kind == "answer" and streamed
             return
         if turn_event is None or event.kind not in ("tool_started", "tool_finished", "compaction"):
             return
         if key < self._text_key:  # late: its step's place on screen has passed
             self.tools_shown = self.tools_shown and event.kind == "compaction"
             return
-        self._end_text()
+        self.end_line()
         name = escape(f"{turn_event.service}.{turn_event.tool}")
         if event.kind == "compaction":
             out.print("[dim](older turns were summarised to fit the context window)[/]")
@@ -127,13 +136,14 @@ async def send_streaming(
     """Send a message and print its turn live. Returns the result, and what of it was shown."""
     message_id = uuid.uuid4().hex
     start = await feeds.cursor(conversation_id)
-    printer = _Printer()
+    printer = TurnPrinter()
     asked: set[str] = set()
 
     async def follow() -> None:
         async for event in feeds.subscribe(conversation_id, start, until_message_id=message_id):
             printer.show(event)
             if event.kind == "approval_requested" and on_approval is not None:
+                printer.end_line()  # a prompt starts on a line of its own
                 await _hand_over_approvals(conversations, conversation_id, asked, on_approval)
 
     sending = asyncio.create_task(
@@ -148,10 +158,7 @@ async def send_streaming(
         # The answer's event follows the update's result within a poll or two.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(following), timeout=2.0)
-        printer._end_text()
-        return result, LiveShown(
-            answer=printer.answer_shown and result.ok, tools=printer.tools_shown
-        )
+        return result, printer.finish(result)
     finally:
         following.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
