@@ -10,7 +10,10 @@ the Finance ledger: the approved expense is there, the denied one is not.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import uuid
+from pathlib import Path
 from typing import Literal
 
 from rich.console import Console
@@ -50,6 +53,9 @@ TRACED_TURN = 4
 TRACE_WAIT_SECONDS = 5.0  # workers export spans in batches (every 0.5 s under `make up`)
 
 console = Console()
+# Where `make up` keeps the gateway's URL and the demo user's key.
+RUN_DIR = Path(os.environ.get("DEVSTACK_RUN_DIR", ".run"))
+GATEWAY_MESSAGE = "What's the stock price of MSFT?"
 
 
 async def play() -> int:
@@ -86,9 +92,38 @@ async def play() -> int:
     )
     console.print(f"Replay it: agent history {conversation_id}")
     console.print(f"Time and cost: agent trace {conversation_id} [TURN] · agent usage --by model")
+    failures += await _through_the_gateway()
     if failures:
         console.print(f"[red]{failures} turn(s) had errors[/]")
     return 1 if failures else 0
+
+
+async def _through_the_gateway() -> int:
+    """One more conversation, as the gateway's demo user would have it in the web chat: over
+    HTTP, its answer streamed as server-sent events. Returns 1 if it failed."""
+    url_file, key_file = RUN_DIR / "gateway.json", RUN_DIR / "gateway-demo-key"
+    if not url_file.is_file() or not key_file.is_file():
+        console.print("[dim]no gateway running here (`make up` starts one): skipping its turn[/]")
+        return 0
+    from orchestrator.gateway_client import GatewayClient, GatewayError, send_live
+
+    url = json.loads(url_file.read_text())["url"]
+    console.rule(f"[bold]through the gateway ({url}), as the user `demo`, streamed")
+    console.print(f"[bold green]you:[/] {escape(GATEWAY_MESSAGE)}")
+    try:
+        async with GatewayClient(url, key_file.read_text().strip(), str(key_file)) as gateway:
+            conversation = await gateway.create("demo through the gateway")
+            result, shown = await send_live(gateway, conversation.conversation_id, GATEWAY_MESSAGE)
+            print_turn(result, answer_shown=shown.answer, tools_shown=shown.tools)
+            await gateway.end(conversation.conversation_id)
+    except GatewayError as error:
+        console.print(f"[red]gateway: {escape(str(error))}[/]")
+        return 1
+    console.print(
+        f"Web chat: {url}/ · sign in with the demo key in {key_file} "
+        "(`uv run agent keys create NAME` makes more)"
+    )
+    return 0 if result.ok else 1
 
 
 async def _show_trace(conversation_id: str) -> None:
