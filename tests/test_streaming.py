@@ -233,3 +233,30 @@ async def test_agent_ask_prints_the_answer_as_it_streams(
     assert "calculator" in text  # the tool call was shown as it ran
     assert text.count("word29") == 1  # streamed, not printed again at the end
     assert "Traceback" not in stderr.decode()
+
+
+async def test_turn_events_carry_across_continue_as_new(
+    stack: Stack, fake_model: FakeModelServer
+) -> None:
+    """A run of one turn each: the next run carries the events on, offsets unbroken, and a
+    reader that follows across the hand-over sees every turn's events once."""
+    from tests.conftest import custom_orchestrator
+
+    fake_model.script(completion("First."), completion("Second."), completion("Third."))
+    async with custom_orchestrator(stack, fake_model, max_turns_per_run=1) as conversations:
+        cid = _cid()
+        runs = []
+        for text in ("one", "two", "three"):
+            await conversations.send(cid, text)
+            runs.append((await conversations.handle(cid).describe()).run_id)
+        assert len(set(runs)) > 1  # the conversation did continue as new
+        page = await conversations.events(cid, 0)
+        beyond = await conversations.events(cid, 10_000)
+    offsets = [event.offset for event in page.events]
+    assert offsets == list(range(len(offsets)))  # nothing dropped or renumbered across runs
+    answers = [event.text for event in page.events if event.kind == "answer"]
+    assert answers == ["First.", "Second.", "Third."]
+    assert [event.turn for event in page.events if event.kind == "turn_started"] == [1, 2, 3]
+    assert page.next_offset == offsets[-1] + 1
+    # Asking past the end is clamped to the end, never an error.
+    assert beyond.events == [] and beyond.next_offset == page.next_offset
