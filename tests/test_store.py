@@ -124,3 +124,67 @@ async def test_a_step_starts_with_one_call_and_keeps_the_first_reply(
     rows = await store.context_rows(cid)
     assert [m.seq for m in rows.system] == [0] and rows.summary is None
     assert [m.message.content for m in rows.recent] == ["hello", "first"]
+
+
+async def test_token_chunks_page_in_stream_order_and_are_pruned(
+    store: ConversationStore, request: pytest.FixtureRequest
+) -> None:
+    from orchestrator.events import TOKEN_CURSOR_START, TokenChunk
+    from orchestrator.store_stream import TOKEN_STEPS_KEPT_SEQ
+
+    cid = f"c-{request.node.name}"
+
+    def chunk(seq: int, attempt: int, index: int) -> TokenChunk:
+        return TokenChunk(
+            reply_seq=seq,
+            attempt=attempt,
+            index=index,
+            turn=1,
+            step=1,
+            text=f"{seq}.{attempt}.{index}",
+        )
+
+    assert await store.last_token(cid) is None
+    # Written out of order, and one twice (a retried write): read back once, in stream order.
+    await store.put_tokens(cid, [chunk(5, 2, 0), chunk(3, 1, 1), chunk(3, 1, 0), chunk(5, 1, 0)])
+    await store.put_tokens(cid, [chunk(3, 1, 1)])
+    everything = await store.tokens_after(cid, TOKEN_CURSOR_START)
+    assert [c.text for c in everything] == ["3.1.0", "3.1.1", "5.1.0", "5.2.0"]
+    assert [c.text for c in await store.tokens_after(cid, (3, 1, 1))] == ["5.1.0", "5.2.0"]
+    assert [c.text for c in await store.tokens_after(cid, (5, 1, 0), limit=1)] == ["5.2.0"]
+    assert await store.last_token(cid) == (5, 2, 0)
+    assert await store.tokens_after("other", TOKEN_CURSOR_START) == []
+    # Steps far enough behind the newest are forgotten; recent ones stay.
+    await store.prune_tokens(cid, 5 + TOKEN_STEPS_KEPT_SEQ)
+    assert [c.text for c in await store.tokens_after(cid, TOKEN_CURSOR_START)] == ["5.1.0", "5.2.0"]
+
+
+async def test_api_keys_and_owners(
+    store: ConversationStore, request: pytest.FixtureRequest
+) -> None:
+    from orchestrator.store_accounts import ApiKeyRecord, OwnedConversation
+
+    name = request.node.name
+    key = ApiKeyRecord(
+        key_id=f"k-{name}"[:60], user="alice", secret_sha256="ab" * 32, created_at="2026-11-23"
+    )
+    await store.put_api_key(key)
+    assert await store.api_key(key.key_id) == key
+    assert await store.api_key("missing") is None
+    assert await store.revoke_api_key(key.key_id, "2026-11-24") is True
+    assert await store.revoke_api_key(key.key_id, "2026-11-25") is False  # once
+    revoked = await store.api_key(key.key_id)
+    assert revoked is not None and revoked.revoked_at == "2026-11-24"
+
+    cid = f"c-{name}"
+    first = OwnedConversation(conversation_id=cid, user="alice", created_at="2026-11-23T10:00")
+    assert await store.claim_conversation(first) == "alice"
+    # Someone else claiming the same id does not take it over.
+    taken = first.model_copy(update={"user": "mallory"})
+    assert await store.claim_conversation(taken) == "alice"
+    assert await store.conversation_owner(cid) == "alice"
+    assert await store.owned_conversation(cid) == first
+    assert await store.owned_conversation("missing") is None
+    mine = await store.owned_conversations("alice")
+    assert cid in [c.conversation_id for c in mine]
+    assert cid not in [c.conversation_id for c in await store.owned_conversations("mallory")]
