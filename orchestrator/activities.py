@@ -188,7 +188,7 @@ class OrchestratorActivities:
         await self._spending.check(request)
         tools = await self._tools_for(request)
         summaries = _SummaryUsage(self._summarise)
-        sink = TokenSink(self._store, request, attempt=info.attempt) if self._llm.stream else None
+        sink = TokenSink(self._store, request) if self._llm.stream else None
         try:
             messages, compacted = await build_context(self._store, cid, self._window, summaries)
             try:

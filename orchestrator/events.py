@@ -47,9 +47,12 @@ TURN_END_KINDS = frozenset({"answer", "error"})
 EVENTS_KEPT = 400
 # What continue-as-new carries of them, in bytes of JSON.
 EVENTS_CARRIED_BYTES = 128 * 1024
-# An event's text (an answer, an error, a message) in full up to this many characters.
-EVENT_TEXT_CHARS = 64_000
+# An event's text (an answer, an error, a message) in full up to this many characters: above the
+# longest reply a model step keeps (64,000 characters and a truncation note).
+EVENT_TEXT_CHARS = 66_000
 EVENTS_PAGE = 200
+# One page of events, in characters of text: a query's answer stays far below gRPC's 4 MB.
+EVENTS_PAGE_CHARS = 1_000_000
 
 
 class TurnEvent(BaseModel):
@@ -97,7 +100,9 @@ class TokenChunk(BaseModel):
 
 
 TOKEN_CURSOR_START = (-1, 0, 0)
-_CURSOR = re.compile(r"^(\d+)(?:\.(-?\d+)\.(\d+)\.(\d+))?$")
+# The turn-event position may be -1: "the events that exist when the feed first reads them"
+# (orchestrator.feed.LATEST_EVENTS), in ids sent before that read came back.
+_CURSOR = re.compile(r"^(-1|\d+)(?:\.(-?\d+)\.(\d+)\.(\d+))?$")
 
 
 class StreamCursor(BaseModel):
@@ -150,7 +155,13 @@ def page(events: list[TurnEvent], next_offset: int, after: int) -> EventsPage:
     """The kept events from offset `after` on, at most EVENTS_PAGE of them."""
     oldest = events[0].offset if events else next_offset
     position = min(max(after, oldest), next_offset)
-    chosen = events[position - oldest : position - oldest + EVENTS_PAGE]
+    chosen: list[TurnEvent] = []
+    size = 0
+    for event in events[position - oldest : position - oldest + EVENTS_PAGE]:
+        size += len(event.text or "") + len(event.args or "") + 200
+        if chosen and size > EVENTS_PAGE_CHARS:
+            break
+        chosen.append(event)
     return EventsPage(
         events=chosen,
         next_offset=chosen[-1].offset + 1 if chosen else position,
@@ -163,7 +174,7 @@ def carried(events: list[TurnEvent]) -> list[TurnEvent]:
     kept: list[TurnEvent] = []
     used = 0
     for event in reversed(events):
-        used += len(event.model_dump_json())
+        used += len(event.model_dump_json().encode())
         if used > EVENTS_CARRIED_BYTES:
             break
         kept.append(event)

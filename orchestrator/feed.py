@@ -46,8 +46,10 @@ POLL_IDLE = 1.0
 FEED_IDLE_SECONDS = 30.0
 # Entries a feed keeps for readers that join late or come back (older ones are dropped).
 LOG_KEPT = 5000
-# How long `cursor` waits for the events query before using what the feed has read.
+# How long `cursor`, and a feed's first read, wait for the events query (held while a step runs).
 CURSOR_QUERY_WAIT = 1.0
+# A cursor's turn-event position meaning "the events that exist when the feed first reads".
+LATEST_EVENTS = -1
 # After a turn ends, the feed stays fast this long (a follow-up message is likely).
 ACTIVE_AFTER_TURN = 3.0
 
@@ -92,6 +94,8 @@ class _Feed:
     active_until: float = 0.0
     task: asyncio.Task[None] | None = None
     loaded: asyncio.Event = field(default_factory=asyncio.Event)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    first_events_next: int = -1  # events_next after the feed's first events read (-1: not yet)
 
     def append(self, entries: list[_Entry]) -> None:
         if not entries:
@@ -120,13 +124,13 @@ class ConversationFeeds:
     async def cursor(self, conversation_id: str) -> StreamCursor:
         """The position at the end of the stream now: following from here shows what comes next.
 
-        The token position is read first and is exact. The events query is held by the server
-        while a model step runs; after CURSOR_QUERY_WAIT the turn events this process has read
-        already stand in (a position a little behind: a few events are shown again, none lost).
+        The token position is read from the store and is exact. The events query is held by the
+        server while a model step runs: after CURSOR_QUERY_WAIT the position says "the turn
+        events that exist when this process first reads them" (LATEST_EVENTS), which `subscribe`
+        resolves; nothing after it is lost.
         """
         last = await self._store.last_token(conversation_id)
-        feed = self._feeds.get(conversation_id)
-        events = feed.events_next if feed is not None else 0
+        events = LATEST_EVENTS
         with contextlib.suppress(
             RPCError, WorkflowQueryFailedError, WorkflowQueryRejectedError, TimeoutError
         ):
@@ -136,6 +140,13 @@ class ConversationFeeds:
             events = page.next_offset
         return StreamCursor(events=events, tokens=last or TOKEN_CURSOR_START)
 
+    async def message_cursor(self, conversation_id: str) -> StreamCursor:
+        """Where a message about to be sent is followed from (with `until_message_id`): its turn
+        events whenever they were published (the feed picks them by message id, so a message
+        sent again replays its turn), and the tokens streamed from now on."""
+        last = await self._store.last_token(conversation_id)
+        return StreamCursor(events=0, tokens=last or TOKEN_CURSOR_START)
+
     async def subscribe(
         self,
         conversation_id: str,
@@ -143,22 +154,19 @@ class ConversationFeeds:
         *,
         until_message_id: str | None = None,
     ) -> AsyncGenerator[StreamEvent, None]:
-        """Every event after `after`, live. With `until_message_id`, ends after that message's
-        answer or error."""
+        """Every event after `after`, live. With `until_message_id`, only that message's turn
+        events (and the tokens after `after`), ending with its answer or error."""
         feed = self._feed(conversation_id)
         feed.readers += 1
-        feed.urgent += 1 if until_message_id else 0
+        if until_message_id:
+            feed.urgent += 1
+            feed.wake.set()  # poll fast from now on, not after the idle pause
         cursor = after
         # The step whose tokens the reader saw last, and their attempt.
         retry_for: int | None = after.tokens[0] if after.tokens != TOKEN_CURSOR_START else None
         last_attempt = after.tokens[1]
         try:
             await feed.loaded.wait()
-            if until_message_id is not None:
-                ended = _ended_before(feed, until_message_id, cursor)
-                if ended is not None:  # answered before the reader came (a retried message)
-                    yield ended
-                    return
             index = feed.first_index
             while True:
                 while index < feed.end_index:
@@ -166,9 +174,15 @@ class ConversationFeeds:
                     index = max(index, feed.first_index) + 1
                     if entry.event is not None:
                         event = entry.event
+                        if cursor.events == LATEST_EVENTS:
+                            # "What exists at the first read": the feed knows it by now (turn
+                            # events enter its log only from its reads).
+                            cursor = cursor.model_copy(update={"events": feed.first_events_next})
                         if event.offset < cursor.events:
                             continue
                         cursor = cursor.model_copy(update={"events": event.offset + 1})
+                        if until_message_id is not None and event.message_id != until_message_id:
+                            continue  # another message's turn
                         yield StreamEvent(
                             id=str(cursor),
                             kind=event.kind,
@@ -199,6 +213,8 @@ class ConversationFeeds:
                         )
                     retry_for, last_attempt = chunk.reply_seq, chunk.attempt
                     cursor = cursor.model_copy(update={"tokens": position})
+                    if cursor.events == LATEST_EVENTS and feed.first_events_next >= 0:
+                        cursor = cursor.model_copy(update={"events": feed.first_events_next})
                     yield StreamEvent(
                         id=str(cursor),
                         kind="token",
@@ -253,12 +269,16 @@ class ConversationFeeds:
                 fast = feed.urgent > 0 or now < feed.active_until
                 if reading is None and now >= next_events:
                     reading = asyncio.create_task(self._read_events(feed))
-                    if not feed.loaded.is_set():
-                        await asyncio.wait({reading})
+                    if feed.first_events_next < 0:
+                        # The first read: wait for it briefly (it is held while a step runs,
+                        # and the step's tokens must flow meanwhile).
+                        await asyncio.wait({reading}, timeout=CURSOR_QUERY_WAIT)
                 entries: list[_Entry] = []
                 if reading is not None and reading.done():
                     entries += reading.result()
                     reading = None
+                    if feed.first_events_next < 0:
+                        feed.first_events_next = feed.events_next
                     next_events = now + (EVENT_POLL_ACTIVE if fast else POLL_IDLE)
                 # Tokens after events: a step whose end the events show has all its tokens
                 # stored already.
@@ -273,7 +293,13 @@ class ConversationFeeds:
                     self._feeds.pop(feed.conversation_id, None)
                     return
                 fast = feed.urgent > 0 or loop.time() < feed.active_until
-                await asyncio.sleep(TOKEN_POLL_ACTIVE if fast else POLL_IDLE / 4)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        feed.wake.wait(), TOKEN_POLL_ACTIVE if fast else POLL_IDLE / 4
+                    )
+                if feed.wake.is_set():  # a reader waits for an answer: read events now too
+                    feed.wake.clear()
+                    next_events = 0.0
         finally:
             if reading is not None:
                 reading.cancel()
@@ -310,24 +336,3 @@ class ConversationFeeds:
                 feed.tokens_last = (chunk.reply_seq, chunk.attempt, chunk.index)
             if len(chunks) < 500:
                 return entries
-
-
-def _ended_before(feed: _Feed, message_id: str, cursor: StreamCursor) -> StreamEvent | None:
-    """The answer or error of `message_id`, if the feed holds it before `cursor`."""
-    for entry in feed.log:
-        event = entry.event
-        if (
-            event is not None
-            and event.kind in TURN_END_KINDS
-            and event.message_id == message_id
-            and event.offset < cursor.events
-        ):
-            return StreamEvent(
-                id=str(cursor),
-                kind=event.kind,
-                turn=event.turn,
-                step=event.step,
-                text=event.text,
-                event=event,
-            )
-    return None

@@ -74,6 +74,7 @@ class TurnPrinter:
         self.tools_shown = True  # every tool call was shown as it ran
         self._in_text = False
         self._text_key: tuple[int, int] = (0, 0)  # (turn, step) whose text was printed last
+        self._text = ""  # what was printed of that step's text
 
     def end_line(self) -> None:
         """End the answer line being streamed, if any (before a prompt, or the turn's summary)."""
@@ -84,7 +85,10 @@ class TurnPrinter:
     def finish(self, result: TurnResult) -> LiveShown:
         """End the line being streamed; what of `result` is on screen already."""
         self.end_line()
-        return LiveShown(answer=self.answer_shown and result.ok, tools=self.tools_shown)
+        # Shown only if what streamed is the whole answer: a stream cut short (its store writes
+        # failed, say) leaves the answer to be printed in full.
+        whole = self.answer_shown and self._text == result.answer
+        return LiveShown(answer=whole and result.ok, tools=self.tools_shown)
 
     def show(self, event: StreamEvent) -> None:
         turn_event = event.event
@@ -93,13 +97,14 @@ class TurnPrinter:
             if not self._in_text or key != self._text_key:
                 self.end_line()
                 out.print("[bold cyan]agent:[/] ", end="")
-                self._in_text, self._text_key = True, key
+                self._in_text, self._text_key, self._text = True, key, ""
             out.print(escape(event.text or ""), end="", soft_wrap=True, highlight=False)
+            self._text += event.text or ""
             return
         if event.kind == "model_step_retry":
             self.end_line()
             out.print("[dim](the model step is retried; its answer starts again)[/]")
-            self._text_key = (0, 0)
+            self._text_key, self._text = (0, 0), ""
             return
         if event.kind in ("answer", "error"):
             self.end_line()
@@ -135,7 +140,7 @@ async def send_streaming(
 ) -> tuple[TurnResult, LiveShown]:
     """Send a message and print its turn live. Returns the result, and what of it was shown."""
     message_id = uuid.uuid4().hex
-    start = await feeds.cursor(conversation_id)
+    start = await feeds.message_cursor(conversation_id)
     printer = TurnPrinter()
     asked: set[str] = set()
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -16,9 +18,19 @@ from orchestrator.store import (
     message_from_row,
 )
 
+# Connections one process keeps open to the store at most, and how long a call waits for one.
+POOL_MAX_CONNECTIONS = 10
+POOL_WAIT_SECONDS = 10.0
+
 
 class PostgresStore(ConversationStore):
-    """psycopg 3, one connection per call: safe across event loops and worker restarts."""
+    """psycopg 3 with a connection pool per event loop.
+
+    Live readers poll the store every 25 ms while a turn streams, and a streaming step writes
+    every few tokens: a new connection per call (a backend fork and an authentication each)
+    would cost the server more than the queries. A pool belongs to the event loop it was opened
+    in, so a store used from several loops (tests, a worker restarted in-process) keeps one each.
+    """
 
     PLACEHOLDER = "%s"
 
@@ -27,14 +39,33 @@ class PostgresStore(ConversationStore):
         # Passed beside the URL (libpq merges it), never spliced into it: no quoting to get wrong.
         self._connect_args: dict[str, Any] = {"password": password} if password else {}
         self._schema_ready = False
+        self._pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    async def _pool(self) -> Any:
+        loop = asyncio.get_running_loop()
+        pool = self._pools.get(loop)
+        if pool is None:
+            # Imported here: only orchestrators configured for PostgreSQL need it.
+            from psycopg_pool import AsyncConnectionPool
+
+            pool = AsyncConnectionPool(
+                self._url,
+                kwargs={"autocommit": True, **self._connect_args},
+                min_size=1,
+                max_size=POOL_MAX_CONNECTIONS,
+                timeout=POOL_WAIT_SECONDS,
+                open=False,
+            )
+            await pool.open()
+            self._pools[loop] = pool
+        return pool
 
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[Any]:
-        import psycopg  # imported here: only orchestrators configured for PostgreSQL need it
-
-        async with await psycopg.AsyncConnection.connect(
-            self._url, autocommit=True, **self._connect_args
-        ) as conn:
+        pool = await self._pool()
+        async with pool.connection() as conn:
             if not self._schema_ready:
                 for statement in SCHEMA:
                     await conn.execute(statement)
@@ -51,7 +82,9 @@ class PostgresStore(ConversationStore):
                 return await cursor.fetchall() if cursor.description else []
 
     async def close(self) -> None:
-        return None
+        pool = self._pools.pop(asyncio.get_running_loop(), None)
+        if pool is not None:
+            await pool.close()
 
     # One connection (and for the writes one transaction) per call instead of one per query.
     async def start_step(

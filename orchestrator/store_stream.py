@@ -25,6 +25,8 @@ STREAM_SCHEMA = [
 ]
 # Token chunks are kept for steps whose reply number is within this many messages of the newest.
 TOKEN_STEPS_KEPT_SEQ = 64
+# Executions of one step racing for the next attempt number (an abandoned one still running).
+CLAIM_TRIES = 5
 
 
 class StreamTokens:
@@ -46,6 +48,35 @@ class StreamTokens:
                     for c in chunks
                 ],
             )
+
+    async def claim_stream(self, conversation_id: str, first: TokenChunk) -> int:
+        """Write a step execution's first chunk under the next free attempt number for its
+        reply, and return that number. Every execution of a step (a retry, or a re-run on
+        another worker after a crash, which Temporal may number as attempt 1 again) streams
+        under its own attempt, so no two executions' chunks are ever mixed."""
+        for _ in range(CLAIM_TRIES):
+            rows = await self._sql(
+                "SELECT COALESCE(MAX(attempt), 0) FROM stream_tokens "
+                "WHERE conversation_id = ? AND reply_seq = ?",
+                (conversation_id, first.reply_seq),
+            )
+            attempt = int(rows[0][0]) + 1
+            claimed = await self._sql(
+                "INSERT INTO stream_tokens (conversation_id, reply_seq, attempt, idx, turn, step, "
+                "body) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING attempt",
+                (
+                    conversation_id,
+                    first.reply_seq,
+                    attempt,
+                    first.index,
+                    first.turn,
+                    first.step,
+                    first.text,
+                ),
+            )
+            if claimed:
+                return attempt
+        raise RuntimeError(f"no free stream attempt for reply {first.reply_seq}")
 
     async def tokens_after(
         self, conversation_id: str, after: tuple[int, int, int], limit: int = 500

@@ -21,17 +21,18 @@ PRUNE_EVERY_SEQ = 16
 
 
 class TokenSink:
-    def __init__(self, store: ConversationStore, request: LlmRequest, *, attempt: int) -> None:
+    def __init__(self, store: ConversationStore, request: LlmRequest) -> None:
         self._store = store
         self._request = request
-        self._attempt = attempt
+        self._attempt = 0  # claimed with the first chunk (StreamTokens.claim_stream)
         self._waiting: list[str] = []
         self._index = 0
         self._writer: asyncio.Task[None] | None = None
         self._failed = False
 
     def add(self, text: str) -> None:
-        self._waiting.append(text)
+        # PostgreSQL text cannot hold NUL; a reader is shown the replacement character.
+        self._waiting.append(text.replace("\x00", "\ufffd"))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write())
 
@@ -54,11 +55,14 @@ class TokenSink:
                 step=request.step,
                 text=text,
             )
-            self._index += 1
             try:
-                if chunk.index == 0 and request.reply_seq % PRUNE_EVERY_SEQ == 0:
-                    await self._store.prune_tokens(request.conversation_id, request.reply_seq)
-                await self._store.put_tokens(request.conversation_id, [chunk])
+                if self._index == 0:
+                    if request.reply_seq % PRUNE_EVERY_SEQ == 0:
+                        await self._store.prune_tokens(request.conversation_id, request.reply_seq)
+                    self._attempt = await self._store.claim_stream(request.conversation_id, chunk)
+                else:
+                    await self._store.put_tokens(request.conversation_id, [chunk])
+                self._index += 1
             except Exception as err:  # live text is a courtesy: the step's reply is what counts
                 self._failed = True
                 log.warning(

@@ -246,7 +246,10 @@ class ConversationWorkflow:
         """
         if paused is not None:
             self._memory.paused_turn = paused.state.model_copy(deep=True)
-            if len(self._carry().model_dump_json()) > MAX_CARRIED_BYTES:
+            # Measured without the turn events (at most EVENTS_CARRIED_BYTES more, still under
+            # the payload limit): runs recorded before events existed must decide the same.
+            carry = self._carry().model_copy(update={"events": []})
+            if len(carry.model_dump_json()) > MAX_CARRIED_BYTES:
                 self._memory.paused_turn = None
                 self._carry_refused = True
                 workflow.logger.warning("turn too large to carry across continue-as-new")

@@ -188,3 +188,21 @@ async def test_api_keys_and_owners(
     mine = await store.owned_conversations("alice")
     assert cid in [c.conversation_id for c in mine]
     assert cid not in [c.conversation_id for c in await store.owned_conversations("mallory")]
+
+
+async def test_each_execution_of_a_step_streams_under_its_own_attempt(
+    store: ConversationStore, request: pytest.FixtureRequest
+) -> None:
+    """A step re-run after a crash may be numbered attempt 1 again by Temporal: the store hands
+    out the attempts, so two executions' chunks never mix."""
+    from orchestrator.events import TOKEN_CURSOR_START, TokenChunk
+
+    cid = f"c-{request.node.name}"
+
+    def first(text: str) -> TokenChunk:
+        return TokenChunk(reply_seq=7, attempt=1, index=0, turn=1, step=1, text=text)
+
+    assert await store.claim_stream(cid, first("Hel")) == 1
+    assert await store.claim_stream(cid, first("Sure")) == 2
+    chunks = await store.tokens_after(cid, TOKEN_CURSOR_START)
+    assert [(c.attempt, c.text) for c in chunks] == [(1, "Hel"), (2, "Sure")]
