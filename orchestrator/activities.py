@@ -367,6 +367,10 @@ async def _streamed(kwargs: dict[str, Any], sink: TokenSink) -> Any:
         # LiteLLM ends any stream with a finish reason, even a body that was no stream at all:
         # a reply with no text, no call and no token count is malformed. Retryable.
         raise ValueError("the model's streamed reply carried nothing")
+    if getattr(stream, "received_finish_reason", "") is None:
+        # ...and makes up the finish reason (and the token count) of a stream cut short: only
+        # the provider's own says the reply is whole. Retryable: readers are told to start over.
+        raise ValueError("the model's streamed reply was cut off before it finished")
     return litellm.stream_chunk_builder(chunks, messages=kwargs["messages"])
 
 

@@ -260,3 +260,32 @@ async def test_turn_events_carry_across_continue_as_new(
     assert page.next_offset == offsets[-1] + 1
     # Asking past the end is clamped to the end, never an error.
     assert beyond.events == [] and beyond.next_offset == page.next_offset
+
+
+async def test_a_stream_cut_short_is_asked_again_and_readers_start_the_step_over(
+    orchestrator: Orchestrator, fake_model: FakeModelServer
+) -> None:
+    """The provider's connection drops after three words (no finish reason): the step is not
+    taken as answered; it is asked again, readers are told to drop the partial text, and the
+    answer they end with is the whole one."""
+    from tests.support.fake_http import Reply
+    from tests.support.fake_llm import as_stream
+
+    whole = as_stream(completion(ANSWER))
+    cut = Reply(200, chunks=whole.chunks[:4])  # the role chunk and three words, then nothing
+    fake_model.script(cut, completion(ANSWER))
+    cid = _cid()
+    async with _feeds(orchestrator) as feeds:
+        start = await feeds.cursor(cid)
+        sending = asyncio.create_task(orchestrator.conversations.send(cid, "hello"))
+        events, _ = await asyncio.wait_for(_until_answer(feeds, cid, start), timeout=60)
+        result = await sending
+    assert result.ok and result.answer == ANSWER
+    kinds = [e.kind for e in events]
+    assert "model_step_retry" in kinds
+    after_retry = kinds.index("model_step_retry")
+    cut_text = "".join(e.text or "" for e in events[:after_retry] if e.kind == "token")
+    assert cut_text == "The calculator says "
+    again = "".join(e.text or "" for e in events[after_retry:] if e.kind == "token")
+    assert again == ANSWER
+    assert len(fake_model.chat_requests()) == 2
