@@ -45,7 +45,7 @@ from orchestrator.models import (
 )
 from orchestrator.spending import Spending, response_usage
 from orchestrator.store import ConversationStore, open_store
-from orchestrator.token_sink import TokenSink
+from orchestrator.token_sink import TokenSink, stream_completion
 from orchestrator.tools import registry as local_registry
 from shared.config import AWAITING_APPROVAL_ATTRIBUTE
 from shared.heartbeat import heartbeating
@@ -301,7 +301,7 @@ class OrchestratorActivities:
             if sink is None:
                 response = await litellm.acompletion(**kwargs)
             else:
-                response = await _streamed(kwargs, sink)
+                response = await stream_completion(kwargs, sink)
             usage = response_usage(response, kwargs["model"])
             record_response(span, response, usage, capture_content=self._capture_content)
         return response, usage
@@ -341,37 +341,6 @@ class OrchestratorActivities:
     @activity.defn(name=LOCAL_TOOL_ACTIVITY)
     async def run_local_tool(self, call: ToolCall) -> Any:
         return await run_registered_tool(local_registry, self._client, call)
-
-
-async def _streamed(kwargs: dict[str, Any], sink: TokenSink) -> Any:
-    """Ask with `stream=True`, hand each text delta to `sink`, and build the whole reply."""
-    stream = await litellm.acompletion(
-        **kwargs, stream=True, stream_options={"include_usage": True}
-    )
-    chunks: list[Any] = []
-    said_something = False  # text, a tool call, or the provider's token count
-    try:
-        async for chunk in stream:
-            chunks.append(chunk)
-            said_something = said_something or bool(getattr(chunk, "usage", None))
-            choices = getattr(chunk, "choices", None)
-            delta = getattr(choices[0], "delta", None) if choices else None
-            said_something = said_something or bool(getattr(delta, "tool_calls", None))
-            text = getattr(delta, "content", None)
-            if text:
-                said_something = True
-                sink.add(text)
-    finally:
-        await sink.flush()
-    if not said_something:
-        # LiteLLM ends any stream with a finish reason, even a body that was no stream at all:
-        # a reply with no text, no call and no token count is malformed. Retryable.
-        raise ValueError("the model's streamed reply carried nothing")
-    if getattr(stream, "received_finish_reason", "") is None:
-        # ...and makes up the finish reason (and the token count) of a stream cut short: only
-        # the provider's own says the reply is whole. Retryable: readers are told to start over.
-        raise ValueError("the model's streamed reply was cut off before it finished")
-    return litellm.stream_chunk_builder(chunks, messages=kwargs["messages"])
 
 
 class _SummaryUsage:

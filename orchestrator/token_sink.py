@@ -1,4 +1,6 @@
-"""Where a model step's streamed text goes: the conversation store, in order, while it streams.
+"""A model step's streamed reply (`stream_completion`): asked with `stream=True`, its text
+deltas go to the conversation store, in order, as they arrive (`TokenSink`), and the reply the
+workflow acts on is assembled from the same chunks.
 
 One write is in flight at a time; deltas that arrive meanwhile wait and go in the next write, so
 a fast stream costs few writes and a slow one (a token every 20 ms) is written token by token.
@@ -8,8 +10,10 @@ Readers (orchestrator.feed) tail the store; nothing of this reaches workflow his
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from orchestrator.events import TokenChunk
+from orchestrator.llm import litellm
 from orchestrator.models import LlmRequest
 from orchestrator.store import ConversationStore
 from shared.log import get_logger
@@ -68,3 +72,34 @@ class TokenSink:
                 log.warning(
                     "cannot store streamed tokens; readers get the answer whole", error=str(err)
                 )
+
+
+async def stream_completion(kwargs: dict[str, Any], sink: TokenSink) -> Any:
+    """Ask with `stream=True`, hand each text delta to `sink`, and build the whole reply."""
+    stream = await litellm.acompletion(
+        **kwargs, stream=True, stream_options={"include_usage": True}
+    )
+    chunks: list[Any] = []
+    said_something = False  # text, a tool call, or the provider's token count
+    try:
+        async for chunk in stream:
+            chunks.append(chunk)
+            said_something = said_something or bool(getattr(chunk, "usage", None))
+            choices = getattr(chunk, "choices", None)
+            delta = getattr(choices[0], "delta", None) if choices else None
+            said_something = said_something or bool(getattr(delta, "tool_calls", None))
+            text = getattr(delta, "content", None)
+            if text:
+                said_something = True
+                sink.add(text)
+    finally:
+        await sink.flush()
+    if not said_something:
+        # LiteLLM ends any stream with a finish reason, even a body that was no stream at all:
+        # a reply with no text, no call and no token count is malformed. Retryable.
+        raise ValueError("the model's streamed reply carried nothing")
+    if getattr(stream, "received_finish_reason", "") is None:
+        # ...and makes up the finish reason (and the token count) of a stream cut short: only
+        # the provider's own says the reply is whole. Retryable: readers are told to start over.
+        raise ValueError("the model's streamed reply was cut off before it finished")
+    return litellm.stream_chunk_builder(chunks, messages=kwargs["messages"])
