@@ -9,6 +9,15 @@ Stateless: each POST /v1/chat/completions is answered from the request alone.
   (`bench.approval` sends a different cost centre each turn this way);
 - last message a tool result (or anything else): a short final answer.
 
+Streaming mode (`--stream-tokens N`, off by default, so the other benches see the behaviour
+above): a request with `"stream": true` whose reply is a final answer is answered as OpenAI-style
+SSE (`chat.completion.chunk` frames over chunked HTTP/1.1), N tokens (" t000", " t001", ...) one
+every `--token-delay-ms`, then a usage frame and `[DONE]`. A user message may ask for another
+count with `[tokens:N]`. If it carries `[stream:TAG]`, the wall-clock time (`time.time()`) just
+after each token's frame was written is kept under TAG and served by `GET /stamps/TAG` (a JSON
+list, one float per token): the benches measure from the provider's first write. A request
+without `stream` gets the same text whole, at once; a reply with tool calls comes in one frame.
+
 Stdlib only, so the bench's parent process imports nothing heavy from here. The server runs in its
 own process so it does not compete for the GIL with the Temporal workers under test. Run it with
 `fake_model_server()`, which starts it, waits for its port, and always terminates it. As a second
@@ -20,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import select
 import subprocess
 import sys
@@ -80,6 +90,35 @@ def requested_call(text: str) -> list[tuple[str, dict[str, Any]]]:
     return [(call["name"], dict(arguments) if isinstance(arguments, dict) else {})]
 
 
+TOKENS_MARKER = re.compile(r"\[tokens:(\d{1,5})\]")
+STREAM_TAG_MARKER = re.compile(r"\[stream:([A-Za-z0-9_.-]{1,100})\]")
+STAMPS_KEPT = 5000  # streams whose token times are kept for GET /stamps/TAG
+
+
+def stream_token(index: int) -> str:
+    """The text of token `index` of a streamed answer."""
+    return f" t{index:03d}"
+
+
+def streamed_text(tokens: int) -> str:
+    """The whole answer a stream of `tokens` tokens spells."""
+    return "".join(stream_token(i) for i in range(tokens))
+
+
+def stream_tag_text(tag: str, tokens: int | None = None) -> str:
+    """Markers asking for a stream whose token times are kept under `tag` (and of `tokens`)."""
+    return f"[stream:{tag}]" + (f" [tokens:{tokens}]" if tokens is not None else "")
+
+
+def _last_user_text(request: dict[str, Any]) -> str:
+    messages = request.get("messages") or []
+    last = messages[-1] if messages else {}
+    if last.get("role") != "user":
+        return ""
+    content = last.get("content")
+    return content if isinstance(content, str) else json.dumps(content)
+
+
 def answer(request: dict[str, Any], plans: Plans) -> dict[str, Any]:
     """The chat-completion body for one request (the shape of tests/support/fake_llm.py)."""
     messages = request.get("messages") or []
@@ -126,6 +165,20 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: LiteLLM's HTTP client reuses its connections
     disable_nagle_algorithm = True  # headers and body are separate writes: no delayed-ACK stall
 
+    def do_GET(self) -> None:
+        assert isinstance(self.server, _Server)
+        if not self.path.startswith("/stamps/"):
+            self._send(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
+            return
+        with self.server.lock:
+            stamps = list(self.server.stamps.get(self.path.removeprefix("/stamps/"), []))
+        payload = json.dumps(stamps).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
@@ -138,7 +191,72 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(400, {"error": {"message": f"bad JSON: {err}", "type": "bad_request"}})
             return
         assert isinstance(self.server, _Server)
-        self._send(200, answer(request, self.server.plans))
+        body = answer(request, self.server.plans)
+        if self.server.stream_tokens > 0:
+            self._answer_streaming(request, body)
+            return
+        self._send(200, body)
+
+    def _answer_streaming(self, request: dict[str, Any], body: dict[str, Any]) -> None:
+        """Streaming mode: the final answer is `tokens` tokens, as SSE when the request streams."""
+        assert isinstance(self.server, _Server)
+        text = _last_user_text(request)
+        count = TOKENS_MARKER.search(text)
+        tokens = int(count.group(1)) if count else self.server.stream_tokens
+        message = body["choices"][0]["message"]
+        if message.get("tool_calls") is None:
+            message["content"] = streamed_text(tokens)
+            body["usage"]["completion_tokens"] = tokens
+            body["usage"]["total_tokens"] = body["usage"]["prompt_tokens"] + tokens
+        if not request.get("stream"):
+            self._send(200, body)
+            return
+        tag = STREAM_TAG_MARKER.search(text)
+        stamps: list[float] = []
+        if tag is not None:
+            with self.server.lock:
+                self.server.stamps[tag.group(1)] = stamps
+                while len(self.server.stamps) > STAMPS_KEPT:
+                    self.server.stamps.pop(next(iter(self.server.stamps)))
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        base = {
+            "id": body["id"],
+            "object": "chat.completion.chunk",
+            "created": body["created"],
+            "model": body["model"],
+        }
+        delay = self.server.token_delay_ms / 1000
+        if message.get("tool_calls") is not None:
+            calls = [{"index": i, **call} for i, call in enumerate(message["tool_calls"])]
+            delta = {"role": "assistant", "content": None, "tool_calls": calls}
+            self._frame({**base, "choices": [{"index": 0, "delta": delta}]})
+            finish = "tool_calls"
+        else:
+            for index in range(tokens):
+                if index:
+                    time.sleep(delay)
+                delta = {"content": stream_token(index)}
+                if index == 0:
+                    delta["role"] = "assistant"
+                self._frame({**base, "choices": [{"index": 0, "delta": delta}]})
+                stamps.append(time.time())
+            finish = "stop"
+        self._frame({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
+        if (request.get("stream_options") or {}).get("include_usage"):
+            self._frame({**base, "choices": [], "usage": body["usage"]})
+        self._chunk(b"data: [DONE]\n\n")
+        self._chunk(b"")
+
+    def _frame(self, chunk: dict[str, Any]) -> None:
+        self._chunk(f"data: {json.dumps(chunk)}\n\n".encode())
+
+    def _chunk(self, data: bytes) -> None:
+        """One piece of a chunked HTTP/1.1 body (empty: the last)."""
+        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
 
     def _send(self, status: int, body: dict[str, Any]) -> None:
         payload = json.dumps(body).encode()
@@ -156,11 +274,22 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 512  # 100 conversations connect at once; a backlog of 5 drops SYNs
     plans: Plans = {}
+    stream_tokens = 0  # > 0: streaming mode (see the module's docstring)
+    token_delay_ms = 20.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lock = threading.Lock()
+        self.stamps: dict[str, list[float]] = {}
 
 
-def serve(max_seconds: float, plans: Plans) -> int:
+def serve(
+    max_seconds: float, plans: Plans, stream_tokens: int = 0, token_delay_ms: float = 20.0
+) -> int:
     server = _Server((HOST, 0), _Handler)
     server.plans = plans
+    server.stream_tokens = stream_tokens
+    server.token_delay_ms = token_delay_ms
     threading.Thread(target=server.serve_forever, daemon=True).start()
     print(f"{READY_PREFIX}{server.server_address[1]}", flush=True)
     # Bounded: stop when the parent goes away (stdin closes) or the lifetime runs out.
@@ -174,9 +303,16 @@ def serve(max_seconds: float, plans: Plans) -> int:
 
 @contextmanager
 def fake_model_server(
-    plans: Plans, start_timeout: float = 15.0, max_seconds: float = 900.0
+    plans: Plans,
+    start_timeout: float = 15.0,
+    max_seconds: float = 900.0,
+    *,
+    stream_tokens: int = 0,
+    token_delay_ms: float = 20.0,
 ) -> Iterator[str]:
-    """Start the fake model in a child process; yield its base URL (`http://127.0.0.1:<port>`)."""
+    """Start the fake model in a child process; yield its base URL (`http://127.0.0.1:<port>`).
+
+    `stream_tokens` > 0 turns on streaming mode (see the module's docstring)."""
     process = subprocess.Popen(
         [
             sys.executable,
@@ -185,6 +321,10 @@ def fake_model_server(
             str(max_seconds),
             "--plans",
             json.dumps(plans),
+            "--stream-tokens",
+            str(stream_tokens),
+            "--token-delay-ms",
+            str(token_delay_ms),
         ],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -217,6 +357,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max-seconds", type=float, default=900.0)
     parser.add_argument("--plans", type=json.loads, required=True, help="JSON: marker -> calls")
+    parser.add_argument("--stream-tokens", type=int, default=0, help="> 0: streaming mode")
+    parser.add_argument("--token-delay-ms", type=float, default=20.0)
     arguments = parser.parse_args()
     plans = {marker: [(n, dict(a)) for n, a in calls] for marker, calls in arguments.plans.items()}
-    sys.exit(serve(arguments.max_seconds, plans))
+    sys.exit(serve(arguments.max_seconds, plans, arguments.stream_tokens, arguments.token_delay_ms))

@@ -48,6 +48,9 @@ FEED_IDLE_SECONDS = 30.0
 LOG_KEPT = 5000
 # How long `cursor`, and a feed's first read, wait for the events query (held while a step runs).
 CURSOR_QUERY_WAIT = 1.0
+# A new feed waits this long for its first events read (an idle conversation answers at once)
+# before its tokens flow: a held query must not hold back the first token.
+FIRST_READ_WAIT = 0.05
 # A cursor's turn-event position meaning "the events that exist when the feed first reads".
 LATEST_EVENTS = -1
 # After a turn ends, the feed stays fast this long (a follow-up message is likely).
@@ -272,7 +275,7 @@ class ConversationFeeds:
                     if feed.first_events_next < 0:
                         # The first read: wait for it briefly (it is held while a step runs,
                         # and the step's tokens must flow meanwhile).
-                        await asyncio.wait({reading}, timeout=CURSOR_QUERY_WAIT)
+                        await asyncio.wait({reading}, timeout=FIRST_READ_WAIT)
                 entries: list[_Entry] = []
                 if reading is not None and reading.done():
                     entries += reading.result()
