@@ -119,7 +119,7 @@ class StreamCursor(BaseModel):
     def parse(cls, text: str) -> StreamCursor:
         """Read a cursor (`Last-Event-ID`); raises ValueError naming what is wrong."""
         match = _CURSOR.match(text.strip())
-        if not match:
+        if not match or (match.group(2) is None and match.group(1) == "-1"):
             raise ValueError(
                 f"not a stream position: {text[:40]!r} (expected an event id such as 12.4.1.30)"
             )
