@@ -37,7 +37,7 @@ async def bench_stack(
     async with AsyncExitStack() as exit_stack:
         _, clients = await exit_stack.enter_async_context(embedded_server(extra_endpoints))
         for team in discover_teams():
-            worker = build_manifest_worker(
+            worker = await build_manifest_worker(
                 clients[team.namespace], team, fast_path_budget=FAST_PATH_BUDGET
             )
             await exit_stack.enter_async_context(worker)

@@ -63,7 +63,7 @@ async def main() -> int:
     async with bench_stack([plain]) as (clients, exit_stack):
         await start_worker(
             exit_stack,
-            build_manifest_worker(
+            await build_manifest_worker(
                 clients[team.namespace],
                 team,
                 task_queue=plain_endpoint,

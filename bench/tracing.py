@@ -83,7 +83,7 @@ async def measure() -> tuple[dict[str, list[float]], int]:
                 )
                 await ensure_endpoint(untraced, endpoint)
                 endpoints.append(endpoint.name)
-                worker = build_manifest_worker(
+                worker = await build_manifest_worker(
                     traced[team.namespace],
                     team,
                     fast_path_budget=FAST_PATH_BUDGET,

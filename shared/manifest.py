@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from shared.config import ConfigError
 from shared.contract import TOOL_NAME_PATTERN
+from shared.mcp_config import McpServerSource
 
 MANIFEST_FILE = "team.toml"
 
@@ -103,7 +104,8 @@ class TeamManifest(BaseModel):
     namespace: str = Field(pattern=NAMESPACE_PATTERN, min_length=2, max_length=39)
     task_queue: str = Field(pattern=r"^\S+$", max_length=200)
     endpoint: str = Field(pattern=ENDPOINT_PATTERN, max_length=200)
-    registry: ImportPath
+    # Optional when the team publishes only MCP servers' tools (`mcp_servers`): no Python at all.
+    registry: ImportPath | None = None
     workflows: list[ImportPath] = Field(default_factory=list)
     activities: list[ImportPath] = Field(default_factory=list)
     env_prefixes: list[EnvPrefix] = Field(default_factory=list)
@@ -117,9 +119,16 @@ class TeamManifest(BaseModel):
     # how many of the team's effects were applied more than once in that conversation. The chaos
     # run calls it after killing workers; a team with per-conversation state knows what to count.
     effect_audit: ImportPath | None = None
+    # MCP servers whose tools the team publishes beside its registry's (shared.mcp_config).
+    mcp_servers: list[McpServerSource] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _code_stays_in_the_team_folder(self) -> TeamManifest:
+        if self.registry is None and not self.mcp_servers:
+            raise ValueError("a team publishes tools: give 'registry', 'mcp_servers' or both")
+        names = [source.name for source in self.mcp_servers]
+        if len(set(names)) != len(names):
+            raise ValueError("two mcp_servers have the same name")
         for path in self.import_paths():
             module = path.partition(":")[0]
             if module != self.package and not module.startswith(f"{self.package}."):
@@ -130,7 +139,7 @@ class TeamManifest(BaseModel):
         return self
 
     def import_paths(self) -> list[str]:
-        paths = [self.registry, *self.workflows, *self.activities]
+        paths = [*([self.registry] if self.registry else []), *self.workflows, *self.activities]
         return [*paths, self.effect_audit] if self.effect_audit else paths
 
 

@@ -244,6 +244,15 @@ class ToolRegistry:
         self._tools[tool_name] = registered
         return registered
 
+    def add_registered(self, registered: RegisteredTool) -> RegisteredTool:
+        """Add a tool built elsewhere (an MCP server's, shared.mcp_tools) under its spec's name."""
+        if registered.spec.name in self._tools:
+            raise ValueError(
+                f"tool '{registered.spec.name}' is already registered in '{self.service}'"
+            )
+        self._tools[registered.spec.name] = registered
+        return registered
+
     def get(self, name: str) -> RegisteredTool | None:
         return self._tools.get(name)
 

@@ -15,10 +15,10 @@ import importlib
 import inspect
 import signal
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from temporalio.client import Client
 from temporalio.worker import Interceptor, Worker
@@ -33,7 +33,7 @@ from shared.config import (
 )
 from shared.heartbeat import HEARTBEAT_THROTTLE
 from shared.log import bind_context, configure_logging, get_logger
-from shared.manifest import ManifestError, TeamManifest, find_team
+from shared.manifest import ManifestError, TeamManifest, default_root, find_team
 from shared.nexus import ToolServiceHandler
 from shared.telemetry import TelemetrySettings, install_tracing
 from shared.temporal import (
@@ -47,6 +47,9 @@ from shared.tool_activity import DEFAULT_MAX_RESULT_BYTES, ToolActivities
 from shared.tool_workflow import ToolWorkflow
 from shared.tools import ToolRegistry
 
+if TYPE_CHECKING:
+    from shared.mcp_client import McpConnections
+
 log = get_logger(__name__)
 
 
@@ -57,6 +60,12 @@ class TeamCode:
     registry: ToolRegistry
     workflows: tuple[type, ...]
     activities: tuple[Callable[..., Any], ...]
+    # The team's MCP servers' live sessions (shared.mcp_client); None without `mcp_servers`.
+    mcp: McpConnections | None = None
+
+    async def close(self) -> None:
+        if self.mcp is not None:
+            await self.mcp.close()
 
 
 def resolve_import_path(path: str) -> Any:
@@ -74,7 +83,10 @@ def resolve_import_path(path: str) -> Any:
 
 def load_team_code(team: TeamManifest) -> TeamCode:
     """Import the registry, workflows and activities the manifest names, and check their kinds."""
-    registry = resolve_import_path(team.registry)
+    if team.registry is None:
+        registry: Any = ToolRegistry(team.service)
+    else:
+        registry = resolve_import_path(team.registry)
     if not isinstance(registry, ToolRegistry):
         raise ManifestError(f"{team.package}: registry '{team.registry}' is not a ToolRegistry")
     if registry.service != team.service:
@@ -91,6 +103,29 @@ def load_team_code(team: TeamManifest) -> TeamCode:
         if not callable(function):
             raise ManifestError(f"{team.package}: activity '{path}' is not callable")
     return TeamCode(registry=registry, workflows=workflows, activities=activities)
+
+
+async def prepare_team_code(team: TeamManifest) -> TeamCode:
+    """`load_team_code`, plus the tools of the team's MCP servers, listed from the servers.
+
+    The registry is copied first: the module's own registry stays as the team wrote it."""
+    code = load_team_code(team)
+    if not team.mcp_servers:
+        return code
+    # Imported only here: a team without MCP servers needs no `mcp` package in its image.
+    from shared.mcp_client import McpConnections
+    from shared.mcp_session import McpSessionWorkflow
+    from shared.mcp_tools import publish_mcp_servers
+
+    registry = code.registry.copy()
+    connections = McpConnections(root=default_root())
+    await publish_mcp_servers(team, registry, connections)
+    return TeamCode(
+        registry=registry,
+        workflows=(*code.workflows, McpSessionWorkflow),
+        activities=code.activities,
+        mcp=connections,
+    )
 
 
 def build_team_worker(
@@ -135,7 +170,7 @@ async def run_until_signalled(worker: Worker) -> None:
     await run
 
 
-def build_manifest_worker(
+async def build_manifest_worker(
     client: Client,
     team: TeamManifest,
     *,
@@ -146,7 +181,7 @@ def build_manifest_worker(
 ) -> Worker:
     """The worker a manifest describes, on its task queue unless `task_queue` says otherwise
     (tests and benches run a second deployment of a team beside the first)."""
-    code = load_team_code(team)
+    code = await prepare_team_code(team)
     return build_team_worker(
         client,
         code.registry,
@@ -166,7 +201,7 @@ def serve_team(team: TeamManifest) -> int:
     """
     configure_logging()
     try:
-        code = load_team_code(team)
+        load_team_code(team)  # a bad manifest or import is one line, before anything connects
         settings = load_settings(temporal_settings_for(team.namespace, team.task_queue))
         tool_settings = load_settings(ToolServiceSettings)
         auth = load_settings(NexusAuthSettings)
@@ -174,14 +209,21 @@ def serve_team(team: TeamManifest) -> int:
     except (ConfigError, ValueError) as err:
         log.error(str(err))
         return 2
-    if not auth.verify_keys:
-        log.warning("Nexus caller authentication is OFF: set NEXUS_AUTH_VERIFY_KEYS to require it")
-        gated = [t.spec.name for t in code.registry if t.spec.approval.gated]
-        if gated:
-            # Without a signed token the approval a call carries is only the caller's say-so.
-            log.warning("tools that need approval accept unauthenticated approvals", tools=gated)
 
-    def build(client: Client) -> Worker:
+    async def build(client: Client) -> Worker:
+        code = await prepare_team_code(team)
+        closing.append(code)
+        if not auth.verify_keys:
+            log.warning(
+                "Nexus caller authentication is OFF: set NEXUS_AUTH_VERIFY_KEYS to require it"
+            )
+            gated = [t.spec.name for t in code.registry if t.spec.approval.gated]
+            if gated:
+                # Without a signed token the approval a call carries is only the caller's say-so.
+                log.warning(
+                    "tools that need approval accept unauthenticated approvals", tools=gated
+                )
+        log.info("tools published", tools=code.registry.names())
         return build_team_worker(
             client,
             code.registry,
@@ -193,17 +235,22 @@ def serve_team(team: TeamManifest) -> int:
             max_result_bytes=tool_settings.max_result_bytes,
         )
 
-    return serve_worker(
-        settings, build, telemetry_name=team.service, http_spans=True, tools=code.registry.names()
-    )
+    closing: list[TeamCode] = []
+
+    async def close() -> None:
+        for code in closing:
+            await code.close()
+
+    return serve_worker(settings, build, telemetry_name=team.service, http_spans=True, close=close)
 
 
 def serve_worker(
     settings: TemporalSettings,
-    build: Callable[[Client], Worker],
+    build: Callable[[Client], Worker | Awaitable[Worker]],
     *,
     telemetry_name: str,
     http_spans: bool = False,
+    close: Callable[[], Awaitable[None]] | None = None,
     **started: Any,
 ) -> int:
     """The start-up path of every worker process, team or orchestrator: set up metrics and
@@ -230,15 +277,20 @@ def serve_worker(
         bind_context(namespace=settings.namespace, task_queue=settings.task_queue)
         client = await connect_when_ready(settings)
         await require_namespace(client)
-        worker = build(client)
-        log.info(
-            "worker started",
-            service=telemetry_name,
-            metrics=observability.metrics_bind_address or "off",
-            tracing=tracing,
-            **started,
-        )
-        await run_until_signalled(worker)
+        try:
+            built = build(client)
+            worker = await built if inspect.isawaitable(built) else built
+            log.info(
+                "worker started",
+                service=telemetry_name,
+                metrics=observability.metrics_bind_address or "off",
+                tracing=tracing,
+                **started,
+            )
+            await run_until_signalled(worker)
+        finally:
+            if close is not None:
+                await close()
 
     return run_worker_process(main)
 
@@ -259,7 +311,7 @@ def run_worker_process(serve: Callable[[], Coroutine[Any, Any, None]]) -> int:
     """Run a worker's main coroutine; start-up failures become one log line and an exit code."""
     try:
         asyncio.run(serve())
-    except NamespaceMissingError as err:
+    except (NamespaceMissingError, ManifestError) as err:
         log.error(str(err))
         return 2
     except RuntimeError as err:  # connection failures surface as RuntimeError from the core SDK

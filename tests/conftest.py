@@ -105,12 +105,12 @@ async def stack() -> AsyncIterator[Stack]:
         result = Stack(env=env, clients=clients)
         workers = [
             # Every team as its manifest declares it, the way `make up` runs them.
-            *(
-                build_manifest_worker(
+            *[
+                await build_manifest_worker(
                     result.client(team.namespace), team, fast_path_budget=FAST_PATH_BUDGET
                 )
                 for team in discover_teams()
-            ),
+            ],
             _team_worker(result.client("it"), canary_registry(), CANARY_TASK_QUEUE, timedelta(0)),
             Worker(
                 result.client("orchestrator"),

@@ -23,7 +23,9 @@ async def test_list_tools_returns_both_catalogs(stack: Stack) -> None:
     result = await stack.list_tools([IT_ENDPOINT, FINANCE_ENDPOINT])
     by_service = {catalog.service: catalog for catalog in result.catalogs}
     assert set(by_service) == {"it", "finance"}
-    assert {t.name for t in by_service["it"].tools} == set(it_registry.names())
+    # IT publishes its Python registry and its MCP servers' tools (tests/test_mcp_sources.py).
+    mcp_tools = {"get_current_time", "convert_time", "add_note", "list_notes", "clear_notes"}
+    assert {t.name for t in by_service["it"].tools} == set(it_registry.names()) | mcp_tools
     assert {t.name for t in by_service["finance"].tools} == set(finance_registry.names())
     roi = next(t for t in by_service["finance"].tools if t.name == "calculate_roi")
     assert roi.parameters["required"] == ["principal", "rate", "years"]

@@ -128,7 +128,7 @@ async def traced(
         )
         endpoints.append(endpoint)
         workers.append(
-            build_manifest_worker(
+            await build_manifest_worker(
                 clients[team.namespace],
                 team,
                 fast_path_budget=FAST_PATH_BUDGET,

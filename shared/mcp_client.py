@@ -1,0 +1,243 @@
+"""Live MCP sessions inside a team's worker, with the official `mcp` SDK.
+
+A `McpConnection` is one open `mcp.Client`: a subprocess speaking stdio, or a streamable HTTP
+session. The SDK's client must be entered and left in the same task, so each connection owns a
+task that holds it open until closed; calls come from the tool activities' tasks.
+
+`McpConnections` keeps them by key: one per server for a shared session, one per conversation
+for a stateful server, one per user where the user's name goes into the env or headers. It
+closes the least recently used past a bound, and drops a connection after any failure, so
+the next attempt (the tool workflow's retry policy) opens a fresh one. A server that keeps
+failing trips a small breaker: calls fail at once, as unavailable, until the cooldown ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from collections import OrderedDict
+from contextlib import AsyncExitStack, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mcp import Client
+from mcp.client.stdio import StdioServerParameters
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
+from mcp_types import CallToolResult, Tool
+
+from shared.log import get_logger
+from shared.mcp_config import (
+    ENVIRONMENT_REFERENCE,
+    PYTHON_PLACEHOLDER,
+    USER_PLACEHOLDER,
+    McpServerSource,
+)
+from shared.tools import ToolError
+
+log = get_logger(__name__)
+
+MAX_OPEN_SESSIONS = 32
+BREAKER_FAILURES = 3
+BREAKER_COOLDOWN_SECONDS = 30.0
+
+
+class McpUnavailableError(ToolError):
+    """The MCP server could not answer: it did not start, crashed, hung or spoke no MCP."""
+
+    def __init__(self, source: str, reason: str) -> None:
+        super().__init__(f"MCP server '{source}' is unavailable: {reason}", retryable=True)
+
+
+def resolve_template(value: str, user: str) -> str:
+    """`${NAME}` from the worker's environment and `{user}` from the signed caller token."""
+
+    def variable(match: Any) -> str:
+        name = match.group(1)
+        if name not in os.environ:
+            raise McpUnavailableError("config", f"the worker has no environment variable {name}")
+        return os.environ[name]
+
+    return ENVIRONMENT_REFERENCE.sub(variable, value).replace(USER_PLACEHOLDER, user)
+
+
+def server_target(source: McpServerSource, user: str, root: Path) -> Any:
+    """What `mcp.Client` connects to for this source and user."""
+    if source.command is not None:
+        argv = [sys.executable if part == PYTHON_PLACEHOLDER else part for part in source.command]
+        return StdioServerParameters(
+            command=argv[0],
+            args=argv[1:],
+            env={name: resolve_template(v, user) for name, v in source.env.items()},
+            cwd=source.cwd or str(root),
+        )
+    assert source.url is not None
+    headers = {name: resolve_template(v, user) for name, v in source.headers.items()}
+    return headers
+
+
+@dataclass
+class McpConnection:
+    source: McpServerSource
+    user: str
+    root: Path
+    client: Client | None = None
+    # Calls this live session has applied, by call id: a retried activity on the same session
+    # (its journal record failed after the call) is answered, not applied twice.
+    applied: dict[str, CallToolResult] = field(default_factory=dict)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _ready: asyncio.Event = field(default_factory=asyncio.Event)
+    _closing: asyncio.Event = field(default_factory=asyncio.Event)
+    _task: asyncio.Task[None] | None = None
+    _error: BaseException | None = None
+
+    async def open(self) -> None:
+        self._task = asyncio.create_task(self._hold(), name=f"mcp {self.source.name}")
+        try:
+            await asyncio.wait_for(self._ready.wait(), self.source.startup_timeout_seconds)
+        except TimeoutError:
+            await self.close()
+            raise McpUnavailableError(
+                self.source.name, f"no MCP handshake within {self.source.startup_timeout_seconds} s"
+            ) from None
+        if self.client is None:
+            raise McpUnavailableError(self.source.name, f"could not start ({self._error!r})")
+
+    async def _hold(self) -> None:
+        try:
+            async with AsyncExitStack() as stack:
+                target = server_target(self.source, self.user, self.root)
+                if self.source.url is not None:
+                    http = await stack.enter_async_context(create_mcp_http_client(headers=target))
+                    target = streamable_http_client(self.source.url, http_client=http)
+                # A conversation's session over HTTP needs a session id: the initialize handshake.
+                mode = "legacy" if self.source.session == "conversation" else "auto"
+                client = await stack.enter_async_context(Client(target, mode=mode))
+                self.client = client
+                self._ready.set()
+                await self._closing.wait()
+        except BaseException as err:  # whatever ended it, the session is gone
+            self._error = err
+            self.client = None
+            self._ready.set()
+            if not isinstance(err, asyncio.CancelledError | GeneratorExit):
+                log.warning("MCP session ended", source=self.source.name, error=repr(err))
+
+    @property
+    def alive(self) -> bool:
+        return self.client is not None and self._task is not None and not self._task.done()
+
+    async def close(self) -> None:
+        self._closing.set()
+        if self._task is not None and not self._task.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), 5)
+            except (TimeoutError, Exception):  # closing: nothing left to save
+                self._task.cancel()
+                with suppress(BaseException):
+                    await self._task
+        self.client = None
+
+    async def list_tools(self) -> list[Tool]:
+        assert self.client is not None
+        tools: list[Tool] = []
+        cursor: str | None = None
+        while True:
+            page = await self.client.list_tools(cursor=cursor)
+            tools.extend(page.tools)
+            cursor = page.next_cursor
+            if not cursor:
+                return tools
+
+    async def call(self, tool: str, arguments: dict[str, Any]) -> CallToolResult:
+        """One call, bounded by the source's timeout. Any failure to get an MCP answer is
+        McpUnavailableError, and the connection is closed so that it is not used again."""
+        if not self.alive:
+            raise McpUnavailableError(self.source.name, f"its session ended ({self._error!r})")
+        assert self.client is not None
+        timeout = self.source.timeout_seconds
+        try:
+            return await asyncio.wait_for(
+                self.client.call_tool(tool, arguments, read_timeout_seconds=timeout), timeout + 1
+            )
+        except TimeoutError:
+            await self.close()
+            raise McpUnavailableError(self.source.name, f"no answer within {timeout} s") from None
+        except Exception as err:  # a crashed server or an answer that is no MCP
+            await self.close()
+            reason = f"{type(err).__name__}: {err}"[:500]
+            raise McpUnavailableError(self.source.name, reason) from None
+
+
+@dataclass
+class _Breaker:
+    failures: int = 0
+    open_until: float = 0.0
+
+
+class McpConnections:
+    """The worker's live MCP sessions, by (source, conversation, user)."""
+
+    def __init__(self, root: Path, max_open: int = MAX_OPEN_SESSIONS) -> None:
+        self.root = root
+        self._max_open = max_open
+        self._open: OrderedDict[tuple[str, str, str], McpConnection] = OrderedDict()
+        self._opening: dict[tuple[str, str, str], asyncio.Lock] = {}
+        self._breakers: dict[str, _Breaker] = {}
+
+    async def connection(
+        self, source: McpServerSource, conversation_id: str, user: str
+    ) -> tuple[McpConnection, bool]:
+        """The live connection for this key, opened if needed; True when it was just opened."""
+        self._check_breaker(source)
+        key = (
+            source.name,
+            conversation_id if source.session == "conversation" else "",
+            user if source.per_user else "",
+        )
+        async with self._opening.setdefault(key, asyncio.Lock()):
+            existing = self._open.get(key)
+            if existing is not None and existing.alive:
+                self._open.move_to_end(key)
+                return existing, False
+            if existing is not None:
+                del self._open[key]
+            connection = McpConnection(source, user if source.per_user else "", self.root)
+            try:
+                await connection.open()
+            except McpUnavailableError:
+                self.failed(source)
+                raise
+            self._open[key] = connection
+            while len(self._open) > self._max_open:
+                _, oldest = self._open.popitem(last=False)
+                await oldest.close()
+            return connection, True
+
+    def _check_breaker(self, source: McpServerSource) -> None:
+        breaker = self._breakers.get(source.name)
+        if breaker is None:
+            return
+        left = breaker.open_until - time.monotonic()
+        if left > 0:
+            raise McpUnavailableError(
+                source.name,
+                f"failed {breaker.failures} times in a row; not calling it for another {left:.0f} s",
+            )
+
+    def failed(self, source: McpServerSource) -> None:
+        breaker = self._breakers.setdefault(source.name, _Breaker())
+        breaker.failures += 1
+        if breaker.failures >= BREAKER_FAILURES:
+            breaker.open_until = time.monotonic() + BREAKER_COOLDOWN_SECONDS
+
+    def succeeded(self, source: McpServerSource) -> None:
+        self._breakers.pop(source.name, None)
+
+    async def close(self) -> None:
+        connections = list(self._open.values())
+        self._open.clear()
+        await asyncio.gather(*(c.close() for c in connections), return_exceptions=True)

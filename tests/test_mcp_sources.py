@@ -1,0 +1,263 @@
+"""MCP servers as team tool sources, on the real stack: real dev server, Nexus endpoints, workers
+and real MCP servers (mcp-server-time from PyPI, the IT notebook, and tests/support's lab
+servers) over stdio with the official SDK. The model is the only stand-in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from temporalio.client import Client
+
+from infrastructure.setup import EndpointDefinition, ensure_endpoint
+from shared.manifest import load_manifest
+from shared.mcp_session import JOURNAL_QUERY, JournalEntry, mcp_session_workflow_id
+from shared.worker import build_manifest_worker
+from tests.conftest import (
+    IT_ENDPOINT,
+    Orchestrator,
+    Stack,
+    custom_orchestrator,
+)
+from tests.support.fake_llm import FakeModelServer, completion
+from tests.support.gateway import dev_server_address
+
+ROOT = Path(__file__).resolve().parents[1]
+LAB_DIR = ROOT / "tests" / "support" / "mcp_lab"
+LAB = load_manifest(LAB_DIR / "team.toml")
+
+
+def _conversation() -> str:
+    return f"mcp-{uuid.uuid4().hex[:10]}"
+
+
+async def test_mcp_tools_are_discovered_with_their_real_schemas(stack: Stack) -> None:
+    catalog = (await stack.list_tools([IT_ENDPOINT])).catalogs[0]
+    specs = {spec.name: spec for spec in catalog.tools}
+    # Python tools and MCP tools side by side, in one catalog.
+    assert {"track_ip", "get_current_time", "convert_time", "add_note", "list_notes"} <= set(specs)
+    time_schema = specs["get_current_time"].parameters
+    assert time_schema["required"] == ["timezone"]
+    assert "IANA timezone" in time_schema["properties"]["timezone"]["description"]
+    assert specs["add_note"].parameters["properties"]["text"]["maxLength"] == 2000
+    assert specs["clear_notes"].approval.mode == "always"
+    assert specs["get_current_time"].service == "it"
+
+
+async def test_an_mcp_tool_answers_through_nexus(stack: Stack) -> None:
+    outcome = await stack.execute_one(IT_ENDPOINT, "get_current_time", timezone="Asia/Tokyo")
+    assert outcome.ok, outcome.error
+    assert outcome.output["timezone"] == "Asia/Tokyo"
+    converted = await stack.execute_one(
+        IT_ENDPOINT,
+        "convert_time",
+        source_timezone="UTC",
+        time="12:00",
+        target_timezone="Asia/Kolkata",
+    )
+    assert converted.ok, converted.error
+    assert converted.output["target"]["datetime"].endswith("17:30:00+05:30")
+
+
+async def test_bad_arguments_are_a_bad_request_naming_the_field(stack: Stack) -> None:
+    missing = await stack.execute_one(IT_ENDPOINT, "get_current_time")
+    assert missing.error_kind == "bad_request"
+    assert "'timezone' is a required property" in (missing.error or "")
+    wrong = await stack.execute_one(IT_ENDPOINT, "add_note", text=7)
+    assert wrong.error_kind == "bad_request"
+    assert "'text': 7 is not of type 'string'" in (wrong.error or "")
+
+
+async def test_the_server_s_own_refusal_reaches_the_caller(stack: Stack) -> None:
+    outcome = await stack.execute_one(IT_ENDPOINT, "get_current_time", timezone="Mars/Olympus")
+    assert not outcome.ok
+    assert outcome.error_kind == "failed"
+    assert "Mars/Olympus" in (outcome.error or "")
+
+
+async def test_each_conversation_has_its_own_notebook(stack: Stack) -> None:
+    first, second = _conversation(), _conversation()
+    for conversation, text in ((first, "VPN down"), (first, "restarted gw-2"), (second, "other")):
+        added = await stack.execute_one(
+            IT_ENDPOINT, "add_note", text=text, _conversation_id=conversation
+        )
+        assert added.ok, added.error
+    listed = await stack.execute_one(IT_ENDPOINT, "list_notes", _conversation_id=first)
+    assert [n["text"] for n in listed.output["notes"]] == ["VPN down", "restarted gw-2"]
+    other = await stack.execute_one(IT_ENDPOINT, "list_notes", _conversation_id=second)
+    assert [n["text"] for n in other.output["notes"]] == ["other"]
+    # What a rebuild replays: the state-building calls, once each, in order.
+    journal = await (
+        stack.client("it")
+        .get_workflow_handle(mcp_session_workflow_id("notebook", first))
+        .query(JOURNAL_QUERY, result_type=list[JournalEntry])
+    )
+    assert [entry.arguments["text"] for entry in journal] == ["VPN down", "restarted gw-2"]
+
+
+async def test_a_gated_mcp_tool_is_refused_at_the_team_without_approval(stack: Stack) -> None:
+    outcome = await stack.execute_one(IT_ENDPOINT, "clear_notes", _conversation_id=_conversation())
+    assert outcome.error_kind == "unauthenticated"
+    assert "approval" in (outcome.error or "")
+
+
+async def test_a_conversation_uses_a_tool_that_only_an_mcp_server_has(
+    orchestrator: Orchestrator, fake_model: FakeModelServer
+) -> None:
+    fake_model.script(
+        completion(tool_calls=[("get_current_time", {"timezone": "Europe/Paris"})]),
+        completion("It is late in Paris."),
+    )
+    result = await orchestrator.conversations.send(_conversation(), "What time is it in Paris?")
+    assert result.ok, result.error
+    assert result.answer == "It is late in Paris."
+    [call] = result.tool_calls
+    assert (call.name, call.service, call.ok) == ("get_current_time", "it", True)
+    assert call.result["timezone"] == "Europe/Paris"
+
+
+@pytest.fixture(scope="module")
+async def lab(stack: Stack) -> AsyncIterator[None]:
+    """The lab team in this process, on its manifest's task queue and endpoint."""
+    await ensure_endpoint(
+        stack.client("orchestrator"),
+        EndpointDefinition(name=LAB.endpoint, namespace=LAB.namespace, task_queue=LAB.task_queue),
+    )
+    os.environ.setdefault("MCP_LAB_GATE_DIR", "/nonexistent")
+    worker = await build_manifest_worker(
+        stack.client(LAB.namespace), LAB, fast_path_budget=timedelta(0)
+    )
+    async with worker:
+        yield
+
+
+async def test_a_crashed_hung_or_garbled_server_is_unavailable_and_the_turn_goes_on(
+    stack: Stack, lab: None, fake_model: FakeModelServer
+) -> None:
+    fake_model.script(
+        completion(tool_calls=[("explode", {}), ("stall", {}), ("babble", {})]),
+        completion("Those tools are down; carrying on."),
+    )
+    async with custom_orchestrator(stack, fake_model, tool_endpoints=[LAB.endpoint]) as client:
+        result = await client.send(_conversation(), "try the lab tools")
+    assert result.ok, result.error
+    assert result.answer == "Those tools are down; carrying on."
+    records = {record.name: record for record in result.tool_calls}
+    assert set(records) == {"explode", "stall", "babble"}
+    for name, source in (("explode", "crashy"), ("stall", "stuck"), ("babble", "noisy")):
+        assert not records[name].ok
+        assert f"MCP server '{source}' is unavailable" in str(records[name].result)
+    # The model was told, in the tool messages of its next step.
+    told = [m for m in fake_model.chat_requests()[-1]["messages"] if m["role"] == "tool"]
+    assert all("is unavailable" in m["content"] for m in told)
+
+
+def _start_worker(address: str, task_queue: str, gate: Path) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "TEMPORAL_ADDRESS": address,
+        "TEMPORAL_NAMESPACE": LAB.namespace,
+        "TEMPORAL_TASK_QUEUE": task_queue,
+        "MCP_LAB_GATE_DIR": str(gate),
+        "PYTHONPATH": f"{LAB_DIR.parent}{os.pathsep}{ROOT}",
+        "METRICS_BIND_ADDRESS": "",
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "shared.worker", "mcp_lab"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=(gate / "worker.log").open("ab"),
+        start_new_session=True,
+    )
+
+
+async def _serving(stack: Stack, endpoint: str) -> None:
+    """Until the worker (listing its MCP servers at start) answers on its endpoint."""
+    for _ in range(60):
+        try:
+            await asyncio.wait_for(stack.list_tools([endpoint]), 5)
+            return
+        except Exception:  # not polling yet: the probe's Nexus call times out
+            await asyncio.sleep(0.5)
+    raise AssertionError(f"no worker serves {endpoint}")
+
+
+async def _wait_for_file(path: Path, timeout: float = 60) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not path.exists():
+        assert asyncio.get_running_loop().time() < deadline, f"{path.name} never appeared"
+        await asyncio.sleep(0.05)
+
+
+async def test_a_stateful_session_is_rebuilt_and_exactly_once_across_a_worker_kill(
+    stack: Stack, fake_model: FakeModelServer, tmp_path: Path
+) -> None:
+    """The worker holding the conversation's MCP session is SIGKILLed while a call is inside the
+    server. A new worker rebuilds the session from the journal, the call runs once more there,
+    and the list holds every item exactly once."""
+    task_queue = f"mcp-lab-kill-{uuid.uuid4().hex[:6]}"
+    endpoint = f"mcp-lab-kill-{uuid.uuid4().hex[:6]}"
+    await ensure_endpoint(
+        stack.client("orchestrator"),
+        EndpointDefinition(name=endpoint, namespace=LAB.namespace, task_queue=task_queue),
+    )
+    address = dev_server_address(stack)
+    worker = _start_worker(address, task_queue, tmp_path)
+    conversation = _conversation()
+    try:
+        await _serving(stack, endpoint)
+        async with custom_orchestrator(
+            stack, fake_model, tool_endpoints=[endpoint], tool_timeout_seconds=120
+        ) as client:
+            fake_model.script(
+                completion(tool_calls=[("append", {"item": "first"})]), completion("added")
+            )
+            first = await client.send(conversation, "add first")
+            assert first.ok, first.error
+            assert first.tool_calls[0].ok, first.tool_calls[0].result
+            fake_model.script(
+                completion(tool_calls=[("append", {"item": "second", "hold": True})]),
+                completion("added again"),
+            )
+            turn = asyncio.create_task(client.send(conversation, "add second"))
+            await _wait_for_file(tmp_path / "entered-second")
+            first_pid = int((tmp_path / "entered-second").read_text())
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait(timeout=10)
+            (tmp_path / "entered-second").unlink()
+            (tmp_path / "release-second").write_text("go")
+            worker = _start_worker(address, task_queue, tmp_path)
+            second = await asyncio.wait_for(turn, 120)
+            assert second.ok, second.error
+            [call] = second.tool_calls
+            assert call.ok, call.result
+            # A new server process, rebuilt with "first" before "second" ran in it once.
+            assert call.result["items"] == ["first", "second"]
+            assert call.result["pid"] != first_pid
+            fake_model.script(completion(tool_calls=[("items_so_far", {})]), completion("listed"))
+            third = await client.send(conversation, "list")
+            assert third.tool_calls[0].result["items"] == ["first", "second"]
+        # The session workflow (on the team's worker) recorded each call once.
+        journal = await _journal(stack.client(LAB.namespace), conversation)
+        assert [entry.arguments["item"] for entry in journal] == ["first", "second"]
+    finally:
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGTERM)
+            worker.wait(timeout=30)
+
+
+async def _journal(client: Client, conversation: str) -> list[JournalEntry]:
+    handle = client.get_workflow_handle(mcp_session_workflow_id("tally", conversation))
+    result: Any = await handle.query(JOURNAL_QUERY, result_type=list[JournalEntry])
+    return list(result)
