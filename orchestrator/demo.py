@@ -1,7 +1,9 @@
 """`make demo`: a scripted multi-turn conversation on the running embedded stack.
 
 It uses local, IT and Finance tools, runs two tools in parallel in the first turns, and carries IT
-session state (the Jira project and tracked addresses) from one turn to the next. Then it submits
+session state (the Jira project and tracked addresses) from one turn to the next. It asks IT's
+MCP-backed tools (mcp-server-time, and a notebook server that keeps a note per conversation and
+reads it back in the next turn). Then it submits
 two expenses over Finance's approval threshold: the turn pauses on each, and the demo itself, as
 the operator `make-demo`, approves the first and denies the second, saying so. The last turn lists
 the Finance ledger: the approved expense is there, the denied one is not.
@@ -43,6 +45,12 @@ SCRIPT: list[tuple[str, Verdict | None]] = [
     ("Set my Jira project to OPS and track IP 192.0.2.10", None),
     ("Show the Jira metrics and my IP history", None),
     ("What's the stock price of AAPL and the ROI on 10000 at 7 percent for 5 years?", None),
+    # Tools IT publishes from MCP servers: mcp-server-time, and its own stateful notebook.
+    (
+        "What is the current time in Asia/Tokyo, and add a note: VPN restored after the gw-2 reboot",
+        None,
+    ),
+    ("Show my incident notes", None),
     ("Submit an expense of 750 EUR for cost centre CC-1001: team offsite dinner", "approve"),
     ("Submit an expense of 2400 EUR for cost centre CC-1001: first-class upgrade", "deny"),
     ("Show the recent expenses", None),

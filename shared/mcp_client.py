@@ -112,7 +112,8 @@ class McpConnection:
                 target = server_target(self.source, self.user, self.root)
                 if self.source.url is not None:
                     http = await stack.enter_async_context(create_mcp_http_client(headers=target))
-                    target = streamable_http_client(self.source.url, http_client=http)
+                    url = resolve_template(self.source.url, self.user)
+                    target = streamable_http_client(url, http_client=http)
                 # A conversation's session over HTTP needs a session id: the initialize handshake.
                 mode = "legacy" if self.source.session == "conversation" else "auto"
                 client = await stack.enter_async_context(Client(target, mode=mode))

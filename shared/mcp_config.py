@@ -44,7 +44,8 @@ class McpServerSource(BaseModel):
     command: list[str] | None = Field(default=None, min_length=1)
     cwd: str | None = None
     env: dict[str, str] = Field(default_factory=dict)
-    url: str | None = Field(default=None, pattern=r"^https?://\S+$")
+    # http(s)://..., or a ${VARIABLE} holding it: deployments differ, the manifest does not.
+    url: str | None = Field(default=None, pattern=r"^(https?://\S+|\$\{[A-Z][A-Z0-9_]*\})$")
     headers: dict[str, str] = Field(default_factory=dict)
     prefix: str = Field(default="", pattern=PREFIX_PATTERN)
     allow: list[str] = Field(default_factory=list)

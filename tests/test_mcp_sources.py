@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import uuid
@@ -35,6 +36,7 @@ from tests.support.gateway import dev_server_address
 ROOT = Path(__file__).resolve().parents[1]
 LAB_DIR = ROOT / "tests" / "support" / "mcp_lab"
 LAB = load_manifest(LAB_DIR / "team.toml")
+LAB_TOKEN = f"lab-secret-{uuid.uuid4().hex}"
 
 
 def _conversation() -> str:
@@ -128,17 +130,82 @@ async def test_a_conversation_uses_a_tool_that_only_an_mcp_server_has(
 
 @pytest.fixture(scope="module")
 async def lab(stack: Stack) -> AsyncIterator[None]:
-    """The lab team in this process, on its manifest's task queue and endpoint."""
+    """The lab team in this process, on its manifest's task queue and endpoint, with its HTTP
+    MCP server running and the secret it checks in this process's environment."""
     await ensure_endpoint(
         stack.client("orchestrator"),
         EndpointDefinition(name=LAB.endpoint, namespace=LAB.namespace, task_queue=LAB.task_queue),
     )
-    os.environ.setdefault("MCP_LAB_GATE_DIR", "/nonexistent")
-    worker = await build_manifest_worker(
-        stack.client(LAB.namespace), LAB, fast_path_budget=timedelta(0)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    os.environ.update(
+        MCP_LAB_URL=f"http://127.0.0.1:{port}/mcp",
+        MCP_LAB_TOKEN=LAB_TOKEN,
+        MCP_LAB_GATE_DIR=os.environ.get("MCP_LAB_GATE_DIR", "/nonexistent"),
     )
-    async with worker:
-        yield
+    server = _start_directory(port)
+    try:
+        await _accepting(port)
+        worker = await build_manifest_worker(
+            stack.client(LAB.namespace), LAB, fast_path_budget=timedelta(0)
+        )
+        async with worker:
+            yield
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def _start_directory(port: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.support.mcp_lab_server", "directory", str(port)], cwd=ROOT
+    )
+
+
+async def _accepting(port: int) -> None:
+    for _ in range(200):
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            await asyncio.sleep(0.05)
+            continue
+        writer.close()
+        return
+    raise AssertionError(f"nothing listens on port {port}")
+
+
+async def test_per_user_headers_reach_an_http_mcp_server_and_the_secret_stays_out_of_history(
+    stack: Stack, lab: None, fake_model: FakeModelServer
+) -> None:
+    async with custom_orchestrator(stack, fake_model, tool_endpoints=[LAB.endpoint]) as client:
+        answers = {}
+        for user in ("alice", "bob"):
+            fake_model.script(completion(tool_calls=[("whoami", {})]), completion("checked"))
+            conversation = _conversation()
+            result = await client.send(conversation, "who am I?", user=user)
+            assert result.ok, result.error
+            answers[user] = result.tool_calls[0].result
+            histories = [
+                await stack.client("orchestrator")
+                .get_workflow_handle(conversation)
+                .fetch_history(),
+                *[
+                    await stack.client(LAB.namespace)
+                    .get_workflow_handle(execution.id)
+                    .fetch_history()
+                    async for execution in stack.client(LAB.namespace).list_workflows(
+                        f"WorkflowId STARTS_WITH 'tool-{conversation}'"
+                    )
+                ],
+            ]
+            assert len(histories) == 2
+            for history in histories:
+                assert LAB_TOKEN not in history.to_json()
+    assert answers == {
+        "alice": {"user": "alice", "token_ok": True},
+        "bob": {"user": "bob", "token_ok": True},
+    }
 
 
 async def test_a_crashed_hung_or_garbled_server_is_unavailable_and_the_turn_goes_on(
@@ -201,7 +268,7 @@ async def _wait_for_file(path: Path, timeout: float = 60) -> None:
 
 
 async def test_a_stateful_session_is_rebuilt_and_exactly_once_across_a_worker_kill(
-    stack: Stack, fake_model: FakeModelServer, tmp_path: Path
+    stack: Stack, lab: None, fake_model: FakeModelServer, tmp_path: Path
 ) -> None:
     """The worker holding the conversation's MCP session is SIGKILLed while a call is inside the
     server. A new worker rebuilds the session from the journal, the call runs once more there,

@@ -32,7 +32,9 @@ from orchestrator.tools import openai_tool
 from orchestrator.tools import registry as local_registry
 from shared.approval import CallApproval
 from shared.caller import ToolOutcome
+from shared.manifest import find_team
 from shared.tools import RegisteredTool, ToolArgumentsError, ToolCall
+from shared.worker import prepare_team_code
 
 REGISTRIES = {"local": local_registry, "it": it_registry, "finance": finance_registry}
 REGISTERED: dict[str, RegisteredTool] = {
@@ -149,9 +151,44 @@ def tool_message(call_id: str, content: Any, name: str | None = None) -> dict[st
     return message | ({"name": name} if name else {})
 
 
+# Turns that use IT's MCP servers' tools, whose schemas come from the servers themselves.
+MCP_DEMO_TURNS = [
+    (
+        "What is the current time in Asia/Tokyo, and add a note: VPN restored after the gw-2 reboot",
+        [
+            ("get_current_time", {"timezone": "Asia/Tokyo"}),
+            ("add_note", {"text": "VPN restored after the gw-2 reboot"}),
+        ],
+    ),
+    ("Show my incident notes", [("list_notes", {})]),
+]
+
+
+@pytest.fixture(scope="module")
+async def tools_with_mcp() -> list[dict[str, Any]]:
+    """The demo's whole catalog: the Python tools, and IT's MCP tools as the servers list them."""
+    code = await prepare_team_code(find_team("it_service"))
+    try:
+        listed = [
+            openai_tool(t.spec.name, t.spec.description, t.spec.parameters) for t in code.registry
+        ]
+    finally:
+        await code.close()
+    names = {tool["function"]["name"] for tool in listed}
+    return [*listed, *(tool for tool in TOOLS if tool["function"]["name"] not in names)]
+
+
+@pytest.mark.parametrize(("text", "expected"), MCP_DEMO_TURNS, ids=[t for t, _ in MCP_DEMO_TURNS])
+async def test_demo_messages_route_to_mcp_tools(
+    text: str, expected: list[tuple[str, dict[str, Any]]], tools_with_mcp: list[dict[str, Any]]
+) -> None:
+    response = await complete(user(text), tools=tools_with_mcp)
+    assert calls_of(response) == expected
+
+
 def test_the_demo_script_is_what_is_tested_here() -> None:
     demo = [text for text, _ in DEMO_SCRIPT]
-    tested = {text for text, _ in [*DEMO_TURNS, *GATED_TURNS]}
+    tested = {text for text, _ in [*DEMO_TURNS, *GATED_TURNS, *MCP_DEMO_TURNS]}
     assert [text for text, _ in DEMO_TURNS[:4]] == demo[:4]
     assert [text for text in demo if text not in tested] == []
 

@@ -83,13 +83,13 @@ def _tidy_expression(candidate: str) -> str | None:
 
 
 def _named_value(text: str, usable: Callable[[str], bool]) -> str | None:
-    """The first run of capitalised words, not counting the clause's first word ("Show ...")."""
+    """The first run of capitalised words, not counting the clause's first word ("Show ...").
+    A word may be a path of them, as place names are in IANA zones ("America/New_York")."""
     run: list[str] = []
     for match in list(_RAW_TOKEN.finditer(text))[1:]:
         word = match.group().strip(".:")
         if (
-            word[:1].isupper()
-            and word.isalpha()
+            all(p[:1].isupper() and p.replace("_", "").isalpha() for p in word.split("/"))
             and word.lower() not in STOP_WORDS
             and usable(word)
         ):

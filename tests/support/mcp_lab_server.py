@@ -5,6 +5,7 @@
   for `release-<item>` there: a test kills the worker in between.
 - `crash`: `explode` ends the process; `hang`: `stall` never answers; `garbage`: `babble` writes
   bytes that are no JSON-RPC to stdout instead of an answer.
+- `directory PORT`: streamable HTTP; `whoami` echoes the user header and checks the bearer token.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import os
 import sys
 from pathlib import Path
 
-from mcp.server.mcpserver import MCPServer
+import uvicorn
+from mcp.server.mcpserver import Context, MCPServer
 
 
 def stateful(server: MCPServer) -> None:
@@ -56,9 +58,31 @@ def garbage(server: MCPServer) -> None:
         return "late"
 
 
-MODES = {"stateful": stateful, "crash": crash, "hang": hang, "garbage": garbage}
+def directory(server: MCPServer) -> None:
+    @server.tool(description="Who the request says it is for, and whether its token is right.")
+    def whoami(ctx: Context) -> dict[str, object]:
+        headers = ctx.headers or {}
+        expected = f"Bearer {os.environ['MCP_LAB_TOKEN']}"
+        return {
+            "user": headers.get("x-agent-user", ""),
+            "token_ok": headers.get("authorization") == expected,
+        }
+
+
+MODES = {
+    "stateful": stateful,
+    "crash": crash,
+    "hang": hang,
+    "garbage": garbage,
+    "directory": directory,
+}
 
 if __name__ == "__main__":
     lab = MCPServer(f"mcp-lab-{sys.argv[1]}", subscriptions=False)
     MODES[sys.argv[1]](lab)
-    asyncio.run(lab.run_stdio_async())
+    if sys.argv[1] == "directory":  # streamable HTTP on the port given
+        uvicorn.run(
+            lab.streamable_http_app(), host="127.0.0.1", port=int(sys.argv[2]), log_level="warning"
+        )
+    else:
+        asyncio.run(lab.run_stdio_async())
