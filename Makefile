@@ -79,6 +79,7 @@ bench: install ## Latency figures (see bench/README.md)
 	$(RUN) python -m bench.recovery
 	$(RUN) python -m bench.tracing
 	$(RUN) python -m bench.streaming
+	$(RUN) python -m bench.mcp
 
 chaos: install ## Kill workers and restart the server under 50 conversations; print the report
 	$(RUN) python -m infrastructure.chaos --conversations $(or $(CONVERSATIONS),50)
