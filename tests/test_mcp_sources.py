@@ -22,6 +22,7 @@ from temporalio.client import Client
 
 from infrastructure.setup import EndpointDefinition, ensure_endpoint
 from shared.manifest import load_manifest
+from shared.mcp_client import BREAKER_FAILURES, McpConnections, McpUnavailableError
 from shared.mcp_session import JOURNAL_QUERY, JournalEntry, mcp_session_workflow_id
 from shared.worker import build_manifest_worker
 from tests.conftest import (
@@ -328,3 +329,19 @@ async def _journal(client: Client, conversation: str) -> list[JournalEntry]:
     handle = client.get_workflow_handle(mcp_session_workflow_id("tally", conversation))
     result: Any = await handle.query(JOURNAL_QUERY, result_type=list[JournalEntry])
     return list(result)
+
+
+async def test_a_server_failing_three_times_in_a_row_is_not_called_for_a_while() -> None:
+    """The worker's breaker per MCP server: after three failures it answers at once."""
+    connections = McpConnections(root=ROOT)
+    crashy = next(source for source in LAB.mcp_servers if source.name == "crashy")
+    try:
+        for _ in range(BREAKER_FAILURES):
+            connection, _ = await connections.connection(crashy, "", "")
+            with pytest.raises(McpUnavailableError):
+                await connection.call("explode", {})
+            connections.failed(crashy)
+        with pytest.raises(McpUnavailableError, match="not calling it for another"):
+            await connections.connection(crashy, "", "")
+    finally:
+        await connections.close()
