@@ -1,16 +1,17 @@
 """`make bench`: what publishing a tool from an MCP server costs per call, against a Python tool.
 
 Every series is an `execute_tool` round trip from a caller workflow through the team's Nexus
-endpoint (the fast path, as deployed), interleaved in rounds so drift hits them equally:
+endpoint (the fast path, as deployed), interleaved in rounds so drift hits them equally. The
+calls come from the team manifests (no team or tool is named here):
 
-- native: a Python tool (finance `calculate_roi`, pure arithmetic);
-- mcp shared: IT's `get_current_time`, served by mcp-server-time over stdio, one session per worker;
-- mcp session read: IT's notebook `list_notes`, one session per conversation (a journal query
-  before the call);
-- mcp session write: the notebook's `add_note` (the query, and the call recorded in the session
-  workflow by update-with-start after it);
-- mcp direct: the same `get_current_time` from an `mcp.Client` in this process, no Temporal: the
-  stdio hop on its own.
+- native: the first `sample_calls` entry of any team (a Python tool);
+- mcp_shared: the first `sample_calls` entry of a `[[mcp_servers]]` with a shared session;
+- mcp_session_read: the first `sample_calls` entry of a server with one session per conversation
+  (a journal query before the call);
+- mcp_session_write: its first `session_sample_calls` entry (the query, and the call recorded in
+  the session workflow by update-with-start after it);
+- mcp_direct: the mcp_shared call from an `mcp.Client` in this process, no Temporal: the MCP hop
+  on its own.
 """
 
 from __future__ import annotations
@@ -20,92 +21,121 @@ import os
 import sys
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 from mcp import Client
-from mcp.client.stdio import StdioServerParameters
 from temporalio.worker import Worker
 
 from bench.common import bench_stack, save, start_worker, summarise
 from infrastructure.probe import PROBE_TASK_QUEUE, ExecuteToolProbe, ExecuteToolProbeInput
 from shared.log import configure_logging
-from shared.manifest import find_team
+from shared.manifest import TeamManifest, default_root, discover_teams
+from shared.mcp_client import server_target
+from shared.mcp_config import McpServerSource
 from shared.tools import ToolCall
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
 CALLS_PER_ROUND = int(os.environ.get("BENCH_CALLS", "20"))
-# (series, endpoint's team package, tool, arguments, conversation: None for one per call)
-SERIES: list[tuple[str, str, str, dict[str, Any], str | None]] = [
-    (
-        "native",
-        "finance_service",
-        "calculate_roi",
-        {"principal": "1000", "rate": "5", "years": 3},
-        None,
-    ),
-    ("mcp_shared", "it_service", "get_current_time", {"timezone": "UTC"}, None),
-    ("mcp_session_read", "it_service", "list_notes", {}, "bench-notebook"),
-    ("mcp_session_write", "it_service", "add_note", {"text": "bench note"}, "bench-notebook"),
-]
+SESSION_CONVERSATION = f"bench-mcp-{uuid.uuid4().hex[:6]}"
+
+
+class Series:
+    """One timed call: where it goes, with which arguments, in which conversation."""
+
+    def __init__(
+        self, name: str, endpoint: str, tool: str, args: dict[str, Any], conversation: str | None
+    ) -> None:
+        self.name, self.endpoint, self.tool = name, endpoint, tool
+        self.args, self.conversation = args, conversation
+
+
+def series_from(teams: list[TeamManifest]) -> tuple[list[Series], McpServerSource]:
+    """The four timed calls, and the shared MCP server the direct series talks to."""
+    native = next(
+        Series("native", team.endpoint, call.tool, call.args, None)
+        for team in teams
+        for call in team.sample_calls
+    )
+    found: dict[str, Series] = {}
+    shared: McpServerSource | None = None
+    for team in teams:
+        for source in team.mcp_servers:
+            per_conversation = source.session == "conversation"
+            conversation = SESSION_CONVERSATION if per_conversation else None
+            kinds = [("read", source.sample_calls), ("write", source.session_sample_calls)]
+            for kind, calls in kinds:
+                name = f"mcp_session_{kind}" if per_conversation else "mcp_shared"
+                # The direct series starts the shared server itself: a command, not a URL.
+                unusable = name == "mcp_shared" and (kind == "write" or source.command is None)
+                if not calls or name in found or unusable:
+                    continue
+                call = calls[0]
+                found[name] = Series(
+                    name, team.endpoint, source.published_name(call.tool), call.args, conversation
+                )
+                if name == "mcp_shared":
+                    shared = source
+    names = ("mcp_shared", "mcp_session_read", "mcp_session_write")
+    missing = sorted(set(names) - set(found))
+    if missing or shared is None:
+        raise SystemExit(f"no team manifest declares MCP sample calls for {missing}")
+    return [native, *(found[name] for name in names)], shared
 
 
 async def main() -> int:
     configure_logging(level=os.environ.get("LOG_LEVEL", "WARNING"))
-    samples: dict[str, list[float]] = {name: [] for name, *_ in SERIES}
+    series, shared = series_from(discover_teams())
+    direct_call = series[1]
+    samples: dict[str, list[float]] = {one.name: [] for one in series}
     samples["mcp_direct"] = []
+    for one in series:
+        print(f"{one.name:18} {one.tool} on {one.endpoint}")
     async with bench_stack() as (clients, exit_stack):
-        await start_worker(
-            exit_stack,
-            Worker(
-                clients["orchestrator"], task_queue=PROBE_TASK_QUEUE, workflows=[ExecuteToolProbe]
-            ),
+        probe = Worker(
+            clients["orchestrator"], task_queue=PROBE_TASK_QUEUE, workflows=[ExecuteToolProbe]
         )
+        await start_worker(exit_stack, probe)
         caller = clients["orchestrator"]
 
-        async def execute(
-            package: str, tool: str, args: dict[str, Any], conversation: str | None, n: int
-        ) -> list[float]:
+        async def execute(one: Series, n: int) -> list[float]:
             calls = [
                 ToolCall(
                     call_id=f"bench-{uuid.uuid4()}",
-                    tool=tool,
-                    args=dict(args),
-                    conversation_id=conversation or f"bench-{uuid.uuid4().hex[:8]}",
+                    tool=one.tool,
+                    args=dict(one.args),
+                    conversation_id=one.conversation or f"bench-{uuid.uuid4().hex[:8]}",
                 )
                 for _ in range(n)
             ]
             result = await caller.execute_workflow(
                 ExecuteToolProbe.run,
-                ExecuteToolProbeInput(endpoint=find_team(package).endpoint, calls=calls),
+                ExecuteToolProbeInput(endpoint=one.endpoint, calls=calls),
                 id=f"bench-{uuid.uuid4()}",
                 task_queue=PROBE_TASK_QUEUE,
             )
             assert all(o.ok for o in result.outcomes), result.outcomes[0].error
             return result.durations_ms
 
-        server = StdioServerParameters(
-            command=sys.executable, args=["-m", "mcp_server_time", "--local-timezone", "UTC"]
-        )
-        async with Client(server) as direct:
+        mcp_tool = direct_call.tool.removeprefix(shared.prefix)
+        async with Client(server_target(shared, "", Path(default_root()))) as direct:
 
             async def direct_calls(n: int) -> list[float]:
                 durations = []
                 for _ in range(n):
                     started = time.perf_counter()
-                    result = await direct.call_tool("get_current_time", {"timezone": "UTC"})
+                    result = await direct.call_tool(mcp_tool, dict(direct_call.args))
                     durations.append((time.perf_counter() - started) * 1000)
                     assert not result.is_error
                 return durations
 
             # Warm-up: sessions open, caches and sandbox imports fill.
-            for _, package, tool, args, conversation in SERIES:
-                await execute(package, tool, args, conversation, 3)
+            for one in series:
+                await execute(one, 3)
             await direct_calls(3)
             for _ in range(ROUNDS):
-                for name, package, tool, args, conversation in SERIES:
-                    samples[name] += await execute(
-                        package, tool, args, conversation, CALLS_PER_ROUND
-                    )
+                for one in series:
+                    samples[one.name] += await execute(one, CALLS_PER_ROUND)
                 samples["mcp_direct"] += await direct_calls(CALLS_PER_ROUND)
 
     figures = {name: summarise(values) for name, values in samples.items()}
@@ -114,10 +144,7 @@ async def main() -> int:
     for name, figure in figures.items():
         print(f"{name:18} {figure['n']:>5} {figure['p50_ms']:>8.1f} {figure['p95_ms']:>8.1f}")
     native = figures["native"]["p50_ms"]
-    overhead = {
-        name: figures[name]["p50_ms"] - native
-        for name in ("mcp_shared", "mcp_session_read", "mcp_session_write")
-    }
+    overhead = {one.name: figures[one.name]["p50_ms"] - native for one in series[1:]}
     for name, extra in overhead.items():
         print(f"{name} p50 - native p50 = {extra:+.1f} ms")
     path = save("mcp", {"figures": figures, "p50_overhead_over_native_ms": overhead})

@@ -52,13 +52,13 @@ class McpUnavailableError(ToolError):
         super().__init__(f"MCP server '{source}' is unavailable: {reason}", retryable=True)
 
 
-def resolve_template(value: str, user: str) -> str:
+def resolve_template(value: str, user: str, source: str) -> str:
     """`${NAME}` from the worker's environment and `{user}` from the signed caller token."""
 
     def variable(match: Any) -> str:
         name = match.group(1)
         if name not in os.environ:
-            raise McpUnavailableError("config", f"the worker has no environment variable {name}")
+            raise McpUnavailableError(source, f"the worker has no environment variable {name}")
         return os.environ[name]
 
     return ENVIRONMENT_REFERENCE.sub(variable, value).replace(USER_PLACEHOLDER, user)
@@ -71,11 +71,11 @@ def server_target(source: McpServerSource, user: str, root: Path) -> Any:
         return StdioServerParameters(
             command=argv[0],
             args=argv[1:],
-            env={name: resolve_template(v, user) for name, v in source.env.items()},
+            env={name: resolve_template(v, user, source.name) for name, v in source.env.items()},
             cwd=source.cwd or str(root),
         )
     assert source.url is not None
-    headers = {name: resolve_template(v, user) for name, v in source.headers.items()}
+    headers = {name: resolve_template(v, user, source.name) for name, v in source.headers.items()}
     return headers
 
 
@@ -112,7 +112,7 @@ class McpConnection:
                 target = server_target(self.source, self.user, self.root)
                 if self.source.url is not None:
                     http = await stack.enter_async_context(create_mcp_http_client(headers=target))
-                    url = resolve_template(self.source.url, self.user)
+                    url = resolve_template(self.source.url, self.user, self.source.name)
                     target = streamable_http_client(url, http_client=http)
                 # A conversation's session over HTTP needs a session id: the initialize handshake.
                 mode = "legacy" if self.source.session == "conversation" else "auto"

@@ -20,7 +20,7 @@ caller's user, bound by its signed token.
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -33,6 +33,16 @@ USER_PLACEHOLDER = "{user}"
 PYTHON_PLACEHOLDER = "{python}"
 # An MCP tool name must also be one of ours once prefixed (letters, digits, underscores).
 PREFIX_PATTERN = r"^([a-zA-Z][a-zA-Z0-9_]{0,30})?$"
+
+
+class McpSampleCall(BaseModel):
+    """A call of one of the server's tools (its own name) with valid arguments: `bench.mcp`
+    times these against a Python tool's call."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    tool: str = Field(pattern=TOOL_NAME_PATTERN)
+    args: dict[str, Any] = Field(default_factory=dict)
 
 
 class McpServerSource(BaseModel):
@@ -56,6 +66,9 @@ class McpServerSource(BaseModel):
     timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
     max_attempts: int = Field(default=3, ge=1, le=20)
     startup_timeout_seconds: float = Field(default=20.0, gt=0, le=300)
+    # Fast calls that change nothing; and, for a conversation session, calls that add to it.
+    sample_calls: list[McpSampleCall] = Field(default_factory=list)
+    session_sample_calls: list[McpSampleCall] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _one_transport_and_known_names(self) -> McpServerSource:
@@ -79,7 +92,8 @@ class McpServerSource(BaseModel):
             for tool in getattr(self, listed):
                 if not re.match(TOOL_NAME_PATTERN, tool):
                     raise ValueError(f"MCP server '{self.name}': {listed} '{tool}' is no tool name")
-        for tool in [*self.approval, *self.rebuild]:
+        samples = [call.tool for call in [*self.sample_calls, *self.session_sample_calls]]
+        for tool in [*self.approval, *self.rebuild, *samples]:
             if not self.publishes(tool):
                 raise ValueError(
                     f"MCP server '{self.name}': '{tool}' is named but not published "

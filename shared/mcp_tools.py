@@ -9,6 +9,7 @@ worker without the live session replays that journal into a new one first.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from dataclasses import dataclass
@@ -216,17 +217,12 @@ async def publish_mcp_servers(
 
     Runs at worker start; a server that cannot be listed stops the start with one line naming
     it, as a bad manifest does. Returns the names added."""
+    # Listed side by side: each server's start-up (a process, an import) is most of the wait.
+    listings = await asyncio.gather(
+        *(_listed_tools(team, source, connections) for source in team.mcp_servers)
+    )
     added: list[str] = []
-    for source in team.mcp_servers:
-        probe = McpConnection(source, user="", root=connections.root)
-        try:
-            await probe.open()
-            listed = await probe.list_tools()
-        except Exception as err:  # reported as one line
-            message = err.message if isinstance(err, ToolError) else f"{type(err).__name__}: {err}"
-            raise ManifestError(f"{team.package}: cannot list MCP tools: {message}") from None
-        finally:
-            await probe.close()
+    for source, listed in zip(team.mcp_servers, listings, strict=True):
         names = {tool.name for tool in listed}
         for wanted in [*source.allow, *source.approval, *source.rebuild]:
             if wanted not in names:
@@ -252,3 +248,17 @@ async def publish_mcp_servers(
             added.append(name)
         log.info("MCP tools published", source=source.name, tools=len(listed))
     return added
+
+
+async def _listed_tools(
+    team: TeamManifest, source: McpServerSource, connections: McpConnections
+) -> list[Tool]:
+    probe = McpConnection(source, user="", root=connections.root)
+    try:
+        await probe.open()
+        return await probe.list_tools()
+    except Exception as err:  # reported as one line
+        message = err.message if isinstance(err, ToolError) else f"{type(err).__name__}: {err}"
+        raise ManifestError(f"{team.package}: cannot list MCP tools: {message}") from None
+    finally:
+        await probe.close()
