@@ -18,6 +18,7 @@ import os
 import sys
 import time
 from collections import OrderedDict
+from collections.abc import Coroutine
 from contextlib import AsyncExitStack, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,9 @@ from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
+from mcp.shared.exceptions import MCPError
 from mcp_types import CallToolResult, Tool
+from mcp_types.jsonrpc import CONNECTION_CLOSED, REQUEST_TIMEOUT
 
 from shared.log import get_logger
 from shared.mcp_config import (
@@ -41,6 +44,9 @@ from shared.tools import ToolError
 log = get_logger(__name__)
 
 MAX_OPEN_SESSIONS = 32
+MAX_TOOL_PAGES = 100
+# A server that could not be listed at start is listed again this often, in the background.
+LIST_RETRY_SECONDS = 30.0
 BREAKER_FAILURES = 3
 BREAKER_COOLDOWN_SECONDS = 30.0
 
@@ -48,8 +54,10 @@ BREAKER_COOLDOWN_SECONDS = 30.0
 class McpUnavailableError(ToolError):
     """The MCP server could not answer: it did not start, crashed, hung or spoke no MCP."""
 
-    def __init__(self, source: str, reason: str) -> None:
-        super().__init__(f"MCP server '{source}' is unavailable: {reason}", retryable=True)
+    def __init__(self, source: str, why: str, *, timed_out: bool = False) -> None:
+        super().__init__(f"MCP server '{source}' is unavailable: {why}", retryable=True)
+        self.timed_out = timed_out
+        self.fresh = False  # raised by a session opened for this very call
 
 
 def resolve_template(value: str, user: str, source: str) -> str:
@@ -93,6 +101,7 @@ class McpConnection:
     _closing: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = None
     _error: BaseException | None = None
+    in_flight: int = 0
 
     async def open(self) -> None:
         self._task = asyncio.create_task(self._hold(), name=f"mcp {self.source.name}")
@@ -103,8 +112,11 @@ class McpConnection:
             raise McpUnavailableError(
                 self.source.name, f"no MCP handshake within {self.source.startup_timeout_seconds} s"
             ) from None
+        except BaseException:  # cancelled while starting: nothing else would ever stop it
+            await asyncio.shield(self.close())
+            raise
         if self.client is None:
-            raise McpUnavailableError(self.source.name, f"could not start ({self._error!r})")
+            raise McpUnavailableError(self.source.name, f"could not start: {reason(self._error)}")
 
     async def _hold(self) -> None:
         try:
@@ -125,11 +137,16 @@ class McpConnection:
             self.client = None
             self._ready.set()
             if not isinstance(err, asyncio.CancelledError | GeneratorExit):
-                log.warning("MCP session ended", source=self.source.name, error=repr(err))
+                log.warning("MCP session ended", source=self.source.name, error=reason(err))
 
     @property
     def alive(self) -> bool:
         return self.client is not None and self._task is not None and not self._task.done()
+
+    def retire(self) -> None:
+        """Never use this session again (it is closed in the background)."""
+        self.client = None
+        self._closing.set()
 
     async def close(self) -> None:
         self._closing.set()
@@ -143,34 +160,73 @@ class McpConnection:
         self.client = None
 
     async def list_tools(self) -> list[Tool]:
+        """Every page of the server's tools, within the start-up timeout."""
         assert self.client is not None
+        client = self.client
         tools: list[Tool] = []
-        cursor: str | None = None
-        while True:
-            page = await self.client.list_tools(cursor=cursor)
-            tools.extend(page.tools)
-            cursor = page.next_cursor
-            if not cursor:
-                return tools
+
+        async def pages() -> None:
+            cursor: str | None = None
+            for _ in range(MAX_TOOL_PAGES):
+                page = await client.list_tools(cursor=cursor)
+                tools.extend(page.tools)
+                cursor = page.next_cursor
+                if not cursor:
+                    return
+            raise McpUnavailableError(self.source.name, f"lists more than {MAX_TOOL_PAGES} pages")
+
+        timeout = self.source.startup_timeout_seconds
+        try:
+            await asyncio.wait_for(pages(), timeout)
+        except TimeoutError:
+            raise McpUnavailableError(
+                self.source.name, f"no tool list within {timeout} s"
+            ) from None
+        return tools
 
     async def call(self, tool: str, arguments: dict[str, Any]) -> CallToolResult:
-        """One call, bounded by the source's timeout. Any failure to get an MCP answer is
-        McpUnavailableError, and the connection is closed so that it is not used again."""
+        """One call, bounded by the source's timeout. A server's own JSON-RPC refusal of the call
+        is the tool's error (ToolError); any failure to get an answer is McpUnavailableError, and
+        so is a cancelled call (its outcome is unknown): the session is retired either way, so a
+        retry starts from a known state."""
         if not self.alive:
-            raise McpUnavailableError(self.source.name, f"its session ended ({self._error!r})")
+            ended = f": {reason(self._error)}" if self._error else ""
+            raise McpUnavailableError(self.source.name, f"its session has ended{ended}")
         assert self.client is not None
         timeout = self.source.timeout_seconds
+        self.in_flight += 1
         try:
             return await asyncio.wait_for(
                 self.client.call_tool(tool, arguments, read_timeout_seconds=timeout), timeout + 1
             )
+        except MCPError as err:
+            if err.code not in (CONNECTION_CLOSED, REQUEST_TIMEOUT):
+                raise ToolError(f"MCP tool '{tool}' refused the call: {err.message}") from None
+            self.retire()
+            raise McpUnavailableError(self.source.name, reason(err)) from None
         except TimeoutError:
-            await self.close()
-            raise McpUnavailableError(self.source.name, f"no answer within {timeout} s") from None
+            self.retire()
+            raise McpUnavailableError(
+                self.source.name, f"no answer within {timeout} s", timed_out=True
+            ) from None
         except Exception as err:  # a crashed server or an answer that is no MCP
-            await self.close()
-            reason = f"{type(err).__name__}: {err}"[:500]
-            raise McpUnavailableError(self.source.name, reason) from None
+            self.retire()
+            raise McpUnavailableError(self.source.name, reason(err)) from None
+        except BaseException:  # cancelled mid-call: whether the server applied it is unknown
+            self.retire()
+            raise
+        finally:
+            self.in_flight -= 1
+
+
+def reason(error: BaseException | None) -> str:
+    """The innermost error's own words, for a person: task groups wrap what really happened."""
+    while isinstance(error, BaseExceptionGroup) and error.exceptions:
+        error = error.exceptions[0]
+    if error is None:
+        return "unknown"
+    text = str(error) or type(error).__name__
+    return text if len(text) <= 300 else text[:300] + "…"
 
 
 @dataclass
@@ -182,18 +238,30 @@ class _Breaker:
 class McpConnections:
     """The worker's live MCP sessions, by (source, conversation, user)."""
 
-    def __init__(self, root: Path, max_open: int = MAX_OPEN_SESSIONS) -> None:
+    def __init__(
+        self,
+        root: Path,
+        max_open: int = MAX_OPEN_SESSIONS,
+        retry_seconds: float = LIST_RETRY_SECONDS,
+    ) -> None:
         self.root = root
+        self.retry_seconds = retry_seconds
+        self._background: set[asyncio.Task[None]] = set()
         self._max_open = max_open
         self._open: OrderedDict[tuple[str, str, str], McpConnection] = OrderedDict()
         self._opening: dict[tuple[str, str, str], asyncio.Lock] = {}
         self._breakers: dict[str, _Breaker] = {}
+        self._closing: set[asyncio.Task[None]] = set()
 
     async def connection(
         self, source: McpServerSource, conversation_id: str, user: str
     ) -> tuple[McpConnection, bool]:
         """The live connection for this key, opened if needed; True when it was just opened."""
         self._check_breaker(source)
+        if source.per_user and not user:
+            raise ToolError(
+                f"MCP server '{source.name}' opens a session per user, and this call names none"
+            )
         key = (
             source.name,
             conversation_id if source.session == "conversation" else "",
@@ -213,10 +281,21 @@ class McpConnections:
                 self.failed(source)
                 raise
             self._open[key] = connection
-            while len(self._open) > self._max_open:
-                _, oldest = self._open.popitem(last=False)
-                await oldest.close()
+            self._evict_idle()
             return connection, True
+
+    def _evict_idle(self) -> None:
+        """Past the bound, close the least recently used sessions no call is using, in the
+        background (a slow close must not hold up the call that opened a new one)."""
+        for key, candidate in list(self._open.items()):
+            if len(self._open) <= self._max_open:
+                return
+            if candidate.lock.locked() or candidate.in_flight:
+                continue
+            del self._open[key]
+            task = asyncio.create_task(candidate.close())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
 
     def _check_breaker(self, source: McpServerSource) -> None:
         breaker = self._breakers.get(source.name)
@@ -238,7 +317,17 @@ class McpConnections:
     def succeeded(self, source: McpServerSource) -> None:
         self._breakers.pop(source.name, None)
 
+    def in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run `work` until it ends or the worker closes these connections."""
+        task = asyncio.create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     async def close(self) -> None:
+        for task in list(self._background):
+            task.cancel()
         connections = list(self._open.values())
         self._open.clear()
-        await asyncio.gather(*(c.close() for c in connections), return_exceptions=True)
+        await asyncio.gather(
+            *(c.close() for c in connections), *self._closing, return_exceptions=True
+        )

@@ -78,6 +78,18 @@ class McpServerSource(BaseModel):
             raise ValueError(f"MCP server '{self.name}': 'env' is for a command; use 'headers'")
         if self.url is None and self.headers:
             raise ValueError(f"MCP server '{self.name}': 'headers' are for a url; use 'env'")
+        if any(USER_PLACEHOLDER in part for part in self.command or []):
+            raise ValueError(
+                f"MCP server '{self.name}': a command line is visible to every local user; "
+                "pass {user} through 'env' (session = \"conversation\")"
+            )
+        templated = [*self.env.values(), *self.headers.values(), self.url or ""]
+        for value in templated:
+            if "${" in ENVIRONMENT_REFERENCE.sub("", value):
+                raise ValueError(
+                    f"MCP server '{self.name}': '{value}' has a malformed reference; "
+                    "write ${UPPER_CASE_NAME}"
+                )
         if self.rebuild and self.session != "conversation":
             raise ValueError(
                 f"MCP server '{self.name}': 'rebuild' replays calls into a conversation's own "

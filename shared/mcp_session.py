@@ -28,16 +28,21 @@ DEFAULT_IDLE_TIMEOUT = timedelta(days=7)
 # than make every rebuild, and the workflow's history, grow without end.
 MAX_JOURNAL_ENTRIES = 500
 JOURNAL_FULL = "McpSessionJournalFull"
+SESSION_MOVED = "McpSessionMoved"
 
 
 def mcp_session_workflow_id(source: str, conversation_id: str) -> str:
-    return f"mcp-session-{source}-{conversation_id}"
+    # "/" cannot occur in a server's name, so two (server, conversation) pairs never share an id.
+    return f"mcp-session/{source}/{conversation_id}"
 
 
 class JournalEntry(BaseModel):
     call_id: str
     tool: str = Field(description="The MCP server's own tool name.")
     arguments: dict[str, Any] = Field(default_factory=dict)
+    after: int | None = Field(
+        default=None, description="The journal's length the call was applied after."
+    )
 
 
 class SessionJournal(BaseModel):
@@ -79,6 +84,13 @@ class McpSessionWorkflow:
         entries = self._journal.entries
         if any(existing.call_id == entry.call_id for existing in entries):
             return len(entries)
+        if entry.after is not None and entry.after != len(entries):
+            raise ApplicationError(
+                f"the session moved on: {len(entries) - entry.after} call(s) of this "
+                "conversation were applied elsewhere meanwhile; rebuilding it in their order",
+                type=SESSION_MOVED,
+                non_retryable=True,
+            )
         if len(entries) >= MAX_JOURNAL_ENTRIES:
             raise ApplicationError(
                 f"the session has {len(entries)} recorded calls, the most it rebuilds; "

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,18 +21,26 @@ from jsonschema.exceptions import SchemaError
 from mcp_types import CallToolResult, TextContent, Tool
 from pydantic import BaseModel, ConfigDict
 from pydantic_core import to_jsonable_python
-from temporalio.client import WithStartWorkflowOperation
-from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.client import (
+    WithStartWorkflowOperation,
+    WorkflowQueryRejectedError,
+    WorkflowUpdateFailedError,
+)
+from temporalio.common import QueryRejectCondition, WorkflowIDConflictPolicy
+from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from shared.contract import TOOL_NAME_PATTERN, ToolSpec
 from shared.log import get_logger
 from shared.manifest import ManifestError, TeamManifest
-from shared.mcp_client import McpConnection, McpConnections, McpUnavailableError
+from shared.mcp_client import McpConnection, McpConnections, McpUnavailableError, reason
 from shared.mcp_config import McpServerSource
 from shared.mcp_session import (
+    JOURNAL_FULL,
     JOURNAL_QUERY,
+    MAX_JOURNAL_ENTRIES,
     RECORD_UPDATE,
+    SESSION_MOVED,
     JournalEntry,
     McpSessionWorkflow,
     SessionJournal,
@@ -78,34 +87,55 @@ class McpTool(RegisteredTool):
         assert self.source is not None and self.connections is not None
         self.validate_arguments(args)
         source = self.source
-        connection, opened = await self.connections.connection(
-            source, context.conversation_id, context.user
-        )
-        async with connection.lock:
+        journaled = source.session == "conversation" and bool(context.conversation_id)
+        try:
             try:
-                result = await self._call_in_session(connection, opened, args, context)
-            except McpUnavailableError:
-                self.connections.failed(source)
-                raise
-            self.connections.succeeded(source)
+                result = await self._call_once(args, context, journaled)
+            except McpUnavailableError as err:
+                if err.timed_out or err.fresh:
+                    raise
+                # A session kept open here may have died since its last call (a stdio server
+                # that exited): one fresh session before this attempt counts as failed.
+                result = await self._call_once(args, context, journaled)
+        except McpUnavailableError:
+            self.connections.failed(source)
+            raise
+        self.connections.succeeded(source)
         return tool_output(source.name, self.mcp_name, result)
+
+    async def _call_once(
+        self, args: dict[str, Any], context: ToolContext, journaled: bool
+    ) -> CallToolResult:
+        assert self.source is not None and self.connections is not None
+        connection, opened = await self.connections.connection(
+            self.source, context.conversation_id, context.user
+        )
+        try:
+            # Only a conversation's session orders its calls; a shared one serves them at once.
+            async with connection.lock if journaled else nullcontext():
+                if journaled:
+                    return await self._call_in_session(connection, opened, args, context)
+                return await connection.call(self.mcp_name, args)
+        except McpUnavailableError as err:
+            err.fresh = opened
+            raise
 
     async def _call_in_session(
         self, connection: McpConnection, opened: bool, args: dict[str, Any], context: ToolContext
     ) -> CallToolResult:
         source = self.source
         assert source is not None
-        journaled = source.session == "conversation" and bool(context.conversation_id)
-        if journaled:
-            await _catch_up(connection, context, replaying=opened)
-        records = journaled and self.mcp_name in source.rebuild
+        records = self.mcp_name in source.rebuild
+        position = await _catch_up(connection, context, replaying=opened, recording=records)
         result = connection.applied.get(context.call_id) if records else None
         if result is None:
             result = await connection.call(self.mcp_name, args)
         if records and not result.is_error:
             connection.applied[context.call_id] = result
-            entry = JournalEntry(call_id=context.call_id, tool=self.mcp_name, arguments=args)
-            await _record(context, source, entry)
+            entry = JournalEntry(
+                call_id=context.call_id, tool=self.mcp_name, arguments=args, after=position
+            )
+            await _record(connection, context, entry)
         return result
 
 
@@ -127,19 +157,38 @@ def tool_output(source: str, tool: str, result: CallToolResult) -> Any:
     return {"text": text, **({"other_content": others} if others else {})}
 
 
-async def _catch_up(connection: McpConnection, context: ToolContext, *, replaying: bool) -> None:
+async def _catch_up(
+    connection: McpConnection, context: ToolContext, *, replaying: bool, recording: bool
+) -> int:
     """Apply the journal's calls this live session has not applied yet, in order: all of them
-    for a new session (a rebuild), those another worker applied for one kept open here."""
+    for a new session (a rebuild), those another worker applied for one kept open here.
+    Returns the journal's length, which the session now reflects."""
     source = connection.source
-    workflow_id = mcp_session_workflow_id(source.name, context.conversation_id)
+    handle = context.client.get_workflow_handle(
+        mcp_session_workflow_id(source.name, context.conversation_id)
+    )
     try:
-        entries: list[JournalEntry] = await context.client.get_workflow_handle(workflow_id).query(
-            JOURNAL_QUERY, result_type=list[JournalEntry]
+        entries: list[JournalEntry] = await handle.query(
+            JOURNAL_QUERY,
+            result_type=list[JournalEntry],
+            reject_condition=QueryRejectCondition.NOT_OPEN,
         )
-    except RPCError as err:
-        if err.status != RPCStatusCode.NOT_FOUND:
+    except (RPCError, WorkflowQueryRejectedError) as err:
+        if isinstance(err, RPCError) and err.status != RPCStatusCode.NOT_FOUND:
             raise
-        return  # no session recorded yet
+        # No session recorded, or it ended (idle past its lifetime): a session kept open here
+        # holds state that no longer exists anywhere else, so the next attempt starts afresh.
+        if connection.applied:
+            connection.retire()
+            raise McpUnavailableError(
+                source.name, "its session ended; starting a new one"
+            ) from None
+        return 0
+    if recording and len(entries) >= MAX_JOURNAL_ENTRIES:
+        raise ToolError(
+            f"this conversation's '{source.name}' session holds {len(entries)} recorded calls, "
+            "the most it can rebuild; start a new conversation"
+        )
     missing = [entry for entry in entries if entry.call_id not in connection.applied]
     if missing:
         log.info(
@@ -148,24 +197,45 @@ async def _catch_up(connection: McpConnection, context: ToolContext, *, replayin
             calls=len(missing),
         )
     for entry in missing:
-        result = await connection.call(entry.tool, entry.arguments)
+        try:
+            result = await connection.call(entry.tool, entry.arguments)
+        except McpUnavailableError:
+            raise
+        except ToolError as err:  # the server refused it this time: the rebuild goes on
+            result = CallToolResult(content=[TextContent(type="text", text=err.message)])
+            result.is_error = True
         if result.is_error:
             log.warning("a replayed call failed", source=source.name, tool=entry.tool)
         connection.applied[entry.call_id] = result
+    return len(entries)
 
 
-async def _record(context: ToolContext, source: McpServerSource, entry: JournalEntry) -> None:
-    workflow_id = mcp_session_workflow_id(source.name, context.conversation_id)
+async def _record(connection: McpConnection, context: ToolContext, entry: JournalEntry) -> None:
+    """Record an applied call, unless the journal moved on since this session caught up (a call
+    of the same conversation applied on another worker): then this session's order differs from
+    the journal's, so it is retired, and the retry rebuilds it in the journal's order."""
+    source = connection.source
     start = WithStartWorkflowOperation(
         McpSessionWorkflow.run,
         SessionJournal(source=source.name, conversation_id=context.conversation_id),
-        id=workflow_id,
+        id=mcp_session_workflow_id(source.name, context.conversation_id),
         task_queue=context.task_queue,
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
     )
-    await context.client.execute_update_with_start_workflow(
-        RECORD_UPDATE, entry, start_workflow_operation=start, id=entry.call_id, result_type=int
-    )
+    try:
+        # No update id from the call id: the server would answer a retry with the earlier
+        # attempt's refusal. The handler itself records a call id once.
+        await context.client.execute_update_with_start_workflow(
+            RECORD_UPDATE, entry, start_workflow_operation=start, result_type=int
+        )
+    except WorkflowUpdateFailedError as err:
+        connection.retire()
+        cause = err.cause
+        if isinstance(cause, ApplicationError) and cause.type == JOURNAL_FULL:
+            raise ToolError(cause.message) from None
+        if isinstance(cause, ApplicationError) and cause.type == SESSION_MOVED:
+            raise McpUnavailableError(source.name, cause.message) from None
+        raise
 
 
 def mcp_tool(
@@ -203,6 +273,8 @@ def mcp_tool(
         arguments_model=McpArguments,
         context_parameter=None,
         max_attempts=source.max_attempts,
+        # A conversation's session queries and updates its session workflow on this worker.
+        local_activity=source.session != "conversation",
         source=source,
         mcp_name=listed.name,
         connections=connections,
@@ -215,50 +287,92 @@ async def publish_mcp_servers(
 ) -> list[str]:
     """List every MCP server's tools and add the published ones to the team's registry.
 
-    Runs at worker start; a server that cannot be listed stops the start with one line naming
-    it, as a bad manifest does. Returns the names added."""
+    Runs at worker start. A manifest that does not match what a server lists stops the start
+    with one line, as any bad manifest does. A server that cannot be reached does not take the
+    team's other tools down with it: the worker starts without its tools and lists it again
+    every `connections.retry_seconds` until it answers. Returns the names added now."""
     # Listed side by side: each server's start-up (a process, an import) is most of the wait.
     listings = await asyncio.gather(
-        *(_listed_tools(team, source, connections) for source in team.mcp_servers)
+        *(_listed_tools(source, connections) for source in team.mcp_servers),
+        return_exceptions=True,
     )
     added: list[str] = []
     for source, listed in zip(team.mcp_servers, listings, strict=True):
-        names = {tool.name for tool in listed}
-        for wanted in [*source.allow, *source.approval, *source.rebuild]:
-            if wanted not in names:
-                raise ManifestError(
-                    f"{team.package}: MCP server '{source.name}' has no tool '{wanted}' "
-                    f"(it lists: {', '.join(sorted(names)) or 'none'})"
-                )
-        for tool in listed:
-            if not source.publishes(tool.name):
-                continue
-            name = source.published_name(tool.name)
-            if not re.match(TOOL_NAME_PATTERN, name):
-                log.warning(
-                    "MCP tool skipped: not a valid tool name", source=source.name, tool=name
-                )
-                continue
-            if registry.get(name) is not None:
-                raise ManifestError(
-                    f"{team.package}: MCP server '{source.name}' tool '{name}' clashes with a "
-                    "tool already published; set a prefix"
-                )
-            registry.add_registered(mcp_tool(source, tool, connections, registry.service))
-            added.append(name)
-        log.info("MCP tools published", source=source.name, tools=len(listed))
+        if isinstance(listed, McpUnavailableError):
+            log.error(
+                "MCP server not published yet; listing it again in the background",
+                source=source.name,
+                error=listed.message,
+                retry_seconds=connections.retry_seconds,
+            )
+            connections.in_background(_publish_when_listed(team, source, registry, connections))
+            continue
+        if isinstance(listed, BaseException):
+            raise listed
+        added += _publish(team, source, listed, registry, connections)
     return added
 
 
-async def _listed_tools(
-    team: TeamManifest, source: McpServerSource, connections: McpConnections
-) -> list[Tool]:
+def _publish(
+    team: TeamManifest,
+    source: McpServerSource,
+    listed: list[Tool],
+    registry: ToolRegistry,
+    connections: McpConnections,
+) -> list[str]:
+    names = {tool.name for tool in listed}
+    samples = [call.tool for call in [*source.sample_calls, *source.session_sample_calls]]
+    for wanted in [*source.allow, *source.approval, *source.rebuild, *samples]:
+        if wanted not in names:
+            raise ManifestError(
+                f"{team.package}: MCP server '{source.name}' has no tool '{wanted}' "
+                f"(it lists: {', '.join(sorted(names)) or 'none'})"
+            )
+    built: list[McpTool] = []
+    for tool in listed:
+        if not source.publishes(tool.name):
+            continue
+        name = source.published_name(tool.name)
+        if not re.match(TOOL_NAME_PATTERN, name):
+            log.warning("MCP tool skipped: not a valid tool name", source=source.name, tool=name)
+            continue
+        if registry.get(name) is not None:
+            raise ManifestError(
+                f"{team.package}: MCP server '{source.name}' tool '{name}' clashes with a "
+                "tool already published; set a prefix"
+            )
+        built.append(mcp_tool(source, tool, connections, registry.service))
+    for registered in built:  # all or none
+        registry.add_registered(registered)
+    log.info("MCP tools published", source=source.name, tools=len(built))
+    return [registered.spec.name for registered in built]
+
+
+async def _publish_when_listed(
+    team: TeamManifest, source: McpServerSource, registry: ToolRegistry, connections: McpConnections
+) -> None:
+    while True:
+        await asyncio.sleep(connections.retry_seconds)
+        try:
+            listed = await _listed_tools(source, connections)
+        except McpUnavailableError as err:
+            log.warning("MCP server still not listed", source=source.name, error=err.message)
+            continue
+        try:
+            _publish(team, source, listed, registry, connections)
+        except ManifestError as err:
+            log.error("MCP server not published", source=source.name, error=str(err))
+        return
+
+
+async def _listed_tools(source: McpServerSource, connections: McpConnections) -> list[Tool]:
     probe = McpConnection(source, user="", root=connections.root)
     try:
         await probe.open()
         return await probe.list_tools()
-    except Exception as err:  # reported as one line
-        message = err.message if isinstance(err, ToolError) else f"{type(err).__name__}: {err}"
-        raise ManifestError(f"{team.package}: cannot list MCP tools: {message}") from None
+    except McpUnavailableError:
+        raise
+    except Exception as err:  # a listing that is no MCP: reported as one line
+        raise McpUnavailableError(source.name, reason(err)) from None
     finally:
         await probe.close()

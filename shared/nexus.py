@@ -151,6 +151,7 @@ class ExecuteToolHandler(TemporalOperationHandler[ToolCall, ToolResult]):
             service=self._registry.service,
             timeout_seconds=registered.spec.timeout_seconds,
             max_attempts=registered.max_attempts,
+            local_activity=registered.local_activity,
         )
 
     async def _closed_run_result(self, client: TemporalNexusClient, call: ToolCall) -> ToolResult:

@@ -66,7 +66,7 @@ class ToolWorkflow:
 async def _run_tool(
     request: ToolWorkflowInput, timeout: timedelta, retry_policy: RetryPolicy
 ) -> Any:
-    if timeout <= LOCAL_ACTIVITY_MAX_TIMEOUT:
+    if timeout <= LOCAL_ACTIVITY_MAX_TIMEOUT and request.local_activity:
         # A short tool runs as a local activity: the whole workflow then completes in one
         # workflow task, which is what lets the handler's fast path answer synchronously.
         return await workflow.execute_local_activity(

@@ -60,6 +60,9 @@ class ToolWorkflowInput(BaseModel):
     service: str
     timeout_seconds: float
     max_attempts: int = 5
+    # False for a tool that waits on workflows of its own worker (a stateful MCP session's
+    # journal): as a local activity it would hold a workflow task slot while it waits for them.
+    local_activity: bool = True
 
 
 class ToolError(Exception):
@@ -110,6 +113,7 @@ class RegisteredTool:
     arguments_model: type[BaseModel]
     context_parameter: str | None
     max_attempts: int
+    local_activity: bool = True
 
     def validate_arguments(self, args: dict[str, Any]) -> dict[str, Any]:
         """Return the validated keyword arguments, or raise ToolArgumentsError naming each field."""

@@ -223,6 +223,10 @@ def serve_team(team: TeamManifest) -> int:
                 log.warning(
                     "tools that need approval accept unauthenticated approvals", tools=gated
                 )
+            per_user = [source.name for source in team.mcp_servers if source.per_user]
+            if per_user:
+                # Their {user} is then whatever the caller claims.
+                log.warning("MCP servers receive an unauthenticated user name", servers=per_user)
         log.info("tools published", tools=code.registry.names())
         return build_team_worker(
             client,

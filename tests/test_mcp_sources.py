@@ -24,6 +24,8 @@ from infrastructure.setup import EndpointDefinition, ensure_endpoint
 from shared.manifest import load_manifest
 from shared.mcp_client import BREAKER_FAILURES, McpConnections, McpUnavailableError
 from shared.mcp_session import JOURNAL_QUERY, JournalEntry, mcp_session_workflow_id
+from shared.mcp_tools import McpTool, mcp_tool, publish_mcp_servers
+from shared.tools import ToolContext, ToolRegistry
 from shared.worker import build_manifest_worker
 from tests.conftest import (
     IT_ENDPOINT,
@@ -345,3 +347,104 @@ async def test_a_server_failing_three_times_in_a_row_is_not_called_for_a_while()
             await connections.connection(crashy, "", "")
     finally:
         await connections.close()
+
+
+async def test_a_call_cancelled_inside_the_server_retires_its_session(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whether the server applied a cancelled call is unknown, so that session is never used
+    again: the retry opens a new one (rebuilt from the journal), never applying the call twice."""
+    monkeypatch.setenv("MCP_LAB_GATE_DIR", str(tmp_path))
+    connections = McpConnections(root=ROOT)
+    tally = next(source for source in LAB.mcp_servers if source.name == "tally")
+    try:
+        connection, opened = await connections.connection(tally, "conversation-1", "")
+        assert opened
+        call = asyncio.create_task(connection.call("append", {"item": "x", "hold": True}))
+        await _wait_for_file(tmp_path / "entered-x")
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        assert not connection.alive
+        again, reopened = await connections.connection(tally, "conversation-1", "")
+        assert reopened and again is not connection
+        listed = await again.call("items_so_far", {})
+        assert listed.structured_content == {"items": [], "pid": listed.structured_content["pid"]}
+    finally:
+        await connections.close()
+
+
+async def test_a_server_down_at_start_is_published_once_it_answers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The team's other tools do not wait for it: its tools join the catalog when it answers."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("MCP_LAB_URL", f"http://127.0.0.1:{port}/mcp")
+    monkeypatch.setenv("MCP_LAB_TOKEN", LAB_TOKEN)
+    monkeypatch.setenv("MCP_LAB_GATE_DIR", "/nonexistent")
+    connections = McpConnections(root=ROOT, retry_seconds=0.2)
+    registry = ToolRegistry(LAB.service)
+    server: subprocess.Popen[bytes] | None = None
+    try:
+        added = await publish_mcp_servers(LAB, registry, connections)
+        assert "whoami" not in added and {"append", "explode"} <= set(added)
+        server = _start_directory(port)
+        for _ in range(300):
+            if registry.get("whoami") is not None:
+                break
+            await asyncio.sleep(0.1)
+        assert registry.get("whoami") is not None
+    finally:
+        await connections.close()
+        if server is not None:
+            server.terminate()
+            server.wait(timeout=10)
+
+
+async def test_two_workers_serving_one_conversation_keep_the_journal_s_order(
+    stack: Stack, lab: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Worker A's call is inside the server when worker B applies and records another call of
+    the same conversation. A's record is refused (its session's order is no longer the
+    journal's), A's session is retired, and the call runs again in a session rebuilt in the
+    journal's order."""
+    monkeypatch.setenv("MCP_LAB_GATE_DIR", str(tmp_path))
+    conversation = _conversation()
+    workers = [McpConnections(root=ROOT), McpConnections(root=ROOT)]
+    try:
+        first, second = [await _tally_append(connections) for connections in workers]
+
+        def context(call_id: str) -> ToolContext:
+            return ToolContext(
+                call_id=call_id,
+                conversation_id=conversation,
+                namespace=LAB.namespace,
+                task_queue=LAB.task_queue,
+                client=stack.client(LAB.namespace),
+            )
+
+        await first.invoke({"item": "a"}, context("call-a"))
+        held = asyncio.create_task(first.invoke({"item": "x", "hold": True}, context("call-x")))
+        await _wait_for_file(tmp_path / "entered-x")
+        first_pid = int((tmp_path / "entered-x").read_text())
+        await second.invoke({"item": "y"}, context("call-y"))  # rebuilds [a], records y
+        (tmp_path / "release-x").write_text("go")
+        answered = await held
+        # A's record was refused, its session retired, and the call applied once to a new
+        # session rebuilt in the journal's order.
+        assert answered["items"] == ["a", "y", "x"]
+        assert answered["pid"] != first_pid
+        journal = await _journal(stack.client(LAB.namespace), conversation)
+        assert [entry.call_id for entry in journal] == ["call-a", "call-y", "call-x"]
+    finally:
+        for connections in workers:
+            await connections.close()
+
+
+async def _tally_append(connections: McpConnections) -> McpTool:
+    tally = next(source for source in LAB.mcp_servers if source.name == "tally")
+    probe, _ = await connections.connection(tally, "listing", "")
+    [append] = [tool for tool in await probe.list_tools() if tool.name == "append"]
+    return mcp_tool(tally, append, connections, LAB.service)
