@@ -74,7 +74,8 @@ class McpTool(RegisteredTool):
     def validate_arguments(self, args: dict[str, Any]) -> dict[str, Any]:
         assert self.validator is not None
         problems = [
-            f"'{'.'.join(str(p) for p in error.absolute_path) or '(arguments)'}': {error.message}"
+            f"'{'.'.join(str(p) for p in error.absolute_path) or '(arguments)'}': "
+            + (error.message if len(error.message) <= 200 else error.message[:200] + "…")
             for error in sorted(self.validator.iter_errors(args), key=lambda e: list(e.path))
         ]
         if problems:
