@@ -26,7 +26,7 @@ from rich.table import Table
 from temporalio.client import WorkflowExecutionStatus, WorkflowQueryFailedError
 from temporalio.service import RPCError
 
-from orchestrator import approval_commands, trace_commands, usage_commands
+from orchestrator import approval_commands, mcp_commands, trace_commands, usage_commands
 from orchestrator.approval_commands import (
     announce_approval,
     current_user,
@@ -476,6 +476,7 @@ def list_conversations(
 approval_commands.register(app)
 usage_commands.register(app)
 trace_commands.register(app)
+app.command("mcp")(mcp_commands.mcp)
 
 
 # ---- entry point ---------------------------------------------------------------------------------

@@ -141,6 +141,14 @@ class ConversationClient:
         self._traced = traces(client)
         self._task_queue = task_queue
 
+    @property
+    def client(self) -> Client:
+        return self._client
+
+    @property
+    def task_queue(self) -> str:
+        return self._task_queue
+
     def handle(self, conversation_id: str) -> WorkflowHandle[object, Usage]:
         # Checked here, not left to the SDK: it fails on an unencodable id while it builds the
         # request, and a surrogate in an id would otherwise surface as a bare UnicodeEncodeError.
@@ -191,7 +199,7 @@ class ConversationClient:
                     id=message_id,
                 )
             except BaseException:
-                await _collect_start_error(start)
+                await collect_start_error(start)
                 raise
             return result
 
@@ -405,7 +413,7 @@ async def _following_continue_as_new(attempt: Callable[[], Awaitable[TurnResult]
     raise AssertionError("unreachable")
 
 
-async def _collect_start_error(start: WithStartWorkflowOperation[object, Usage]) -> None:
+async def collect_start_error(start: WithStartWorkflowOperation[object, Usage]) -> None:
     """Retrieve the start operation's error, if it has one, so asyncio does not log it later as
     "Future exception was never retrieved".
 

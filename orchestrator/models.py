@@ -21,6 +21,10 @@ END_UPDATE = "end"
 REFRESH_TOOLS_UPDATE = "refresh_tools"
 DECIDE_UPDATE = "decide"
 CANCEL_UPDATE = "cancel"
+# One tool call made directly (an MCP client's `tools/call`), not by the model; and the tools the
+# conversation discovered, with their specs (an MCP client's `tools/list`).
+CALL_TOOL_UPDATE = "call_tool"
+TOOL_CATALOG_UPDATE = "tool_catalog"
 STATUS_QUERY = "status"
 USAGE_QUERY = "usage"
 TURNS_QUERY = "turns"
@@ -222,11 +226,27 @@ class CircuitBreaker(BaseModel):
     open_until: float = 0.0
 
 
+class DirectCall(BaseModel):
+    """The `call_tool` update's argument: one tool call made directly, by a person's MCP client,
+    not chosen by the model. It runs as a turn of its own, with no model step: the same
+    routing, argument checks, approval gate, circuit breaker and Nexus call as the model's."""
+
+    tool: str = Field(min_length=1, max_length=200, description="The tool's name in the catalog.")
+    arguments: str = Field(default="{}", description="A JSON object, as the model would send it.")
+    approval_timeout_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        description="Wait at most this long for a decision (never longer than the conversation's "
+        "own approval timeout); unset: the conversation's.",
+    )
+
+
 class QueuedMessage(BaseModel):
     """A message accepted while another turn ran (double-texting `queue` or `interrupt`)."""
 
     message_id: str
     text: str
+    direct: DirectCall | None = Field(default=None, description="A direct tool call, not text.")
 
 
 class PlannedCall(BaseModel):
@@ -256,6 +276,9 @@ class TurnState(BaseModel):
     executed: list[str] = Field(default_factory=list, description="Signatures of calls made.")
     step_calls: list[PlannedCall] | None = Field(
         default=None, description="The step whose calls are running or awaiting decisions."
+    )
+    direct: DirectCall | None = Field(
+        default=None, description="The turn is this one direct tool call (no model step)."
     )
 
 

@@ -4,7 +4,7 @@ Each user message is the `send_message` update. The update queues the message an
 answer; the workflow's main loop answers queued messages one turn at a time (`orchestrator.turn`),
 so a message sent while a turn runs is queued, refused or interrupts it (`double_texting`).
 `decide` approves or denies a call the turn waits on (`orchestrator.gate`); `cancel` stops the
-turn. This module keeps the conversation's life: updates, queries, the message queue and
+turn; MCP clients' `call_tool` and `tool_catalog` are in `orchestrator.direct_updates`. This module keeps the conversation's life: updates, queries, the message queue and
 continue-as-new, which can carry a turn paused on approvals. It never names a tool.
 """
 
@@ -19,6 +19,8 @@ from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from orchestrator import telemetry
+    from orchestrator.direct_call import runner_for
+    from orchestrator.direct_updates import DirectCallUpdates
     from orchestrator.dispatch import REDISCOVERY_PATCH, discover
     from orchestrator.events import EVENTS_QUERY, EventsPage, page
     from orchestrator.gate import decision_problem, record_decision, waiting_calls
@@ -72,7 +74,7 @@ AWAITING_APPROVAL_PATCH = "awaiting-approval-attribute"
 
 
 @workflow.defn(name=CONVERSATION_WORKFLOW)
-class ConversationWorkflow:
+class ConversationWorkflow(DirectCallUpdates):
     @workflow.init
     def __init__(self, start: ConversationInput) -> None:
         self._conversation_id = start.conversation_id
@@ -167,8 +169,13 @@ class ConversationWorkflow:
             queued = memory.inbox.pop(0)
             memory.turns += 1
             self._turns_this_run += 1
-            state = TurnState(message_id=queued.message_id, text=queued.text, turn=memory.turns)
-        runner = TurnRunner(
+            state = TurnState(
+                message_id=queued.message_id,
+                text=queued.text,
+                turn=memory.turns,
+                direct=queued.direct,
+            )
+        runner = runner_for(
             self._conversation_id,
             config,
             memory,
@@ -306,6 +313,11 @@ class ConversationWorkflow:
                     self._runner.cancel("interrupted by a newer message")
             memory.inbox.append(QueuedMessage(message_id=message_id, text=text))
             self._trace_contexts[message_id] = telemetry.current_context()
+        return await self._answer_of(message_id)
+
+    async def _answer_of(self, message_id: str) -> TurnResult:
+        """Wait for the answer of a queued message (or direct call)."""
+        memory = self._memory
         await workflow.wait_condition(lambda: message_id in memory.answered or self._handing_over)
         if message_id in memory.answered:
             return memory.answered[message_id]

@@ -22,7 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import httpx2
 import pytest
+from mcp import Client as McpClient
+from mcp.client.streamable_http import streamable_http_client
 
 from infrastructure.dev_server import temporal_binary
 from infrastructure.stack_processes import BASE_ENV_NAMES, BASE_ENV_PREFIXES
@@ -461,6 +464,34 @@ def test_up_starts_the_gateway_with_a_demo_key(stack: RunningStack) -> None:
     assert env["TEMPORAL_NAMESPACE"] == "orchestrator"
     assert env["GATEWAY_HOST"] == "127.0.0.1"
     assert "SECRETS_DIR" not in env and "OPENAI_API_KEY" not in env
+
+
+async def test_an_mcp_client_calls_stock_price_and_ask_agent_on_the_stack(
+    stack: RunningStack,
+) -> None:
+    """The official MCP client, against `make up`'s gateway with its demo key: every call goes
+    through the orchestrator's workflows and the teams' signed Nexus endpoints."""
+    key = (stack.run_dir / "gateway-demo-key").read_text().strip()
+    url = f"http://127.0.0.1:{stack.env['DEVSTACK_GATEWAY_PORT']}/mcp"
+    headers = {"Authorization": f"Bearer {key}"}
+    async with (
+        httpx2.AsyncClient(headers=headers, timeout=120, trust_env=False) as http,
+        McpClient(streamable_http_client(url, http_client=http)) as mcp,
+    ):
+        tools = {tool.name: tool for tool in (await mcp.list_tools()).tools}
+        assert {"stock_price", "ask_agent", "get_current_time", "add_note"} <= set(tools)
+        assert tools["stock_price"].input_schema["required"] == ["ticker"]
+        quote = await mcp.call_tool("stock_price", {"ticker": "AAPL"})
+        assert not quote.is_error, quote.content
+        assert quote.structured_content is not None
+        assert quote.structured_content["source"] == "quote_api"
+        asked = await mcp.call_tool(
+            "ask_agent", {"message": "What is the current time in Asia/Tokyo?"}
+        )
+        assert not asked.is_error, asked.content
+        answer = asked.structured_content
+        assert answer is not None and answer["ok"], answer
+        assert [call["name"] for call in answer["tool_calls"]] == ["get_current_time"]
 
 
 def test_down_stops_exactly_what_up_started(stack: RunningStack) -> None:

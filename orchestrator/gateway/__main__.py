@@ -17,6 +17,7 @@ from orchestrator.config import OrchestratorSettings
 from orchestrator.gateway.app import create_app
 from orchestrator.gateway.services import Services
 from orchestrator.gateway.settings import GatewaySettings
+from orchestrator.mcp_server import McpSettings
 from shared.config import ConfigError, OrchestratorTemporalSettings, load_settings
 from shared.log import configure_logging, get_logger
 from shared.temporal import exit_process
@@ -42,6 +43,7 @@ async def serve(
     settings: GatewaySettings,
     temporal: OrchestratorTemporalSettings,
     orchestrator: OrchestratorSettings,
+    mcp: McpSettings | None = None,
 ) -> int:
     try:
         services = await Services.open(temporal, orchestrator)
@@ -56,7 +58,7 @@ async def serve(
         )
         return 1
     try:
-        server = uvicorn.Server(server_config(create_app(settings, services), settings))
+        server = uvicorn.Server(server_config(create_app(settings, services, mcp), settings))
         # After its graceful shutdown uvicorn raises the stop signal again, for the handler that
         # was in place before it: with the default one, SIGTERM (`docker stop`) would then kill
         # the process (exit 143) instead of letting it exit 0 like the workers. Make that one
@@ -75,11 +77,12 @@ def main() -> int:
         settings = load_settings(GatewaySettings)
         temporal = load_settings(OrchestratorTemporalSettings)
         orchestrator = load_settings(OrchestratorSettings)
+        mcp = load_settings(McpSettings)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     log.info("gateway starting", host=settings.host, port=settings.port)
-    return asyncio.run(serve(settings, temporal, orchestrator))
+    return asyncio.run(serve(settings, temporal, orchestrator, mcp))
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ from orchestrator.gateway.errors import (
     unauthenticated,
 )
 from orchestrator.gateway.limits import BodyLimit
+from orchestrator.gateway.mcp import McpEndpoint
 from orchestrator.gateway.schemas import (
     ApprovalList,
     CancelBody,
@@ -53,6 +54,7 @@ from orchestrator.gateway.schemas import (
 from orchestrator.gateway.services import Services
 from orchestrator.gateway.settings import GatewaySettings
 from orchestrator.gateway.turns import accept, ended, send_error, temporal_error
+from orchestrator.mcp_server import McpSettings
 from orchestrator.models import (
     STATUS_QUERY,
     ApprovalRecord,
@@ -96,13 +98,18 @@ async def current_user(
 User = Annotated[str, Depends(current_user)]
 
 
-def create_app(settings: GatewaySettings, services: Services) -> FastAPI:
+def create_app(
+    settings: GatewaySettings, services: Services, mcp_settings: McpSettings | None = None
+) -> FastAPI:
     """The gateway's ASGI app, serving `services` (opened, and closed, by the caller)."""
+    # Our tools and ask_agent for MCP clients (orchestrator.gateway.mcp), at /mcp.
+    mcp = McpEndpoint(services, mcp_settings or McpSettings()) if services else None
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        log.info("gateway ready", task_queue=services.task_queue)
-        yield
+        async with mcp.running() if mcp else contextlib.nullcontext():
+            log.info("gateway ready", task_queue=services.task_queue)
+            yield
 
     # FastAPIOffline: /docs and /redoc load Swagger UI and ReDoc from the gateway itself, not a
     # CDN, so the API docs work where the web chat does, offline.
@@ -117,6 +124,8 @@ def create_app(settings: GatewaySettings, services: Services) -> FastAPI:
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.state.services = services
     app.state.settings = settings
+    if mcp is not None:
+        app.router.routes.append(mcp.route())
 
     async def owned(conversation_id: str, user: str) -> OwnedConversation:
         """The conversation if `user` owns it; 404 otherwise (unknown or someone else's)."""

@@ -25,6 +25,7 @@ from orchestrator.client import (
     ConversationEndedError,
     InvalidMessageError,
     check_message,
+    collect_start_error,
     continued_as_new,
     utf8_problem,
 )
@@ -75,7 +76,7 @@ async def accept(
             result_type=TurnResult,
         )
     except BaseException as error:
-        await _settle(start)
+        await collect_start_error(start)
         if isinstance(error, Exception):
             raise send_error(error) from None
         raise
@@ -149,15 +150,3 @@ def temporal_error(error: Exception) -> ApiError:
 
 def ended() -> ApiError:
     return ApiError(409, "ended", "the conversation has ended; start a new one")
-
-
-async def _settle(start: WithStartWorkflowOperation[object, Usage]) -> None:
-    """Retrieve the start operation's error, so asyncio does not log it as never retrieved (see
-    orchestrator.client._collect_start_error)."""
-    waiter = asyncio.ensure_future(start.workflow_handle())
-    await asyncio.sleep(0)
-    if waiter.done():
-        if not waiter.cancelled():
-            waiter.exception()
-    else:
-        waiter.cancel()
