@@ -69,6 +69,9 @@ MAX_CONTINUED_RETRIES = 10
 # would hold a query until the server gives up, so each gets a short deadline and is skipped.
 STATUS_QUERY_TIMEOUT = timedelta(seconds=5)
 STATUS_QUERY_CONCURRENCY = 16
+# Conversations awaiting a decision looked at when only some of them are wanted (one user's):
+# finding ids is a cheap visibility page; only the wanted ones are then asked for their calls.
+MAX_AWAITING_SCANNED = 10_000
 
 
 class InvalidMessageError(ValueError):
@@ -99,11 +102,22 @@ def utf8_problem(text: str) -> str | None:
     return None
 
 
+def nul_problem(text: str) -> str | None:
+    """Where `text` holds a NUL character, or None. PostgreSQL's text columns refuse it (ids,
+    user names and titles are stored as they are; a 500 or a failing step, not a clear error),
+    and a message has no use for one either."""
+    position = text.find("\x00")
+    return None if position < 0 else f"a NUL character (U+0000) at character {position + 1}"
+
+
 def check_message(text: str) -> None:
     """Raise InvalidMessageError unless `text` can be sent as a message."""
     problem = utf8_problem(text)
     if problem:
         raise InvalidMessageError(f"the message is not valid UTF-8: {problem}")
+    nul = nul_problem(text)
+    if nul:
+        raise InvalidMessageError(f"the message holds {nul}; remove it")
     if not text.strip():
         raise InvalidMessageError("the message is empty")
     size = len(text.encode("utf-8"))
@@ -119,6 +133,8 @@ def check_conversation_id(conversation_id: str) -> None:
     problem = utf8_problem(conversation_id)
     if problem:
         raise InvalidMessageError(f"the conversation id is not valid UTF-8: {problem}")
+    if nul_problem(conversation_id):
+        raise InvalidMessageError(f"the conversation id holds {nul_problem(conversation_id)}")
     if not conversation_id.strip():
         raise InvalidMessageError("the conversation id is empty")
 
@@ -128,6 +144,8 @@ def check_user(user: str) -> None:
     problem = utf8_problem(user)
     if problem:
         raise InvalidMessageError(f"the user name is not valid UTF-8: {problem}")
+    if nul_problem(user):
+        raise InvalidMessageError(f"the user name holds {nul_problem(user)}")
     if len(user.strip()) > MAX_USER_CHARS:
         raise InvalidMessageError(
             f"the user name is {len(user.strip())} characters; the limit is {MAX_USER_CHARS}"
@@ -245,21 +263,30 @@ class ConversationClient:
         is False when nothing was running. Raises ConversationEndedError for an ended conversation."""
         return await self._update(conversation_id, CANCEL_UPDATE, CancelResult, request)
 
-    async def pending_approvals(self, limit: int = 200) -> list[tuple[str, PendingApproval]]:
+    async def pending_approvals(
+        self, limit: int = 200, only: Callable[[list[str]], Awaitable[list[str]]] | None = None
+    ) -> list[tuple[str, PendingApproval]]:
         """(conversation id, call) for every call waiting for approval in up to `limit`
         conversations. A conversation that does not answer its status query is left out: one
         stuck conversation must not hide everyone else's pending calls.
 
         Conversations waiting for a decision set the AgentAwaitingApproval search attribute, so
         one visibility query finds them (visibility trails by about a second); in a namespace
-        without the attribute, every running conversation is asked."""
+        without the attribute, every running conversation is asked. `only` narrows the ids
+        found (say, to one user's) before any conversation is asked, and `limit` then applies
+        to those."""
         running = f"ExecutionStatus = 'Running' AND WorkflowType = '{CONVERSATION_WORKFLOW}'"
+        found_limit = limit if only is None else MAX_AWAITING_SCANNED
         try:
-            ids = await self._ids(f"{running} AND {AWAITING_APPROVAL_ATTRIBUTE} = true", limit)
+            ids = await self._ids(
+                f"{running} AND {AWAITING_APPROVAL_ATTRIBUTE} = true", found_limit
+            )
         except RPCError as error:
             if error.status != RPCStatusCode.INVALID_ARGUMENT:
                 raise
-            ids = await self._ids(running, limit)
+            ids = await self._ids(running, found_limit)
+        if only is not None:
+            ids = (await only(ids))[:limit]
         gate = asyncio.Semaphore(STATUS_QUERY_CONCURRENCY)
 
         async def pending(conversation_id: str) -> list[PendingApproval]:

@@ -234,6 +234,14 @@ class ConversationStore(StreamTokens, Accounts, ABC):
         )
         return [TurnResult.model_validate_json(body) for (body,) in rows]
 
+    async def latest_turns(self, conversation_id: str, limit: int = 1000) -> list[TurnResult]:
+        """The conversation's newest `limit` turns, oldest of them first."""
+        rows = await self._sql(
+            "SELECT body FROM turns WHERE conversation_id = ? ORDER BY turn DESC LIMIT ?",
+            (conversation_id, limit),
+        )
+        return [TurnResult.model_validate_json(body) for (body,) in reversed(rows)]
+
     async def put_approval(self, conversation_id: str, record: ApprovalRecord) -> None:
         """Keep a decision; the first one recorded for a call id stands."""
         await self._sql(

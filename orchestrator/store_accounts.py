@@ -129,6 +129,20 @@ class Accounts:
             else None
         )
 
+    async def owned_among(self, user: str, conversation_ids: list[str]) -> list[str]:
+        """Those of `conversation_ids` that `user` owns, in the order given."""
+        owned: set[str] = set()
+        for start in range(0, len(conversation_ids), 500):  # bounded statements
+            chunk = conversation_ids[start : start + 500]
+            marks = ", ".join("?" for _ in chunk)
+            rows = await self._sql(
+                "SELECT conversation_id FROM conversation_owners "
+                f"WHERE user_name = ? AND conversation_id IN ({marks})",
+                (user, *chunk),
+            )
+            owned.update(str(row[0]) for row in rows)
+        return [conversation_id for conversation_id in conversation_ids if conversation_id in owned]
+
     async def owned_conversations(self, user: str, limit: int = 50) -> list[OwnedConversation]:
         """A user's conversations, newest first."""
         rows = await self._sql(

@@ -188,6 +188,21 @@ async def test_api_keys_and_owners(
     mine = await store.owned_conversations("alice")
     assert cid in [c.conversation_id for c in mine]
     assert cid not in [c.conversation_id for c in await store.owned_conversations("mallory")]
+    # Among a list of ids, only alice's, in the order asked; 600 ids span two statements.
+    others = [f"{cid}-x{n}" for n in range(600)]
+    assert await store.owned_among("alice", [*others, cid]) == [cid]
+    assert await store.owned_among("mallory", [cid]) == []
+
+
+async def test_latest_turns_are_the_newest_oldest_first(
+    store: ConversationStore, request: pytest.FixtureRequest
+) -> None:
+    cid = f"c-{request.node.name}"
+    for turn in range(1, 8):
+        await store.put_turn(cid, turn, TurnResult(conversation_id=cid, answer=f"answer {turn}"))
+    newest = await store.latest_turns(cid, 3)
+    assert [t.answer for t in newest] == ["answer 5", "answer 6", "answer 7"]
+    assert len(await store.latest_turns(cid)) == 7
 
 
 async def test_each_execution_of_a_step_streams_under_its_own_attempt(

@@ -25,7 +25,7 @@ from fastapi_offline import FastAPIOffline
 from temporalio.client import WorkflowExecutionStatus, WorkflowUpdateFailedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from orchestrator.client import ConversationEndedError
+from orchestrator.client import ConversationEndedError, nul_problem, utf8_problem
 from orchestrator.events import StreamCursor
 from orchestrator.gateway import streams
 from orchestrator.gateway.auth import now_iso, verify_key
@@ -74,6 +74,7 @@ log = get_logger("gateway")
 STATIC_DIR = Path(__file__).parent / "static"
 EVENT_STREAM = "text/event-stream"
 MAX_CONVERSATIONS_LISTED = 200
+MAX_TURNS_SHOWN = 1000  # GET a conversation: its newest turns (all of them: agent history)
 
 _bearer = HTTPBearer(auto_error=False, description="An API key: `agent keys create USER`.")
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -129,7 +130,9 @@ def create_app(
 
     async def owned(conversation_id: str, user: str) -> OwnedConversation:
         """The conversation if `user` owns it; 404 otherwise (unknown or someone else's)."""
-        if len(conversation_id) <= 200:
+        # An id no store could hold (a NUL, a lone surrogate) is nobody's conversation.
+        storable = not nul_problem(conversation_id) and not utf8_problem(conversation_id)
+        if len(conversation_id) <= 200 and storable:
             found = await services.store.owned_conversation(conversation_id)
             if found is not None and found.user == user:
                 return found
@@ -188,7 +191,8 @@ def create_app(
         if running is not None:
             cursor = await services.feeds.cursor(conversation_id)
         # After the cursor: a turn that ends meanwhile is in the turns, or after the cursor.
-        turns = await services.store.turns(conversation_id)
+        # The newest turns: a long conversation's page shows where it is now.
+        turns = await services.store.latest_turns(conversation_id, MAX_TURNS_SHOWN)
         if running:
             try:
                 status = await services.conversations.handle(conversation_id).query(
@@ -363,18 +367,17 @@ def create_app(
     @app.get("/v1/approvals", response_model=ApprovalList, tags=["approvals"])
     async def approvals(user: User) -> ApprovalList:
         """The tool calls waiting for a decision in your conversations."""
+
+        async def own(conversation_ids: list[str]) -> list[str]:
+            return await services.store.owned_among(user, conversation_ids)
+
         try:
-            pending = await services.conversations.pending_approvals()
+            # Only the caller's conversations are asked: nobody else's status is read, and
+            # others' pending calls cannot crowd the caller's out of the limit.
+            pending = await services.conversations.pending_approvals(only=own)
         except RPCError as error:
             raise temporal_error(error) from None
-        owners: dict[str, str | None] = {}
-        mine = []
-        for conversation_id, call in pending:
-            if conversation_id not in owners:
-                owners[conversation_id] = await services.store.conversation_owner(conversation_id)
-            if owners[conversation_id] == user:
-                mine.append(approval(conversation_id, call))
-        return ApprovalList(approvals=mine)
+        return ApprovalList(approvals=[approval(cid, call) for cid, call in pending])
 
     @app.post(
         "/v1/conversations/{conversation_id}/approvals/{call_id}",

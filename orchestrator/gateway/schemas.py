@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from orchestrator.client import utf8_problem
+from orchestrator.client import nul_problem, utf8_problem
 from orchestrator.models import ConversationStatus, PendingApproval, TurnResult
 from shared.approval import Verdict
 
@@ -27,6 +27,9 @@ class _Request(BaseModel):
             problem = utf8_problem(value)
             if problem:
                 raise ValueError(f"not valid UTF-8 text: {problem}")
+            nul = nul_problem(value)
+            if nul:
+                raise ValueError(f"holds {nul}, which no store keeps")
         return value
 
 
