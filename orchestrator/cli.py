@@ -11,7 +11,6 @@ from __future__ import annotations
 from orchestrator.interrupt import exit_on_interrupt
 
 # isort: on
-import asyncio
 import io
 import json
 import os
@@ -33,8 +32,8 @@ from orchestrator.approval_commands import (
     pending_json,
     prompt_for_approval,
 )
+from orchestrator.chat_loop import chat_loop
 from orchestrator.cli_support import (
-    CliError,
     fail,
     first_line,
     open_conversations,
@@ -44,7 +43,6 @@ from orchestrator.cli_support import (
 from orchestrator.client import (
     ConversationClient,
     ConversationEndedError,
-    InvalidMessageError,
     check_conversation_id,
     check_message,
     check_user,
@@ -272,6 +270,47 @@ def _check_and_send(
         raise typer.Exit(1)
 
 
+class DirectChat:
+    """`agent chat` straight to Temporal and the conversation store."""
+
+    def __init__(self, conversations: ConversationClient, conversation_id: str, user: str) -> None:
+        self._conversations = conversations
+        self._conversation_id = conversation_id
+        self._user = user
+        self._decide = prompt_for_approval(conversations, conversation_id, user)
+
+    async def send(self, message: str) -> tuple[TurnResult, LiveShown]:
+        return await translate(
+            lambda: _send(
+                self._conversations,
+                self._conversation_id,
+                message,
+                live=True,
+                on_approval=self._decide,
+                user=self._user,
+            )
+        )
+
+    async def end(self) -> str:
+        try:
+            await self._conversations.end(self._conversation_id)
+        except ConversationEndedError as ended:
+            return str(ended)
+        return "conversation ended"
+
+    async def announce_model(self) -> None:
+        await _announce_model(self._conversations, self._conversation_id)
+
+    def waiting_hint(self) -> str:
+        return (
+            "the turn keeps waiting for approval: see `agent approvals`, "
+            f"or `agent cancel {self._conversation_id}`"
+        )
+
+    def resume_hint(self) -> str | None:
+        return f"resume with `agent chat --conversation {self._conversation_id}`"
+
+
 @app.command()
 def chat(
     conversation: Annotated[
@@ -303,51 +342,8 @@ def chat(
             for turn in turns[-3:]:
                 out.print(f"[dim]you: {escape(turn.message)}[/]")
                 out.print(f"[dim]agent: {escape(turn.answer or turn.error or '')}[/]")
-        announced = False
         who = user or current_user()
-        decide = prompt_for_approval(conversations, conversation_id, who)
-        while True:
-            try:
-                message = await asyncio.to_thread(out.input, "[bold green]you:[/] ")
-            except EOFError:
-                break
-            if not message.strip():
-                continue
-            try:
-                check_message(message)  # positions are those of the line as typed
-            except InvalidMessageError as error:
-                print_error(str(error))
-                continue
-            message = message.strip()
-            if message in ("/exit", "/quit"):
-                break
-            if message == "/end":
-                try:
-                    await conversations.end(conversation_id)
-                    out.print("conversation ended")
-                except ConversationEndedError as ended:
-                    out.print(escape(str(ended)))
-                return
-            try:
-                result, shown = await translate(
-                    lambda m=message: _send(  # type: ignore[misc]
-                        conversations, conversation_id, m, live=True, on_approval=decide, user=who
-                    )
-                )
-            except CliError as error:
-                print_error(str(error))
-                continue
-            except EOFError:  # input ended at an approval prompt
-                out.print(
-                    "[dim]the turn keeps waiting for approval: see `agent approvals`, "
-                    f"or `agent cancel {conversation_id}`[/]"
-                )
-                break
-            if not announced:
-                await _announce_model(conversations, conversation_id)
-                announced = True
-            print_turn(result, answer_shown=shown.answer, tools_shown=shown.tools)
-        out.print(f"[dim]resume with `agent chat --conversation {conversation_id}`[/]")
+        await chat_loop(DirectChat(conversations, conversation_id, who))
 
     run(work)
 

@@ -27,9 +27,9 @@ from pydantic import BaseModel, ValidationError
 from rich.markup import escape
 
 from orchestrator.approval_commands import parse_answer
+from orchestrator.chat_loop import chat_loop
 from orchestrator.cli_support import CliError, first_line, run
 from orchestrator.client import (
-    InvalidMessageError,
     check_conversation_id,
     check_message,
 )
@@ -542,48 +542,44 @@ async def _chat(client: GatewayClient, conversation_id: str | None) -> None:
             f"[bold]new conversation[/] as {escape(me.user)} on {escape(client.url)}  ·  "
             "/exit to leave, /end to close it"
         )
-    announced = False
-    while True:
+    await chat_loop(GatewayChat(client, cid))
+
+
+class GatewayChat:
+    """`agent chat --gateway`: the conversation is made by the first message when new."""
+
+    def __init__(self, client: GatewayClient, conversation_id: str | None) -> None:
+        self._client = client
+        self._conversation_id = conversation_id
+
+    async def send(self, message: str) -> tuple[TurnResult, LiveShown]:
+        if self._conversation_id is None:
+            self._conversation_id = (await self._client.create(_title(message))).conversation_id
+        cid = self._conversation_id
+        return await send_live(self._client, cid, message, prompt_for_approval(self._client, cid))
+
+    async def end(self) -> str:
+        if self._conversation_id is None:
+            return "nothing to end: no message was sent"
         try:
-            message = await asyncio.to_thread(out.input, "[bold green]you:[/] ")
-        except EOFError:
-            break
-        if not message.strip():
-            continue
-        try:
-            check_message(message)
-        except InvalidMessageError as error:
-            print_error(str(error))
-            continue
-        message = message.strip()
-        if message in ("/exit", "/quit"):
-            break
-        if message == "/end":
-            if cid is None:
-                out.print("nothing to end: no message was sent")
-                return
-            try:
-                await client.end(cid)
-                out.print("conversation ended")
-            except GatewayError as error:
-                out.print(escape(str(error)))
-            return
-        try:
-            if cid is None:
-                cid = (await client.create(_title(message))).conversation_id
-            result, shown = await send_live(client, cid, message, prompt_for_approval(client, cid))
+            await self._client.end(self._conversation_id)
         except GatewayError as error:
-            print_error(str(error))
-            continue
-        except EOFError:  # input ended at an approval prompt
-            out.print(
-                "[dim]the turn keeps waiting for approval: decide it in the web chat "
-                f"({escape(client.url)}/)[/]"
-            )
-            break
-        if not announced:
-            await announce_model(client, cid)
-            announced = True
-        print_turn(result, answer_shown=shown.answer, tools_shown=shown.tools)
-    if cid is not None:
-        out.print(f"[dim]resume with `{_agent(client.url)} chat --conversation {cid}`[/]")
+            return str(error)
+        return "conversation ended"
+
+    async def announce_model(self) -> None:
+        assert self._conversation_id is not None  # a turn was answered
+        await announce_model(self._client, self._conversation_id)
+
+    def waiting_hint(self) -> str:
+        return (
+            f"the turn keeps waiting for approval: decide it in the web chat ({self._client.url}/)"
+        )
+
+    def resume_hint(self) -> str | None:
+        cid = self._conversation_id
+        return (
+            None
+            if cid is None
+            else f"resume with `{_agent(self._client.url)} chat --conversation {cid}`"
+        )
