@@ -241,6 +241,31 @@ async def test_a_plain_answer_streams_from_its_first_word(
     assert sorted(_turn_kinds(events)) == ["answer", "model_step_started", "turn_started"]
 
 
+async def test_a_conversation_read_during_a_model_step_says_a_turn_is_running(
+    gateway: GatewayServer, orchestrator: Orchestrator, fake_model: FakeModelServer
+) -> None:
+    """While a model step runs the server holds the status query; the page (a reload in the
+    web chat) is still told a turn is under way, so it follows the turn from the cursor."""
+    rest_may_go = threading.Event()
+    fake_model.script(completion("Held in the middle of the step.", gate=rest_may_go))
+    async with gateway.client(gateway.create_key(_user("alice"))) as http:
+        cid = await _create(http)
+        url = f"/v1/conversations/{cid}/messages"
+        sending = asyncio.create_task(http.post(url, json={"text": "hello", "message_id": "m-1"}))
+        try:
+
+            async def in_the_step() -> bool:
+                detail = (await http.get(f"/v1/conversations/{cid}")).json()
+                return bool(detail["turn_running"]) and detail["turns"] == []
+
+            assert await eventually(in_the_step)
+        finally:
+            rest_may_go.set()
+        assert (await sending).status_code == 200
+        after = (await http.get(f"/v1/conversations/{cid}")).json()
+        assert after["turn_running"] is False and len(after["turns"]) == 1
+
+
 async def test_a_client_that_disconnects_resumes_from_its_last_event_id(
     gateway: GatewayServer, orchestrator: Orchestrator, fake_model: FakeModelServer
 ) -> None:

@@ -74,6 +74,7 @@ log = get_logger("gateway")
 STATIC_DIR = Path(__file__).parent / "static"
 EVENT_STREAM = "text/event-stream"
 MAX_CONVERSATIONS_LISTED = 200
+TURN_STATES = ("thinking", "running_tools", "awaiting_approval")
 MAX_TURNS_SHOWN = 1000  # GET a conversation: its newest turns (all of them: agent history)
 
 _bearer = HTTPBearer(auto_error=False, description="An API key: `agent keys create USER`.")
@@ -193,6 +194,7 @@ def create_app(
         # After the cursor: a turn that ends meanwhile is in the turns, or after the cursor.
         # The newest turns: a long conversation's page shows where it is now.
         turns = await services.store.latest_turns(conversation_id, MAX_TURNS_SHOWN)
+        turn_running = False
         if running:
             try:
                 status = await services.conversations.handle(conversation_id).query(
@@ -200,7 +202,11 @@ def create_app(
                     result_type=ConversationStatus,
                     rpc_timeout=_seconds(settings.status_timeout_seconds),
                 )
+                turn_running = status.state in TURN_STATES
             except Exception as error:  # a courtesy: turns and cursor are what matter
+                # The server holds a query while a workflow task runs (a model step as a local
+                # activity): a running conversation that does not answer is in a turn.
+                turn_running = True
                 log.warning(
                     "status query failed", conversation_id=conversation_id, error=str(error)
                 )
@@ -209,6 +215,7 @@ def create_app(
             turns=turns,
             status=status,
             cursor=str(cursor),
+            turn_running=turn_running,
         )
 
     @app.post(

@@ -82,6 +82,12 @@ class ConversationDetail(ConversationSummary):
         "after it ended."
     )
     cursor: str = Field(description="The stream position now: GET .../events?after=<cursor>.")
+    turn_running: bool = Field(
+        default=False,
+        description="A turn is under way: follow it from `cursor`. True also when the status "
+        "could not be read because the conversation is busy in a model step (it answers its "
+        "status query when the step ends).",
+    )
 
 
 class Approval(PendingApproval):

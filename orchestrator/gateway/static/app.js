@@ -210,12 +210,13 @@
     state.cursor = data.cursor || "0";
     data.turns.forEach(renderPastTurn);
     const status = data.status;
-    if (status && RUNNING.includes(status.state)) {
+    // turn_running also covers a conversation too busy in a model step to tell its status.
+    if (data.turn_running || (status && RUNNING.includes(status.state))) {
       // A turn is under way (sent from another tab, or before a reload): read the events kept
       // from the start, skip the turns shown already, and follow this one live from its start.
       state.cursor = "0";
       state.shownTurns = data.turns.length;
-      for (const pending of status.pending_approvals || []) {
+      for (const pending of (status && status.pending_approvals) || []) {
         approvalRequested(turnView(pending.turn), {
           call_id: pending.call_id, tool: pending.tool, service: pending.service,
           detail: pending.reason, args: JSON.stringify(pending.args),
