@@ -103,9 +103,9 @@ def utf8_problem(text: str) -> str | None:
 
 
 def nul_problem(text: str) -> str | None:
-    """Where `text` holds a NUL character, or None. PostgreSQL's text columns refuse it (ids,
-    user names and titles are stored as they are; a 500 or a failing step, not a clear error),
-    and a message has no use for one either."""
+    """Where `text` holds a NUL character, or None. PostgreSQL's text columns refuse it: ids,
+    user names and titles are stored as they are (a 500 or a failing step, not a clear error).
+    A message's text may hold one: it is stored inside JSON, escaped."""
     position = text.find("\x00")
     return None if position < 0 else f"a NUL character (U+0000) at character {position + 1}"
 
@@ -115,9 +115,6 @@ def check_message(text: str) -> None:
     problem = utf8_problem(text)
     if problem:
         raise InvalidMessageError(f"the message is not valid UTF-8: {problem}")
-    nul = nul_problem(text)
-    if nul:
-        raise InvalidMessageError(f"the message holds {nul}; remove it")
     if not text.strip():
         raise InvalidMessageError("the message is empty")
     size = len(text.encode("utf-8"))

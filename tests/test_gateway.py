@@ -353,8 +353,6 @@ async def test_every_bad_request_is_a_json_400(gateway: GatewayServer) -> None:
         assert "text" in _error(surrogate_text, 400, "invalid_request")
         nul_title = await http.post("/v1/conversations", json={"title": "a\x00b"})
         assert "NUL" in _error(nul_title, 400, "invalid_request")  # PostgreSQL refuses it
-        nul_text = await http.post(url, json={"text": "hi\x00there"})
-        assert "NUL" in _error(nul_text, 400, "invalid_request")
         _error(await http.get("/v1/conversations/a%00b"), 404, "not_found")
         long_title = await http.post("/v1/conversations", json={"title": "t" * 201})
         assert "title" in _error(long_title, 400, "invalid_request")

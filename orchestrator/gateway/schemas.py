@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from orchestrator.client import nul_problem, utf8_problem
 from orchestrator.models import ConversationStatus, PendingApproval, TurnResult
@@ -21,13 +21,15 @@ class _Request(BaseModel):
 
     @field_validator("*")
     @classmethod
-    def _encodable(cls, value: Any) -> Any:
+    def _encodable(cls, value: Any, info: ValidationInfo) -> Any:
         # JSON can carry lone surrogates (an escaped \ud800), which no store or payload can encode.
         if isinstance(value, str):
             problem = utf8_problem(value)
             if problem:
                 raise ValueError(f"not valid UTF-8 text: {problem}")
-            nul = nul_problem(value)
+            # A message's text is stored inside JSON, escaped, and may hold anything a person
+            # types; a title or a message id is stored as it is.
+            nul = nul_problem(value) if info.field_name != "text" else None
             if nul:
                 raise ValueError(f"holds {nul}, which no store keeps")
         return value
