@@ -31,7 +31,7 @@ from bench.common import bench_stack, save, start_worker, summarise
 from infrastructure.probe import PROBE_TASK_QUEUE, ExecuteToolProbe, ExecuteToolProbeInput
 from shared.log import configure_logging
 from shared.manifest import TeamManifest, default_root, discover_teams
-from shared.mcp_client import server_target
+from shared.mcp_client import stdio_parameters
 from shared.mcp_config import McpServerSource
 from shared.tools import ToolCall
 
@@ -118,7 +118,7 @@ async def main() -> int:
             return result.durations_ms
 
         mcp_tool = direct_call.tool.removeprefix(shared.prefix)
-        async with Client(server_target(shared, "", Path(default_root()))) as direct:
+        async with Client(stdio_parameters(shared, "", Path(default_root()))) as direct:
 
             async def direct_calls(n: int) -> list[float]:
                 durations = []

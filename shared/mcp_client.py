@@ -72,19 +72,21 @@ def resolve_template(value: str, user: str, source: str) -> str:
     return ENVIRONMENT_REFERENCE.sub(variable, value).replace(USER_PLACEHOLDER, user)
 
 
-def server_target(source: McpServerSource, user: str, root: Path) -> Any:
-    """What `mcp.Client` connects to for this source and user."""
-    if source.command is not None:
-        argv = [sys.executable if part == PYTHON_PLACEHOLDER else part for part in source.command]
-        return StdioServerParameters(
-            command=argv[0],
-            args=argv[1:],
-            env={name: resolve_template(v, user, source.name) for name, v in source.env.items()},
-            cwd=source.cwd or str(root),
-        )
-    assert source.url is not None
-    headers = {name: resolve_template(v, user, source.name) for name, v in source.headers.items()}
-    return headers
+def stdio_parameters(source: McpServerSource, user: str, root: Path) -> StdioServerParameters:
+    """How to start a `command` source's server for this user."""
+    assert source.command is not None
+    argv = [sys.executable if part == PYTHON_PLACEHOLDER else part for part in source.command]
+    return StdioServerParameters(
+        command=argv[0],
+        args=argv[1:],
+        env={name: resolve_template(v, user, source.name) for name, v in source.env.items()},
+        cwd=source.cwd or str(root),
+    )
+
+
+def http_headers(source: McpServerSource, user: str) -> dict[str, str]:
+    """The headers of a `url` source's requests for this user."""
+    return {name: resolve_template(v, user, source.name) for name, v in source.headers.items()}
 
 
 @dataclass
@@ -121,10 +123,14 @@ class McpConnection:
     async def _hold(self) -> None:
         try:
             async with AsyncExitStack() as stack:
-                target = server_target(self.source, self.user, self.root)
-                if self.source.url is not None:
-                    http = await stack.enter_async_context(create_mcp_http_client(headers=target))
-                    url = resolve_template(self.source.url, self.user, self.source.name)
+                source, user = self.source, self.user
+                target: Any
+                if source.url is None:
+                    target = stdio_parameters(source, user, self.root)
+                else:
+                    headers = http_headers(source, user)
+                    http = await stack.enter_async_context(create_mcp_http_client(headers=headers))
+                    url = resolve_template(source.url, user, source.name)
                     target = streamable_http_client(url, http_client=http)
                 # A conversation's session over HTTP needs a session id: the initialize handshake.
                 mode = "legacy" if self.source.session == "conversation" else "auto"

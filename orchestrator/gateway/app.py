@@ -25,7 +25,11 @@ from fastapi_offline import FastAPIOffline
 from temporalio.client import WorkflowExecutionStatus, WorkflowUpdateFailedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from orchestrator.client import ConversationEndedError, nul_problem, utf8_problem
+from orchestrator.client import (
+    ConversationEndedError,
+    InvalidMessageError,
+    check_conversation_id,
+)
 from orchestrator.events import StreamCursor
 from orchestrator.gateway import streams
 from orchestrator.gateway.auth import now_iso, verify_key
@@ -132,7 +136,11 @@ def create_app(
     async def owned(conversation_id: str, user: str) -> OwnedConversation:
         """The conversation if `user` owns it; 404 otherwise (unknown or someone else's)."""
         # An id no store could hold (a NUL, a lone surrogate) is nobody's conversation.
-        storable = not nul_problem(conversation_id) and not utf8_problem(conversation_id)
+        try:
+            check_conversation_id(conversation_id)
+            storable = True
+        except InvalidMessageError:
+            storable = False
         if len(conversation_id) <= 200 and storable:
             found = await services.store.owned_conversation(conversation_id)
             if found is not None and found.user == user:
