@@ -21,7 +21,6 @@ from orchestrator.context import (
     build_context,
     extractive_summary,
 )
-from orchestrator.llm import classify_llm_error, litellm, litellm_errors
 from orchestrator.llm_span import model_call_span, record_response
 from orchestrator.loop_settings import AgentConfig
 from orchestrator.models import (
@@ -49,6 +48,7 @@ from orchestrator.token_sink import TokenSink, stream_completion
 from orchestrator.tools import registry as local_registry
 from shared.config import AWAITING_APPROVAL_ATTRIBUTE
 from shared.heartbeat import heartbeating
+from shared.llm import classify_llm_error, litellm, litellm_errors
 from shared.log import bound_context, get_logger
 from shared.telemetry import TelemetrySettings, traces
 from shared.tool_activity import run_registered_tool
@@ -95,7 +95,7 @@ class OrchestratorActivities:
             offline=llm_settings.offline,
         )
         if llm_settings.offline:
-            from orchestrator.offline_model import register_offline_model
+            from shared.offline_model import register_offline_model
 
             register_offline_model()
 

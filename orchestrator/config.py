@@ -8,7 +8,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from orchestrator.loop_settings import LoopSettings
-from orchestrator.models import OFFLINE_MODEL
+from shared.llm_names import OFFLINE_MODEL
 from shared.manifest import discovered_endpoints
 
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from orchestrator.llm import litellm
 from orchestrator.models import ChatMessage, StoredMessage
 from orchestrator.store import ConversationStore, Summary
+from shared.llm import litellm
 
 DEFAULT_CONTEXT_TOKENS = 8192
 BUDGET_FRACTION = 0.75  # leave room for the tools' schemas and the reply

@@ -23,13 +23,13 @@ with workflow.unsafe.imports_passed_through():
     from orchestrator.loop_settings import AgentConfig
     from orchestrator.models import (
         LLM_STEP_ACTIVITY,
-        NON_RETRYABLE_LLM_ERRORS,
         TOOL_CATALOG_MISSING_ERROR,
         CarriedState,
         LlmRequest,
         LlmStepResult,
     )
     from shared.heartbeat import HEARTBEAT_TIMEOUT
+    from shared.llm_names import NON_RETRYABLE_LLM_ERRORS
 
 # Model steps as local activities (AgentConfig.model_step); conversations recorded before run
 # theirs as regular activities.

@@ -40,10 +40,6 @@ RECORD_APPROVAL_ACTIVITY = "record_approval"
 # message waited (a turn paused on approvals, or queued behind one): the client sends the same
 # message id again, and the next run, which carries the message, answers it.
 CONVERSATION_CONTINUED_ERROR = "ConversationContinuedAsNew"
-LLM_AUTH_ERROR = "LlmAuthError"
-LLM_BAD_REQUEST = "LlmBadRequest"
-LLM_CONTEXT_WINDOW = "LlmContextWindowExceeded"
-NON_RETRYABLE_LLM_ERRORS = [LLM_AUTH_ERROR, LLM_BAD_REQUEST, LLM_CONTEXT_WINDOW]
 # Raised (non-retryable) by the model step when the store holds less than the workflow wrote.
 STORE_BEHIND_ERROR = "ConversationStoreBehind"
 # Raised (non-retryable) by the model step when no tool list is stored under the step's digest:
@@ -53,7 +49,6 @@ TOOL_CATALOG_MISSING_ERROR = "ToolCatalogMissing"
 # its user has used up a budget (ORCHESTRATOR_BUDGET_*): the turn fails with the message, and the
 # conversation answers again once the budget allows (a raised setting, or the next UTC day).
 BUDGET_EXCEEDED_ERROR = "BudgetExceeded"
-OFFLINE_MODEL = "offline/keyword-router"
 
 
 class LlmToolCall(BaseModel):

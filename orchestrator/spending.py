@@ -11,10 +11,8 @@ from typing import Any, NoReturn
 from temporalio.exceptions import ApplicationError
 
 from orchestrator.config import OrchestratorSettings
-from orchestrator.llm import litellm
 from orchestrator.models import (
     BUDGET_EXCEEDED_ERROR,
-    OFFLINE_MODEL,
     ChatMessage,
     LlmRequest,
     LlmToolCall,
@@ -23,6 +21,8 @@ from orchestrator.models import (
 from orchestrator.store import ConversationStore, ToolUse, UsageStep, UsageTotal
 from orchestrator.tools import LOCAL_SERVICE
 from orchestrator.tools import registry as local_registry
+from shared.llm import litellm
+from shared.llm_names import OFFLINE_MODEL
 from shared.log import get_logger
 
 log = get_logger(__name__)

@@ -13,9 +13,9 @@ import asyncio
 from typing import Any
 
 from orchestrator.events import TokenChunk
-from orchestrator.llm import litellm
 from orchestrator.models import LlmRequest
 from orchestrator.store import ConversationStore
+from shared.llm import litellm
 from shared.log import get_logger
 
 log = get_logger(__name__)

@@ -22,17 +22,17 @@ import pytest
 from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
 
-import orchestrator.offline_model as offline_package
+import shared.offline_model as offline_package
 from finance_service.tools import registry as finance_registry
 from it_service.tools import registry as it_registry
 from orchestrator.demo import SCRIPT as DEMO_SCRIPT
-from orchestrator.models import OFFLINE_MODEL
-from orchestrator.offline_model import OfflineKeywordRouter, register_offline_model
 from orchestrator.tools import openai_tool
 from orchestrator.tools import registry as local_registry
 from shared.approval import CallApproval
 from shared.caller import ToolOutcome
+from shared.llm_names import OFFLINE_MODEL
 from shared.manifest import find_team
+from shared.offline_model import OfflineKeywordRouter, register_offline_model
 from shared.tools import RegisteredTool, ToolArgumentsError, ToolCall
 from shared.worker import prepare_team_code
 

@@ -27,7 +27,6 @@ from temporalio.testing import ActivityEnvironment
 from orchestrator.activities import OrchestratorActivities
 from orchestrator.client import ConversationClient
 from orchestrator.config import LLMSettings, OrchestratorSettings
-from orchestrator.llm import litellm
 from orchestrator.models import (
     BUDGET_EXCEEDED_ERROR,
     ChatMessage,
@@ -42,6 +41,7 @@ from orchestrator.tools import openai_tool
 from orchestrator.usage_commands import roll_up
 from orchestrator.worker import build_orchestrator_worker
 from shared.config import ConfigError, load_settings
+from shared.llm import litellm
 from tests.conftest import (
     ORCHESTRATOR_TASK_QUEUE,
     STORE_URL,

@@ -19,12 +19,12 @@ from litellm.llms.custom_llm import CustomLLM
 from litellm.types.utils import Choices, GenericStreamingChunk, Message, Usage
 from litellm.utils import custom_llm_setup
 
-from orchestrator.models import OFFLINE_MODEL
-from orchestrator.offline_model.extraction import fill_arguments
-from orchestrator.offline_model.routing import route
-from orchestrator.offline_model.schema import tools_of
-from orchestrator.offline_model.summary import summarise, trailing_tool_messages
-from orchestrator.offline_model.text import get, message_text
+from shared.llm_names import OFFLINE_MODEL
+from shared.offline_model.extraction import fill_arguments
+from shared.offline_model.routing import route
+from shared.offline_model.schema import tools_of
+from shared.offline_model.summary import summarise, trailing_tool_messages
+from shared.offline_model.text import get, message_text
 
 OFFLINE_PROVIDER = OFFLINE_MODEL.split("/", 1)[0]
 _RESPONSE_CREATED = 0  # a fixed timestamp: the response must not depend on the clock

@@ -11,7 +11,7 @@ JSON of the results; it names no tool and no result field. Same input, same outp
 no clock. `provider` is the LiteLLM glue.
 """
 
-from orchestrator.offline_model.provider import (
+from shared.offline_model.provider import (
     OFFLINE_PROVIDER,
     OfflineKeywordRouter,
     register_offline_model,

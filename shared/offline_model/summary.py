@@ -11,7 +11,7 @@ import json
 import re
 from typing import Any
 
-from orchestrator.offline_model.text import get, message_text
+from shared.offline_model.text import get, message_text
 
 _MAX_LINE = 300
 _LIST_ITEMS = 5

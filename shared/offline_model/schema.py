@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from orchestrator.offline_model.text import STOP_WORDS, get, words
+from shared.offline_model.text import STOP_WORDS, get, words
 
 # Words of a tool name that say nothing about what the tool is for ("get_", "run_").
 _NAME_NOISE = STOP_WORDS | {"query", "run"}

@@ -23,7 +23,12 @@ import litellm
 import litellm.exceptions as litellm_errors
 from temporalio.exceptions import ApplicationError
 
-from orchestrator.models import LLM_AUTH_ERROR, LLM_BAD_REQUEST, LLM_CONTEXT_WINDOW
+from shared.llm_names import (
+    LLM_AUTH_ERROR,
+    LLM_BAD_REQUEST,
+    LLM_CONTEXT_WINDOW,
+    LLM_UNREACHABLE,
+)
 
 # Otherwise LiteLLM prints provider lists to stdout whenever it prices a model it does not know.
 litellm.suppress_debug_info = True
@@ -48,7 +53,6 @@ MAX_RETRY_AFTER = timedelta(minutes=10)
 # that rate limits and 5xx keep (8 attempts, ~107 s).
 UNREACHABLE_RETRY_DELAY = timedelta(seconds=2)
 UNREACHABLE_GIVE_UP_AFTER = timedelta(seconds=10)
-LLM_UNREACHABLE = "LlmUnreachable"
 
 
 def classify_llm_error(err: Exception, *, trying_since: datetime | None = None) -> ApplicationError:

@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from orchestrator.offline_model.extraction import expression, fill_arguments
-from orchestrator.offline_model.schema import Tool
-from orchestrator.offline_model.text import similar, split_clauses, words
+from shared.offline_model.extraction import expression, fill_arguments
+from shared.offline_model.schema import Tool
+from shared.offline_model.text import similar, split_clauses, words
 
 # A clause needs at least this score to pick a tool: one name-word hit, or arithmetic for a tool
 # that takes a formula, or several description hits.

@@ -15,8 +15,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from orchestrator.offline_model.schema import Property, Tool
-from orchestrator.offline_model.text import STOP_WORDS, WORD, similar
+from shared.offline_model.schema import Property, Tool
+from shared.offline_model.text import STOP_WORDS, WORD, similar
 
 _IPV4 = re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?![\d.]*\d)")
 _IPV6 = re.compile(r"(?<![\w:])[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?:%\w+)?(?![\w:])")
