@@ -1,5 +1,6 @@
 # syntax=docker/dockerfile:1
-# IT team's tool service: Nexus handler, tool workflows and activities (no litellm).
+# IT team's tool service: Nexus handler, tool workflows and activities, and its triage agent
+# (LiteLLM, from the `agents` group that the `it` group includes).
 # Build from the repository root: docker build -f deploy/it.Dockerfile .
 # Installs only the core dependencies and the `it` dependency group from the committed uv.lock.
 

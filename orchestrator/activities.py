@@ -48,7 +48,14 @@ from orchestrator.token_sink import TokenSink, stream_completion
 from orchestrator.tools import registry as local_registry
 from shared.config import AWAITING_APPROVAL_ATTRIBUTE
 from shared.heartbeat import heartbeating
-from shared.llm import classify_llm_error, litellm, litellm_errors
+from shared.llm import (
+    classify_llm_error,
+    complete_with_fallback,
+    litellm,
+    litellm_errors,
+    provider_arguments,
+)
+from shared.llm_names import ModelChoice
 from shared.log import bound_context, get_logger
 from shared.telemetry import TelemetrySettings, traces
 from shared.tool_activity import run_registered_tool
@@ -192,16 +199,17 @@ class OrchestratorActivities:
         try:
             messages, compacted = await build_context(self._store, cid, self._window, summaries)
             try:
-                response, usage = await self._complete(messages, tools, sink)
+                response, usage, passed_over = await self._complete(messages, tools, sink)
             except litellm_errors.ContextWindowExceededError:
                 # The provider's count beat ours: fold older turns away and run the step again.
                 messages, compacted = await build_context(
                     self._store, cid, self._window, summaries, force_compaction=True
                 )
-                response, usage = await self._complete(messages, tools, sink)
+                response, usage, passed_over = await self._complete(messages, tools, sink)
             # The step's usage includes the summarising call compaction made, if any.
             usage = usage.add(summaries.usage) if summaries.calls else usage
             result = parse_response(response, reply_seq=request.reply_seq, usage=usage)
+            result = result.model_copy(update={"fallbacks": passed_over})
         except Exception as err:
             failure = classify_llm_error(err, trying_since=info.scheduled_time)
             log.warning("model call failed", error=failure.message, kind=failure.type)
@@ -273,38 +281,48 @@ class OrchestratorActivities:
         messages: list[dict[str, Any]],
         tools: list[dict[str, Any]],
         sink: TokenSink | None = None,
-    ) -> tuple[Any, Usage]:
-        """Ask the model; its reply, and the reply's tokens and cost (priced once, here).
+    ) -> tuple[Any, Usage, list[str]]:
+        """Ask the model, or the next of LLM_FALLBACK_MODELS when it cannot answer now; the
+        reply, its tokens and cost (priced once, here, under the model that answered), and one
+        line per model passed over.
 
         With a `sink`, the reply is streamed: its text deltas go to the sink (the store, for live
         readers) as they arrive, and the reply is assembled from the chunks when it ends."""
-        kwargs: dict[str, Any] = {
-            "model": self._llm.resolved_model,
-            "messages": messages,
-            "num_retries": 0,  # Temporal owns retries
-            "timeout": self._llm.timeout_seconds,
-            "temperature": self._llm.temperature,
-        }
-        if tools:
-            kwargs["tools"] = tools
-        if self._llm.api_base:
-            kwargs["api_base"] = self._llm.api_base
-        if self._llm.api_key is not None:
-            kwargs["api_key"] = self._llm.api_key.get_secret_value()
-        with model_call_span(
-            kwargs["model"],
-            messages,
-            temperature=self._llm.temperature,
-            tools=len(tools),
-            capture_content=self._capture_content,
-        ) as span:
-            if sink is None:
-                response = await litellm.acompletion(**kwargs)
+
+        async def ask(choice: ModelChoice, index: int) -> tuple[Any, Usage]:
+            kwargs: dict[str, Any] = {
+                "model": choice.model,
+                "messages": messages,
+                "num_retries": 0,  # Temporal owns retries
+                "timeout": self._llm.timeout_seconds,
+                "temperature": self._llm.temperature,
+            }
+            if tools:
+                kwargs["tools"] = tools
+            if index > 0:
+                kwargs.update(provider_arguments(choice))
             else:
-                response = await stream_completion(kwargs, sink)
-            usage = response_usage(response, kwargs["model"])
-            record_response(span, response, usage, capture_content=self._capture_content)
-        return response, usage
+                if self._llm.api_base:
+                    kwargs["api_base"] = self._llm.api_base
+                if self._llm.api_key is not None:
+                    kwargs["api_key"] = self._llm.api_key.get_secret_value()
+            with model_call_span(
+                kwargs["model"],
+                messages,
+                temperature=self._llm.temperature,
+                tools=len(tools),
+                capture_content=self._capture_content,
+            ) as span:
+                if sink is None:
+                    response = await litellm.acompletion(**kwargs)
+                else:
+                    response = await stream_completion(kwargs, sink)
+                usage = response_usage(response, kwargs["model"])
+                record_response(span, response, usage, capture_content=self._capture_content)
+            return response, usage
+
+        (response, usage), _, passed_over = await complete_with_fallback(self._llm.models, ask)
+        return response, usage, passed_over
 
     async def _summarise(
         self, older: list[dict[str, Any]], previous: str | None
@@ -315,7 +333,7 @@ class OrchestratorActivities:
             return extractive_summary(older, previous), None
         transcript = json.dumps(older, ensure_ascii=False, default=str)
         prompt = f"Earlier summary:\n{previous}\n\n" if previous else ""
-        response, usage = await self._complete(
+        response, usage, _ = await self._complete(
             [
                 {"role": "system", "content": SUMMARY_PROMPT},
                 {"role": "user", "content": f"{prompt}Conversation:\n{transcript}"},

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from orchestrator.loop_settings import LoopSettings
-from shared.llm_names import OFFLINE_MODEL
+from shared.llm_names import OFFLINE_MODEL, ModelChoice
 from shared.manifest import discovered_endpoints
 
 
@@ -31,9 +32,37 @@ class LLMSettings(BaseSettings):
         "reply the workflow acts on is the same either way.",
     )
 
+    fallback_models: Annotated[list[ModelChoice], NoDecode] = Field(
+        default_factory=list,
+        description="Models tried in order when the model cannot answer (outage, rate limit, "
+        "context window): names separated by commas, or a JSON list of names and "
+        '{"model", "api_base", "api_key_env"} objects.',
+    )
+
+    @field_validator("fallback_models", mode="before")
+    @classmethod
+    def _model_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                try:
+                    value = json.loads(text)
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"not a JSON list: {err.msg}") from None
+            else:
+                value = [name.strip() for name in text.split(",") if name.strip()]
+        if isinstance(value, list):
+            return [{"model": item} if isinstance(item, str) else item for item in value]
+        return value
+
     @property
     def resolved_model(self) -> str:
         return self.model or OFFLINE_MODEL
+
+    @property
+    def models(self) -> list[ModelChoice]:
+        """The model, then its fallbacks: what a model step tries, in order."""
+        return [ModelChoice(model=self.resolved_model), *self.fallback_models]
 
     @property
     def offline(self) -> bool:

@@ -51,6 +51,8 @@ SCRIPT: list[tuple[str, Verdict | None]] = [
         None,
     ),
     ("Show my incident notes", None),
+    # IT's triage agent, published over IT's endpoint: its own loop runs in the `it` namespace.
+    ("Ask the IT triage agent: host 192.0.2.10 answered on an unexpected port", None),
     ("Submit an expense of 750 EUR for cost centre CC-1001: team offsite dinner", "approve"),
     ("Submit an expense of 2400 EUR for cost centre CC-1001: first-class upgrade", "deny"),
     ("Show the recent expenses", None),

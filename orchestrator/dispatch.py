@@ -320,6 +320,7 @@ def settled(
         args=preview(args),
         ok=outcome.ok,
         result=preview(outcome.output if outcome.ok else outcome.error),
+        usage=outcome.usage,
     )
     if outcome.ok:
         return record, outcome.output

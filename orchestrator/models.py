@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 
 from orchestrator.events import TurnEvent, carried
 from shared.approval import CallApproval, Verdict
+from shared.contract import AgentUsage
 from shared.tools import ToolSpec
 
 K = TypeVar("K")
@@ -79,6 +80,15 @@ class Usage(BaseModel):
         "their cost is unknown, not zero.",
     )
 
+    @classmethod
+    def of_agent(cls, usage: AgentUsage) -> Usage:
+        return cls(
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            cost_usd=usage.cost_usd,
+            unpriced_steps=usage.unpriced_steps,
+        )
+
     def add(self, other: Usage) -> Usage:
         return Usage(
             prompt_tokens=self.prompt_tokens + other.prompt_tokens,
@@ -122,6 +132,9 @@ class ToolCallRecord(BaseModel):
     ok: bool
     result: Any = None
     approval: ApprovalRecord | None = None
+    usage: AgentUsage | None = Field(
+        default=None, description="An agent tool's model usage; it is in the turn's usage too."
+    )
 
 
 class PendingApproval(BaseModel):
@@ -321,6 +334,11 @@ class CarriedState(BaseModel):
         default_factory=list, description="The newest turn events (orchestrator.events)."
     )
     next_event: int = Field(default=0, description="The next turn event's offset.")
+    loaded_tools: list[str] = Field(
+        default_factory=list,
+        description="Tools whose full schemas the model asked for (orchestrator.disclosure), "
+        "oldest first; bounded by max_loaded_tools.",
+    )
 
     def for_next_run(self, answers_budget: int) -> CarriedState:
         """What continue-as-new hands on: the answers and recent turns kept only as far as the
@@ -391,6 +409,10 @@ class LlmStepResult(BaseModel):
     )
     model: str = ""
     compacted: bool = Field(default=False, description="Older turns were summarised this step.")
+    fallbacks: list[str] = Field(
+        default_factory=list,
+        description="Models of the list passed over this step, and why (LLM_FALLBACK_MODELS).",
+    )
 
 
 class RecordTurnInput(BaseModel):

@@ -21,8 +21,7 @@ from orchestrator.models import (
 from orchestrator.store import ConversationStore, ToolUse, UsageStep, UsageTotal
 from orchestrator.tools import LOCAL_SERVICE
 from orchestrator.tools import registry as local_registry
-from shared.llm import litellm
-from shared.llm_names import OFFLINE_MODEL
+from shared.llm import price
 from shared.log import get_logger
 
 log = get_logger(__name__)
@@ -186,41 +185,10 @@ def _tool_uses(calls: list[LlmToolCall], tools: list[dict[str, Any]]) -> list[To
 def response_usage(response: Any, model: str | None) -> Usage:
     """The reply's tokens, and its cost from LiteLLM's price map (or unpriced)."""
     usage = getattr(response, "usage", None)
-    cost = _price(response, model)
+    cost = price(response, model)
     return Usage(
         prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
         completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
         cost_usd=cost or 0.0,
         unpriced_steps=0 if cost is not None else 1,
     )
-
-
-def _price(response: Any, model: str | None) -> float | None:
-    """The reply's cost in USD from LiteLLM's price map, or None when no price is known.
-
-    Unknown is not free: a model LiteLLM cannot price (local, fake, a name missing from the map)
-    is None, and so is the offline model, whose zero price is registered only so LiteLLM's
-    lookups answer for it. A price LiteLLM computed for the call itself (under the model asked
-    for) comes first; then the map under the model asked for, then under the reply's own name.
-    """
-    names = {str(model or ""), str(getattr(response, "model", "") or "")}
-    if any(name == OFFLINE_MODEL or name.startswith(_OFFLINE_PREFIX) for name in names):
-        return None
-    hidden = getattr(response, "_hidden_params", None)
-    computed = hidden.get("response_cost") if isinstance(hidden, dict) else None
-    if isinstance(computed, int | float) and not isinstance(computed, bool):
-        return float(computed)
-    for name in (model, None):
-        try:
-            if name:
-                cost = litellm.completion_cost(completion_response=response, model=name)
-            else:
-                cost = litellm.completion_cost(completion_response=response)
-        except Exception:  # not in the price map (or no usage to price): try the next name
-            continue
-        if cost is not None:
-            return float(cost)
-    return None
-
-
-_OFFLINE_PREFIX = OFFLINE_MODEL.split("/", 1)[0] + "/"

@@ -46,8 +46,10 @@ with workflow.unsafe.imports_passed_through():
         RecordApprovalInput,
         RunningTool,
         StoredMessage,
+        ToolCallRecord,
         TurnResult,
         TurnState,
+        Usage,
     )
     from shared.caller import innermost_message
 
@@ -176,6 +178,7 @@ class TurnRunner:
                     self._busy -= 1
                     self.thinking = False
                 telemetry.model_step(config.model, "ok", workflow.time() - asked, reply.usage)
+                state.notes.extend(reply.fallbacks)
                 state.usage = state.usage.add(reply.usage)
                 memory.usage = memory.usage.add(reply.usage)
                 if reply.compacted:
@@ -419,6 +422,11 @@ class TurnRunner:
     ) -> None:
         record, content = result
         planned.record = record.model_copy(update={"approval": approval}) if approval else record
+        if record.usage is not None:
+            # A team agent's own model steps are this turn's cost too.
+            agent_usage = Usage.of_agent(record.usage)
+            self.state.usage = self.state.usage.add(agent_usage)
+            self._memory.usage = self._memory.usage.add(agent_usage)
         self._emit(
             "tool_finished",
             step=self.state.step,
@@ -426,7 +434,7 @@ class TurnRunner:
             tool=record.name,
             service=record.service,
             ok=record.ok,
-            detail=None if record.ok else str(record.result)[:300],
+            detail=agent_summary(content) if record.usage else _failure_detail(record),
         )
         # Kept as the tool message the model will read, already cut to its share of the step's
         # budget: a step paused on approvals is carried across continue-as-new with its results.
@@ -457,6 +465,25 @@ class TurnRunner:
             notes=state.notes,
             cancelled=self.cancel_reason is not None,
         )
+
+
+def _failure_detail(record: ToolCallRecord) -> str | None:
+    return None if record.ok else str(record.result)[:300]
+
+
+def agent_summary(output: Any) -> str:
+    """One line on a team agent's run, for the people watching the parent's turn."""
+    if not isinstance(output, dict):
+        return "agent answered"
+    calls = output.get("tool_calls") or []
+    proposed = output.get("proposed_calls") or []
+    names = ", ".join(str(c.get("tool")) for c in calls if isinstance(c, dict))
+    line = (
+        f"agent: {output.get('steps', 0)} model steps, {len(calls)} tool calls ({names or 'none'})"
+    )
+    if proposed:
+        line += f", {len(proposed)} proposed for approval"
+    return line[:300]
 
 
 def _as_tool_message(planned: PlannedCall) -> ChatMessage:

@@ -24,6 +24,7 @@ from temporalio.exceptions import (
 with workflow.unsafe.imports_passed_through():
     from shared.contract import (
         TOOL_ARGUMENTS_ERROR,
+        AgentUsage,
         ListToolsRequest,
         ToolCall,
         ToolCatalog,
@@ -45,10 +46,20 @@ class ToolOutcome(BaseModel):
     output: Any = None
     error_kind: ToolErrorKind | None = None
     error: str | None = None
+    usage: AgentUsage | None = None  # what an agent tool's own model steps used
 
     @classmethod
-    def succeeded(cls, call: ToolCall, endpoint: str, output: Any) -> ToolOutcome:
-        return cls(call_id=call.call_id, tool=call.tool, endpoint=endpoint, ok=True, output=output)
+    def succeeded(
+        cls, call: ToolCall, endpoint: str, output: Any, *, usage: AgentUsage | None = None
+    ) -> ToolOutcome:
+        return cls(
+            call_id=call.call_id,
+            tool=call.tool,
+            endpoint=endpoint,
+            ok=True,
+            output=output,
+            usage=usage,
+        )
 
     @classmethod
     def failed(
@@ -91,7 +102,7 @@ async def execute_tool(
         )
     except NexusOperationError as err:
         return ToolOutcome.failed(call, endpoint, *classify_nexus_error(err))
-    return ToolOutcome.succeeded(call, endpoint, result.output)
+    return ToolOutcome.succeeded(call, endpoint, result.output, usage=result.usage)
 
 
 def classify_nexus_error(err: NexusOperationError) -> tuple[ToolErrorKind, str]:

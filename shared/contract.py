@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import Any
+from typing import Any, Literal
 
 import nexusrpc
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -23,10 +23,37 @@ TOOL_ARGUMENTS_ERROR = "ToolArgumentsError"  # arguments do not match the tool's
 TOOL_NOT_FOUND = "ToolNotFound"  # no such tool in the registry
 TOOL_TRANSIENT_ERROR = "ToolTransientError"  # the tool asked to be retried
 TOOL_FAILED = "ToolFailed"  # anything else, after the tool workflow's retries
-NON_RETRYABLE_TOOL_ERRORS = [TOOL_ERROR, TOOL_ARGUMENTS_ERROR, TOOL_NOT_FOUND]
+# A gated call that came without its approval: a team agent proposes it to its caller instead.
+TOOL_NEEDS_APPROVAL = "ToolNeedsApproval"
+NON_RETRYABLE_TOOL_ERRORS = [TOOL_ERROR, TOOL_ARGUMENTS_ERROR, TOOL_NOT_FOUND, TOOL_NEEDS_APPROVAL]
 
 
 TOOL_NAME_PATTERN = r"^[a-zA-Z][a-zA-Z0-9_]{0,63}$"
+# How many agents deep a call may be made: the conversation's own loop is depth 0, an agent it
+# delegates to runs at 1, an agent that one delegates to at 2. A call deeper than this is refused,
+# so agents that name each other cannot loop.
+MAX_AGENT_DEPTH = 3
+AGENT_DEPTH_ERROR = "AgentDepthExceeded"
+ToolKind = Literal["tool", "agent"]
+
+
+class AgentUsage(BaseModel):
+    """What an agent tool's own model steps used: it rolls up into the caller's usage."""
+
+    prompt_tokens: int = Field(default=0, ge=0)
+    completion_tokens: int = Field(default=0, ge=0)
+    cost_usd: float = Field(default=0.0, ge=0)
+    unpriced_steps: int = Field(default=0, ge=0)
+    model_steps: int = Field(default=0, ge=0)
+
+    def add(self, other: AgentUsage) -> AgentUsage:
+        return AgentUsage(
+            prompt_tokens=self.prompt_tokens + other.prompt_tokens,
+            completion_tokens=self.completion_tokens + other.completion_tokens,
+            cost_usd=round(self.cost_usd + other.cost_usd, 8),
+            unpriced_steps=self.unpriced_steps + other.unpriced_steps,
+            model_steps=self.model_steps + other.model_steps,
+        )
 
 
 class ToolSpec(BaseModel):
@@ -44,6 +71,14 @@ class ToolSpec(BaseModel):
     approval: ApprovalPolicy = Field(default_factory=ApprovalPolicy)
     timeout_seconds: float = Field(gt=0, description="Upper bound for one execution.")
     service: str = Field(description="The owning team's service name.")
+    kind: ToolKind = Field(
+        default="tool",
+        description="'agent': calling it starts the team's own agent loop, which answers with "
+        "`output_schema` and reports its usage.",
+    )
+    output_schema: dict[str, Any] | None = Field(
+        default=None, description="JSON schema of the output, where the team publishes one."
+    )
 
     @model_validator(mode="after")
     def _flag_follows_policy(self) -> ToolSpec:
@@ -77,6 +112,12 @@ class ToolCall(BaseModel):
     approval: CallApproval | None = Field(
         default=None, description="The decision on a call that needed one (bound by the token)."
     )
+    depth: int = Field(
+        default=0,
+        ge=0,
+        le=MAX_AGENT_DEPTH + 1,
+        description="How many agents deep the caller is: 0 for a conversation's own loop.",
+    )
 
     @property
     def workflow_id(self) -> str:
@@ -90,6 +131,9 @@ class ToolResult(BaseModel):
     tool: str
     service: str
     output: Any = None
+    usage: AgentUsage | None = Field(
+        default=None, description="An agent tool's model usage, for the caller to add to its own."
+    )
 
 
 def tool_workflow_id(call_id: str) -> str:

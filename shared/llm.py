@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # never fetch the cost map at import
 # OpenAI and OpenAI-compatible providers through LiteLLM's own HTTP handler instead of the openai
@@ -28,7 +30,12 @@ from shared.llm_names import (
     LLM_BAD_REQUEST,
     LLM_CONTEXT_WINDOW,
     LLM_UNREACHABLE,
+    OFFLINE_MODEL,
+    ModelChoice,
 )
+from shared.log import get_logger
+
+log = get_logger(__name__)
 
 # Otherwise LiteLLM prints provider lists to stdout whenever it prices a model it does not know.
 litellm.suppress_debug_info = True
@@ -173,3 +180,109 @@ def _status(err: Exception) -> Any:
 def _short(text: str, limit: int = 300) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def price(response: Any, model: str | None) -> float | None:
+    """The reply's cost in USD from LiteLLM's price map, or None when no price is known.
+
+    Unknown is not free: a model LiteLLM cannot price (local, fake, a name missing from the map)
+    is None, and so is the offline model, whose zero price is registered only so LiteLLM's
+    lookups answer for it. A price LiteLLM computed for the call itself (under the model asked
+    for) comes first; then the map under the model asked for, then under the reply's own name.
+    """
+    names = {str(model or ""), str(getattr(response, "model", "") or "")}
+    if any(name == OFFLINE_MODEL or name.startswith(_OFFLINE_PREFIX) for name in names):
+        return None
+    hidden = getattr(response, "_hidden_params", None)
+    computed = hidden.get("response_cost") if isinstance(hidden, dict) else None
+    if isinstance(computed, int | float) and not isinstance(computed, bool):
+        return float(computed)
+    for name in (model, None):
+        try:
+            if name:
+                cost = litellm.completion_cost(completion_response=response, model=name)
+            else:
+                cost = litellm.completion_cost(completion_response=response)
+        except Exception:  # not in the price map (or no usage to price): try the next name
+            continue
+        if cost is not None:
+            return float(cost)
+    return None
+
+
+_OFFLINE_PREFIX = OFFLINE_MODEL.split("/", 1)[0] + "/"
+
+
+# Errors that mean "this model cannot answer now", where the next model of a list may:
+# an outage, a rate limit, or a prompt larger than this model's context window.
+_FALLBACK_REASONS: tuple[tuple[type[Exception], str], ...] = (
+    (litellm_errors.ContextWindowExceededError, "context window exceeded"),
+    (litellm_errors.RateLimitError, "rate limited"),
+    (litellm_errors.Timeout, "timed out"),
+    (litellm_errors.ServiceUnavailableError, "unavailable"),
+    (litellm_errors.BadGatewayError, "unavailable"),
+    (litellm_errors.InternalServerError, "failed (5xx)"),
+    (litellm_errors.APIConnectionError, "unreachable"),
+)
+
+
+def fallback_reason(err: BaseException) -> str | None:
+    """Why the next model of a list should be tried after `err`; None when it should not (bad
+    credentials and refused requests would fail the same way on a retry of the list)."""
+    if connection_failure(err) is not None:
+        return "unreachable"
+    for kind, reason in _FALLBACK_REASONS:
+        if isinstance(err, kind):
+            return reason
+    status = getattr(err, "status_code", None)
+    if isinstance(status, int) and (status >= 500 or status == 429):
+        return f"failed ({status})"
+    return None
+
+
+CompletionT = TypeVar("CompletionT")
+
+
+async def complete_with_fallback(
+    models: Sequence[ModelChoice],
+    complete: Callable[[ModelChoice, int], Awaitable[CompletionT]],
+) -> tuple[CompletionT, ModelChoice, list[str]]:
+    """Ask the models in order until one answers: the answer, the model that gave it, and one
+    line per model passed over. The last model's error is raised as is, for the activity's retry
+    policy: the next attempt starts again from the first model (it may be back)."""
+    passed_over: list[str] = []
+    for index, choice in enumerate(models):
+        try:
+            return await complete(choice, index), choice, passed_over
+        except Exception as err:
+            reason = fallback_reason(err)
+            if reason is None or index == len(models) - 1:
+                raise
+            following = models[index + 1].model
+            passed_over.append(f"model {choice.model} {reason}; fell back to {following}")
+            log.warning("model failed; trying the next", model=choice.model, reason=reason)
+    raise ValueError("no model to ask")
+
+
+def provider_arguments(choice: ModelChoice) -> dict[str, Any]:
+    """LiteLLM's api_base and api_key for a model of a list (the key read from its variable)."""
+    arguments: dict[str, Any] = {}
+    if choice.api_base:
+        arguments["api_base"] = _expanded(choice.api_base)
+    if choice.api_key_env:
+        key = os.environ.get(choice.api_key_env)
+        if key:
+            arguments["api_key"] = key
+    return arguments
+
+
+def _expanded(text: str) -> str:
+    """`${VAR}` in a model's address, from the worker's environment (set per deployment)."""
+
+    def value(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in os.environ:
+            raise ValueError(f"the model address names ${{{name}}}, which is not set")
+        return os.environ[name]
+
+    return re.sub(r"\$\{([A-Z][A-Z0-9_]*)\}", value, text)

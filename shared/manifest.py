@@ -26,6 +26,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from shared.agents import AgentDeclaration
 from shared.config import ConfigError
 from shared.contract import TOOL_NAME_PATTERN
 from shared.mcp_config import McpServerSource
@@ -121,6 +122,9 @@ class TeamManifest(BaseModel):
     effect_audit: ImportPath | None = None
     # MCP servers whose tools the team publishes beside its registry's (shared.mcp_config).
     mcp_servers: list[McpServerSource] = Field(default_factory=list)
+    # Agents the team publishes beside its tools (shared.agents): its worker then needs the
+    # `agents` dependency group (LiteLLM).
+    agents: list[AgentDeclaration] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _code_stays_in_the_team_folder(self) -> TeamManifest:
@@ -129,6 +133,9 @@ class TeamManifest(BaseModel):
         names = [source.name for source in self.mcp_servers]
         if len(set(names)) != len(names):
             raise ValueError("two mcp_servers have the same name")
+        agents = [agent.name for agent in self.agents]
+        if len(set(agents)) != len(agents):
+            raise ValueError("two agents have the same name")
         for path in self.import_paths():
             module = path.partition(":")[0]
             if module != self.package and not module.startswith(f"{self.package}."):

@@ -37,7 +37,9 @@ from temporalio.nexus import (
     TemporalStartOperationContext,
 )
 
-from shared.contract import ListToolsRequest, ToolService
+from shared.agent_workflow import TeamAgentWorkflow
+from shared.agents import RegisteredAgent, agent_run_input
+from shared.contract import MAX_AGENT_DEPTH, ListToolsRequest, ToolService
 from shared.log import bound_context, get_logger
 from shared.telemetry import span_in_trace
 from shared.tool_workflow import ToolWorkflow
@@ -95,6 +97,17 @@ class ExecuteToolHandler(TemporalOperationHandler[ToolCall, ToolResult]):
                 "id_conflict_policy": WorkflowIDConflictPolicy.USE_EXISTING,
                 "static_summary": f"{call.tool} for {call.conversation_id or 'unknown caller'}",
             }
+            registered = self._registry.get(call.tool)
+            if isinstance(registered, RegisteredAgent):
+                # An agent's loop takes model steps: always the asynchronous operation, so the
+                # caller's cancel reaches the run from its first moment.
+                agent_run = agent_run_input(call, registered, self._registry)
+                try:
+                    return await client.start_workflow(
+                        TeamAgentWorkflow.run, agent_run, **start_options
+                    )
+                except WorkflowAlreadyStartedError:
+                    return TemporalOperationResult.sync(await self._closed_run_result(client, call))
             budget = self._budget_for(ctx)
             if budget > 0:
                 try:
@@ -135,6 +148,12 @@ class ExecuteToolHandler(TemporalOperationHandler[ToolCall, ToolResult]):
                 f"unknown tool '{call.tool}' in service '{self._registry.service}' "
                 f"(available: {known})",
                 type=HandlerErrorType.NOT_FOUND,
+            )
+        if isinstance(registered, RegisteredAgent) and call.depth >= MAX_AGENT_DEPTH:
+            raise HandlerError(
+                f"agent '{call.tool}' refused: the call is {call.depth} agents deep "
+                f"(at most {MAX_AGENT_DEPTH} may delegate in a row)",
+                type=HandlerErrorType.BAD_REQUEST,
             )
         try:
             problem = registered.approval_problem(call)

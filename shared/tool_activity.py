@@ -13,6 +13,7 @@ from temporalio.exceptions import ApplicationError
 from shared.contract import (
     TOOL_ARGUMENTS_ERROR,
     TOOL_ERROR,
+    TOOL_NEEDS_APPROVAL,
     TOOL_NOT_FOUND,
     TOOL_TRANSIENT_ERROR,
 )
@@ -107,7 +108,7 @@ async def run_registered_tool(
                     registered.approval_problem(call) if registered.spec.approval.gated else None
                 )
                 if problem:
-                    raise ApplicationError(problem, type=TOOL_ERROR, non_retryable=True)
+                    raise ApplicationError(problem, type=TOOL_NEEDS_APPROVAL, non_retryable=True)
                 async with heartbeating():
                     output = await registered.invoke(call.args, context)
                 outcome = "ok"

@@ -110,8 +110,14 @@ async def prepare_team_code(team: TeamManifest) -> TeamCode:
 
     The registry is copied first: the module's own registry stays as the team wrote it."""
     code = load_team_code(team)
-    if not team.mcp_servers:
-        return code
+    if team.mcp_servers:
+        code = await _with_mcp_servers(team, code)
+    if team.agents:
+        code = _with_agents(team, code)
+    return code
+
+
+async def _with_mcp_servers(team: TeamManifest, code: TeamCode) -> TeamCode:
     # Imported only here: a team without MCP servers needs no `mcp` package in its image.
     from shared.mcp_client import McpConnections
     from shared.mcp_session import McpSessionWorkflow
@@ -125,6 +131,29 @@ async def prepare_team_code(team: TeamManifest) -> TeamCode:
         workflows=(*code.workflows, McpSessionWorkflow),
         activities=code.activities,
         mcp=connections,
+    )
+
+
+def _with_agents(team: TeamManifest, code: TeamCode) -> TeamCode:
+    """The manifest's agents in the registry, and what runs them: their workflow, and the model
+    step, which needs LiteLLM (the `agents` dependency group), imported only here."""
+    try:
+        from shared.agent_activity import AgentModelActivities
+    except ModuleNotFoundError as err:
+        raise ManifestError(
+            f"{team.package} declares agents, which need the 'agents' dependency group "
+            f"(no module named '{err.name}'): uv sync --group agents"
+        ) from None
+    from shared.agent_workflow import TeamAgentWorkflow
+    from shared.agents import publish_agents
+
+    registry = code.registry if team.mcp_servers else code.registry.copy()
+    publish_agents(team.package, team.agents, registry, later=bool(team.mcp_servers))
+    return TeamCode(
+        registry=registry,
+        workflows=(*code.workflows, TeamAgentWorkflow),
+        activities=(*code.activities, AgentModelActivities().agent_model_step),
+        mcp=code.mcp,
     )
 
 

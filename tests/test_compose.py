@@ -485,8 +485,11 @@ def test_team_images_never_install_the_orchestrator_group(service: str) -> None:
         assert "--all-groups" not in sync
         groups = re.findall(r"--group[= ](\S+)", sync)
         assert groups == [service], f"{dockerfile.name} installs groups {groups}"
+        # LiteLLM (the `agents` group) only in the image of a team that publishes agents.
+        publishes_agents = bool(find_team(f"{service}_service").agents)
         for group in groups:
-            assert "litellm" not in group_packages(group)
+            assert ("litellm" in group_packages(group)) == publishes_agents
+            assert "fastapi" not in group_packages(group)
     assert not any(
         kw == "RUN" and re.search(r"pip install (?!--no-cache-dir uv==)", args)
         for kw, args in instructions

@@ -35,6 +35,7 @@ from tests.conftest import (
 )
 from tests.support.fake_llm import FakeModelServer, completion
 from tests.support.gateway import dev_server_address
+from tests.support.team_process import serving, start_team_worker, wait_for_file
 
 ROOT = Path(__file__).resolve().parents[1]
 LAB_DIR = ROOT / "tests" / "support" / "mcp_lab"
@@ -232,44 +233,6 @@ async def test_a_crashed_hung_or_garbled_server_is_unavailable_and_the_turn_goes
     assert all("is unavailable" in m["content"] for m in told)
 
 
-def _start_worker(address: str, task_queue: str, gate: Path) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "TEMPORAL_ADDRESS": address,
-        "TEMPORAL_NAMESPACE": LAB.namespace,
-        "TEMPORAL_TASK_QUEUE": task_queue,
-        "MCP_LAB_GATE_DIR": str(gate),
-        "PYTHONPATH": f"{LAB_DIR.parent}{os.pathsep}{ROOT}",
-        "METRICS_BIND_ADDRESS": "",
-    }
-    return subprocess.Popen(
-        [sys.executable, "-m", "shared.worker", "mcp_lab"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=(gate / "worker.log").open("ab"),
-        start_new_session=True,
-    )
-
-
-async def _serving(stack: Stack, endpoint: str) -> None:
-    """Until the worker (listing its MCP servers at start) answers on its endpoint."""
-    for _ in range(60):
-        try:
-            await asyncio.wait_for(stack.list_tools([endpoint]), 5)
-            return
-        except Exception:  # not polling yet: the probe's Nexus call times out
-            await asyncio.sleep(0.5)
-    raise AssertionError(f"no worker serves {endpoint}")
-
-
-async def _wait_for_file(path: Path, timeout: float = 60) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not path.exists():
-        assert asyncio.get_running_loop().time() < deadline, f"{path.name} never appeared"
-        await asyncio.sleep(0.05)
-
-
 async def test_a_stateful_session_is_rebuilt_and_exactly_once_across_a_worker_kill(
     stack: Stack, lab: None, fake_model: FakeModelServer, tmp_path: Path
 ) -> None:
@@ -283,10 +246,12 @@ async def test_a_stateful_session_is_rebuilt_and_exactly_once_across_a_worker_ki
         EndpointDefinition(name=endpoint, namespace=LAB.namespace, task_queue=task_queue),
     )
     address = dev_server_address(stack)
-    worker = _start_worker(address, task_queue, tmp_path)
+    worker = start_team_worker(
+        "mcp_lab", address, LAB.namespace, task_queue, tmp_path, MCP_LAB_GATE_DIR=str(tmp_path)
+    )
     conversation = _conversation()
     try:
-        await _serving(stack, endpoint)
+        await serving(stack, endpoint)
         async with custom_orchestrator(
             stack, fake_model, tool_endpoints=[endpoint], tool_timeout_seconds=120
         ) as client:
@@ -301,13 +266,20 @@ async def test_a_stateful_session_is_rebuilt_and_exactly_once_across_a_worker_ki
                 completion("added again"),
             )
             turn = asyncio.create_task(client.send(conversation, "add second"))
-            await _wait_for_file(tmp_path / "entered-second")
+            await wait_for_file(tmp_path / "entered-second")
             first_pid = int((tmp_path / "entered-second").read_text())
             os.killpg(worker.pid, signal.SIGKILL)
             worker.wait(timeout=10)
             (tmp_path / "entered-second").unlink()
             (tmp_path / "release-second").write_text("go")
-            worker = _start_worker(address, task_queue, tmp_path)
+            worker = start_team_worker(
+                "mcp_lab",
+                address,
+                LAB.namespace,
+                task_queue,
+                tmp_path,
+                MCP_LAB_GATE_DIR=str(tmp_path),
+            )
             second = await asyncio.wait_for(turn, 120)
             assert second.ok, second.error
             [call] = second.tool_calls
@@ -361,7 +333,7 @@ async def test_a_call_cancelled_inside_the_server_retires_its_session(
         connection, opened = await connections.connection(tally, "conversation-1", "")
         assert opened
         call = asyncio.create_task(connection.call("append", {"item": "x", "hold": True}))
-        await _wait_for_file(tmp_path / "entered-x")
+        await wait_for_file(tmp_path / "entered-x")
         call.cancel()
         with pytest.raises(asyncio.CancelledError):
             await call
@@ -427,7 +399,7 @@ async def test_two_workers_serving_one_conversation_keep_the_journal_s_order(
 
         await first.invoke({"item": "a"}, context("call-a"))
         held = asyncio.create_task(first.invoke({"item": "x", "hold": True}, context("call-x")))
-        await _wait_for_file(tmp_path / "entered-x")
+        await wait_for_file(tmp_path / "entered-x")
         first_pid = int((tmp_path / "entered-x").read_text())
         await second.invoke({"item": "y"}, context("call-y"))  # rebuilds [a], records y
         (tmp_path / "release-x").write_text("go")

@@ -25,7 +25,13 @@ async def test_list_tools_returns_both_catalogs(stack: Stack) -> None:
     assert set(by_service) == {"it", "finance"}
     # IT publishes its Python registry and its MCP servers' tools (tests/test_mcp_sources.py).
     mcp_tools = {"get_current_time", "convert_time", "add_note", "list_notes", "clear_notes"}
-    assert {t.name for t in by_service["it"].tools} == set(it_registry.names()) | mcp_tools
+    # ... and its triage agent (shared.agents), a tool whose calls run the team's own loop.
+    assert {t.name for t in by_service["it"].tools} == set(it_registry.names()) | mcp_tools | {
+        "it_triage"
+    }
+    triage = next(t for t in by_service["it"].tools if t.name == "it_triage")
+    assert triage.kind == "agent" and triage.parameters["required"] == ["task"]
+    assert triage.output_schema is not None and "answer" in triage.output_schema["properties"]
     assert {t.name for t in by_service["finance"].tools} == set(finance_registry.names())
     roi = next(t for t in by_service["finance"].tools if t.name == "calculate_roi")
     assert roi.parameters["required"] == ["principal", "rate", "years"]
