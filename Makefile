@@ -80,6 +80,7 @@ bench: install ## Latency figures (see bench/README.md)
 	$(RUN) python -m bench.tracing
 	$(RUN) python -m bench.streaming
 	$(RUN) python -m bench.mcp
+	$(RUN) python -m bench.disclosure
 
 chaos: install ## Kill workers and restart the server under 50 conversations; print the report
 	$(RUN) python -m infrastructure.chaos --conversations $(or $(CONVERSATIONS),50)

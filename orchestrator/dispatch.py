@@ -10,7 +10,6 @@ tool message the model reads. Nothing here names a tool.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 from dataclasses import dataclass
 from datetime import timedelta
@@ -22,6 +21,14 @@ from temporalio.exceptions import ActivityError, NexusOperationError
 
 with workflow.unsafe.imports_passed_through():
     from orchestrator import telemetry
+    from orchestrator.disclosure import (
+        LOAD_TOOLS,
+        catalog_digest,
+        disclosure_on,
+        load,
+        remember,
+        visible_tools,
+    )
     from orchestrator.loop_settings import AgentConfig
     from orchestrator.models import (
         LOCAL_TOOL_ACTIVITY,
@@ -33,7 +40,7 @@ with workflow.unsafe.imports_passed_through():
         ToolCallRecord,
         ToolRoute,
     )
-    from orchestrator.tools import LOCAL_SERVICE, openai_tool
+    from orchestrator.tools import LOCAL_SERVICE
     from orchestrator.tools import registry as local_registry
     from shared.caller import (
         ToolErrorKind,
@@ -106,7 +113,7 @@ async def discover(config: AgentConfig, state: CarriedState, only: list[str] | N
         unavailable += [e for e in state.unavailable if e not in only]
     state.unavailable = unavailable
     state.routes = build_routes(sources)
-    state.catalog_digest = catalog_digest(model_tools(state.routes))
+    state.catalog_digest = catalog_digest(visible_tools(config, state))
 
 
 async def rediscover_unavailable(config: AgentConfig, state: CarriedState) -> None:
@@ -119,8 +126,9 @@ async def rediscover_unavailable(config: AgentConfig, state: CarriedState) -> No
 
 
 def build_routes(sources: list[tuple[str | None, ToolSpec]]) -> dict[str, ToolRoute]:
-    """Name each tool for the model; names that collide are qualified by service (`it__status`)."""
-    counts: dict[str, int] = {}
+    """Name each tool for the model; names that collide are qualified by service (`it__status`),
+    and so is a tool named like the reserved meta-tool (`load_tools`, orchestrator.disclosure)."""
+    counts: dict[str, int] = {LOAD_TOOLS: 1}
     for _, spec in sources:
         counts[spec.name] = counts.get(spec.name, 0) + 1
     routes: dict[str, ToolRoute] = {}
@@ -129,26 +137,6 @@ def build_routes(sources: list[tuple[str | None, ToolSpec]]) -> dict[str, ToolRo
         if name not in routes:  # the same service published twice: first endpoint wins
             routes[name] = ToolRoute(model_name=name, spec=spec, endpoint=endpoint)
     return routes
-
-
-def model_tools(routes: dict[str, ToolRoute]) -> list[dict[str, Any]]:
-    """The routes as OpenAI tool definitions; a qualified name says which service it is."""
-    return [
-        openai_tool(
-            route.model_name,
-            route.spec.description
-            if route.model_name == route.spec.name
-            else f"[{route.spec.service}] {route.spec.description}",
-            route.spec.parameters,
-        )
-        for route in routes.values()
-    ]
-
-
-def catalog_digest(tools: list[dict[str, Any]]) -> str:
-    """The tool list's identity: model steps name the list by it instead of carrying it."""
-    canonical = json.dumps(tools, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 # ---- dispatch ----------------------------------------------------------------------------------
@@ -172,11 +160,22 @@ class ToolDispatcher:
         route = self._state.routes.get(call.name)
         service = route.spec.service if route else "unknown"
         args, problem = self._parse_arguments(call)
+        disclosing = disclosure_on(self._config, self._state.routes)
+        if route is None and disclosing and call.name == LOAD_TOOLS:
+            # Answered here: nothing is scheduled, and the next model step shows the tools.
+            loading = load(self._config, self._state, args, problem)
+            return loading.record(), loading.content()
         if route is None:
             known = ", ".join(sorted(self._state.routes))
+            if disclosing:  # the index of load_tools lists them; hundreds of names would not help
+                known = f"the {len(self._state.routes)} tools listed by {LOAD_TOOLS}"
             return refused(call, service, "not_found", f"unknown tool; available: {known}")
         if args is None:
             return refused(call, service, "bad_request", problem)
+        if disclosing:
+            # Called from the index without loading it first: it runs (the team checks the
+            # arguments) and is loaded, so a retry has its schema.
+            remember(self._config, self._state, route.model_name)
         # Stable across retries, replays and continue-as-new (the first run's id), unique across
         # turns and across reuse of the conversation id.
         run_tag = workflow.info().first_execution_run_id[:8]

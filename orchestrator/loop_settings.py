@@ -106,6 +106,27 @@ class LoopSettings(BaseModel):
         description="At a turn's start, ask unavailable tool endpoints again once this long "
         "has passed since the last discovery.",
     )
+    # Tools disclosed on demand (orchestrator.disclosure): past either threshold the model gets
+    # an index and `load_tools` instead of every schema. 0 turns a measure off.
+    disclose_tools_over_count: int = Field(
+        default=40,
+        ge=0,
+        description="With more tools than this, the model gets `load_tools` (an index of every "
+        "tool) and the full schemas of only the tools it loaded. 0: never by count.",
+    )
+    disclose_tools_over_tokens: int = Field(
+        default=6000,
+        ge=0,
+        description="The same past this many estimated tokens of tool schemas (JSON characters "
+        "of the whole tool list / 4). 0: never by size.",
+    )
+    max_loaded_tools: int = Field(
+        default=30,
+        ge=1,
+        le=200,
+        description="Tools a conversation keeps loaded with disclosure on; loading more drops "
+        "the oldest.",
+    )
 
     @field_validator("approval_policies")
     @classmethod

@@ -5,13 +5,15 @@ workflow task, so a turn schedules, dispatches and reports no activity task per 
 workflow task to wake the loop afterwards. The step is idempotent (keyed by sequence number in the
 store), so a rerun after a crash answers the same. As a regular activity it heartbeats.
 
-The tool list travels once per discovery; later steps name it by its digest, and a step whose
-store has lost the list is sent again with it.
+The tool list travels once per change (a discovery, or tools loaded on demand: see
+orchestrator.disclosure); later steps name it by its digest, and a step whose store has lost the
+list is sent again with it.
 """
 
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -19,7 +21,7 @@ from temporalio.exceptions import ActivityError, ApplicationError
 from temporalio.exceptions import TimeoutError as StepTimeoutError
 
 with workflow.unsafe.imports_passed_through():
-    from orchestrator.dispatch import catalog_digest, model_tools
+    from orchestrator.disclosure import catalog_digest, visible_tools
     from orchestrator.loop_settings import AgentConfig
     from orchestrator.models import (
         LLM_STEP_ACTIVITY,
@@ -51,18 +53,18 @@ async def ask_model(
     conversation_id: str, config: AgentConfig, memory: CarriedState, turn: int = 0, step: int = 0
 ) -> LlmStepResult:
     """Store `memory.pending`, ask the model, and advance the sequence numbers past its reply."""
-    if not memory.catalog_digest:  # carried from a run that predates catalog digests
-        memory.catalog_digest = catalog_digest(model_tools(memory.routes))
-    digest = memory.catalog_digest
+    # Named afresh each step: loading tools on demand changes the list, and so may this run's
+    # settings (its disclosure thresholds) against the run that discovered the tools.
+    tools = visible_tools(config, memory)
+    digest = memory.catalog_digest = catalog_digest(tools)
     try:
-        reply = await _step(
-            conversation_id, config, memory, memory.catalog_stored != digest, turn, step
-        )
+        unsent = tools if memory.catalog_stored != digest else None
+        reply = await _step(conversation_id, config, memory, unsent, turn, step)
     except MODEL_STEP_FAILURES as err:
         cause = err.cause if isinstance(err, ActivityError) else err
         if not (isinstance(cause, ApplicationError) and cause.type == TOOL_CATALOG_MISSING_ERROR):
             raise
-        reply = await _step(conversation_id, config, memory, True, turn, step)
+        reply = await _step(conversation_id, config, memory, tools, turn, step)
     memory.catalog_stored = digest
     # The activity stored the delta and the reply under these sequence numbers.
     memory.pending = []
@@ -74,7 +76,7 @@ async def _step(
     conversation_id: str,
     config: AgentConfig,
     memory: CarriedState,
-    full_catalog: bool,
+    tools: list[dict[str, Any]] | None,
     turn: int,
     step: int,
 ) -> LlmStepResult:
@@ -82,7 +84,7 @@ async def _step(
         conversation_id=conversation_id,
         new_messages=memory.pending,
         reply_seq=memory.next_seq,
-        tools=model_tools(memory.routes) if full_catalog else None,
+        tools=tools,
         tools_digest=memory.catalog_digest,
         user=memory.user,
         turn=turn,

@@ -19,6 +19,7 @@ from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
     from orchestrator import telemetry
+    from orchestrator.disclosure import LOAD_TOOLS
     from orchestrator.dispatch import (
         BOUNDED_FAN_OUT_PATCH,
         ApprovalNeed,
@@ -51,6 +52,7 @@ with workflow.unsafe.imports_passed_through():
         TurnState,
         Usage,
     )
+    from orchestrator.tools import LOCAL_SERVICE
     from shared.caller import innermost_message
 
 # Gated calls wait for a decision; conversations recorded before the gate never waited.
@@ -271,6 +273,9 @@ class TurnRunner:
             route = self._memory.routes.get(planned.call.name)
             if route is not None:  # an unknown name is the model's guess: never a label
                 telemetry.tool_call(route.spec.service, route.spec.name, "rejected")
+            elif planned.call.name == LOAD_TOOLS:  # answered in the workflow (disclosure)
+                outcome = "ok" if resolved[0].ok else "failed"
+                telemetry.tool_call(LOCAL_SERVICE, LOAD_TOOLS, outcome)
             else:
                 telemetry.tool_call("unknown", "unknown", "rejected")
             self._finish(planned, resolved)

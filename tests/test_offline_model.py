@@ -26,6 +26,10 @@ import shared.offline_model as offline_package
 from finance_service.tools import registry as finance_registry
 from it_service.tools import registry as it_registry
 from orchestrator.demo import SCRIPT as DEMO_SCRIPT
+from orchestrator.disclosure import LOAD_TOOLS, visible_tools
+from orchestrator.dispatch import build_routes
+from orchestrator.loop_settings import LoopSettings
+from orchestrator.models import CarriedState
 from orchestrator.tools import openai_tool
 from orchestrator.tools import registry as local_registry
 from shared.approval import CallApproval
@@ -161,6 +165,11 @@ MCP_DEMO_TURNS = [
         ],
     ),
     ("Show my incident notes", [("list_notes", {})]),
+    # IT's triage agent, discovered as a tool: the text after the colon is its task.
+    (
+        "Ask the IT triage agent: host 192.0.2.10 answered on an unexpected port",
+        [("it_triage", {"task": "host 192.0.2.10 answered on an unexpected port"})],
+    ),
 ]
 
 
@@ -184,6 +193,25 @@ async def test_demo_messages_route_to_mcp_tools(
 ) -> None:
     response = await complete(user(text), tools=tools_with_mcp)
     assert calls_of(response) == expected
+
+
+async def test_the_triage_agent_s_own_step_routes_its_task_to_its_tools(
+    tools_with_mcp: list[dict[str, Any]],
+) -> None:
+    """In the team: the agent's task template frames the caller's task, and the offline model
+    calls the three tools the instructions name (create_ticket is then proposed, not run)."""
+    [triage] = find_team("it_service").agents
+    own = [t for t in tools_with_mcp if t["function"]["name"] in triage.tools]
+    task = triage.task_template.replace("{task}", "host 192.0.2.10 answered on an unexpected port")
+    response = await complete(user(task), tools=own)
+    assert calls_of(response) == [
+        ("get_ip_history", {}),
+        ("jira_metrics", {}),
+        (
+            "create_ticket",
+            {"project": "OPS", "summary": "host 192.0.2.10 answered on an unexpected port"},
+        ),
+    ]
 
 
 def test_the_demo_script_is_what_is_tested_here() -> None:
@@ -596,6 +624,99 @@ def test_registration_is_idempotent_and_keeps_other_providers() -> None:
         assert other in litellm.custom_provider_map
     finally:
         litellm.custom_provider_map[:] = saved
+
+
+# ------------------------------------------------------------------------------------------------
+# Tools disclosed on demand: the tool list the orchestrator builds past its thresholds.
+
+
+def disclosed_tools(loaded: list[str]) -> list[dict[str, Any]]:
+    """`load_tools` with an index of every tool, and the full schemas of `loaded` only."""
+    routes = build_routes([(None, t.spec) for t in REGISTERED.values()])
+    state = CarriedState(routes=routes, loaded_tools=loaded)
+    tools = visible_tools(LoopSettings(disclose_tools_over_count=1), state)
+    assert tools[0]["function"]["name"] == LOAD_TOOLS
+    return tools
+
+
+def after(messages: list[dict[str, Any]], response: Any, results: list[Any]) -> list[Any]:
+    """The conversation after the response's calls, answered with `results` in order."""
+    calls = response.choices[0].message.tool_calls
+    assistant = {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {
+                "id": call.id,
+                "type": "function",
+                "function": {"name": call.function.name, "arguments": call.function.arguments},
+            }
+            for call in calls
+        ],
+    }
+    answers = [tool_message(c.id, r, c.function.name) for c, r in zip(calls, results, strict=True)]
+    return [*messages, assistant, *answers]
+
+
+async def test_with_an_index_it_loads_the_tools_it_picks_then_calls_them() -> None:
+    text = DEMO_TURNS[3][0]  # a stock price and an ROI: two tools
+    messages = user(text)
+    first = await complete(messages, tools=disclosed_tools([]))
+    assert calls_of(first) == [(LOAD_TOOLS, {"names": ["stock_price", "calculate_roi"]})]
+
+    loaded = {"loaded": ["stock_price", "calculate_roi"], "unknown": [], "message": "Loaded."}
+    messages = after(messages, first, [loaded])
+    second = await complete(messages, tools=disclosed_tools(["stock_price", "calculate_roi"]))
+    # Routed again, now against the full schemas: the calls the whole catalog would give.
+    assert calls_of(second) == DEMO_TURNS[3][1]
+    assert calls_of(second) == calls_of(await complete(user(text)))
+
+    outputs = [
+        await run_tool(c.function.name, c.function.arguments)
+        for c in second.choices[0].message.tool_calls
+    ]
+    third = await complete(
+        after(messages, second, outputs), tools=disclosed_tools(["stock_price", "calculate_roi"])
+    )
+    answer = third.choices[0].message.content
+    assert not third.choices[0].message.tool_calls
+    assert "stock_price" in answer and "calculate_roi" in answer
+    assert LOAD_TOOLS not in answer  # the loader's answer is not a result to report
+
+
+async def test_a_loaded_tool_is_called_without_loading_it_again() -> None:
+    response = await complete(user("weather in Oslo"), tools=disclosed_tools(["weather"]))
+    assert calls_of(response) == [("weather", {"city": "Oslo"})]
+
+
+async def test_with_an_index_and_no_matching_tool_it_answers_plainly() -> None:
+    response = await complete(user("Tell me a joke about penguins"), tools=disclosed_tools([]))
+    assert not response.choices[0].message.tool_calls
+    assert "found no tool" in response.choices[0].message.content
+    # After a loader's answer that loaded nothing it fits, it answers instead of loading again.
+    messages = [
+        *user("Tell me a joke about penguins"),
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "load-1",
+                    "type": "function",
+                    "function": {"name": LOAD_TOOLS, "arguments": '{"names":["jokes"]}'},
+                }
+            ],
+        },
+        tool_message("load-1", {"error": "not_found", "unknown": ["jokes"]}),
+    ]
+    again = await complete(messages, tools=disclosed_tools([]))
+    assert not again.choices[0].message.tool_calls
+
+
+async def test_a_tool_named_like_the_loader_without_an_index_is_an_ordinary_tool() -> None:
+    plain = openai_tool(LOAD_TOOLS, "Load the tool inventory of a warehouse.", {"type": "object"})
+    response = await complete(user("load tools inventory"), tools=[plain])
+    assert calls_of(response) == [(LOAD_TOOLS, {})]
 
 
 # ------------------------------------------------------------------------------------------------

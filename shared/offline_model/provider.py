@@ -20,10 +20,16 @@ from litellm.types.utils import Choices, GenericStreamingChunk, Message, Usage
 from litellm.utils import custom_llm_setup
 
 from shared.llm_names import OFFLINE_MODEL
+from shared.offline_model.disclosure import (
+    LOADER,
+    MAX_NAMES,
+    answered_by_loader,
+    index_of,
+)
 from shared.offline_model.extraction import fill_arguments
 from shared.offline_model.routing import route
 from shared.offline_model.schema import tools_of
-from shared.offline_model.summary import summarise, trailing_tool_messages
+from shared.offline_model.summary import called_names, summarise, trailing_tool_messages
 from shared.offline_model.text import get, message_text
 
 OFFLINE_PROVIDER = OFFLINE_MODEL.split("/", 1)[0]
@@ -57,27 +63,51 @@ def respond(
 
     After tool results it summarises them. Otherwise it routes the last user message to tools.
     `tool_choice` is honoured as providers do: "none" answers without tools, a named function is
-    the only tool considered and is called even when no clause names it.
+    the only tool considered and is called even when no clause names it. With a loader of tools
+    disclosed on demand (`disclosure`), it first loads the tools it picks from the loader's index,
+    then, after the loader's answer, routes the request again.
     """
-    available = tools_of(tools)
+    specs = list(tools or [])
+    available = tools_of(specs)
+    index = index_of(specs)
+    if index is not None:
+        available = [t for t in available if t.name != LOADER]
     if messages and get(messages[-1], "role") == "tool":
-        return _answer(summarise(messages, trailing_tool_messages(messages)))
+        results = trailing_tool_messages(messages)
+        if index is not None:
+            called = called_names(messages)
+            results = [m for m in results if not answered_by_loader(m, called)]
+        if results:
+            return _answer(summarise(messages, results))
+        index = None  # the loader answered: its tools are among the full schemas now
     users = [m for m in messages if get(m, "role") == "user"]
     user_text = message_text(get(users[-1], "content")) if users else ""
     if tool_choice == "none":
-        available = []
+        available, index = [], None
     forced = get(tool_choice, "function") if isinstance(tool_choice, dict) else None
     if forced is not None:
-        available = [t for t in available if t.name == get(forced, "name")]
+        available, index = [t for t in available if t.name == get(forced, "name")], None
+    if index is not None:
+        having = {t.name for t in available}
+        missing = [name for name, _ in route(index, user_text) if name not in having]
+        if missing:
+            return _calls(messages, user_text, [(LOADER, {"names": missing[:MAX_NAMES]})])
     calls = route(available, user_text) if available else []
     if not calls and forced is not None and available:
         calls = [(available[0].name, fill_arguments(available[0], user_text)[0])]
     if not calls:
         names = ", ".join(t.name for t in available) or "none"
+        more = f" (and {len(index)} more it can load)" if index else ""
         return _answer(
             "The offline model (a keyword router, not an LLM) found no tool for this request. "
-            f"It can use these tools: {names}."
+            f"It can use these tools: {names}{more}."
         )
+    return _calls(messages, user_text, calls)
+
+
+def _calls(
+    messages: list[Any], user_text: str, calls: list[tuple[str, dict[str, Any]]]
+) -> dict[str, Any]:
     seed = _digest(str(len(messages)), user_text)
     tool_calls = []
     for number, (name, args) in enumerate(calls, start=1):

@@ -85,14 +85,20 @@ def trailing_tool_messages(messages: list[Any]) -> list[Any]:
     return trailing[::-1]
 
 
-def summarise(messages: list[Any], results: list[Any]) -> str:
-    """One line per tool result, each followed by the prose it carries (said once)."""
+def called_names(messages: list[Any]) -> dict[str, str]:
+    """The tool each call id of the conversation went to."""
     names: dict[str, str] = {}
     for message in messages:
         for call in get(message, "tool_calls") or []:
             identifier, called = get(call, "id"), get(get(call, "function"), "name")
             if isinstance(identifier, str) and isinstance(called, str):
                 names[identifier] = called
+    return names
+
+
+def summarise(messages: list[Any], results: list[Any]) -> str:
+    """One line per tool result, each followed by the prose it carries (said once)."""
+    names = called_names(messages)
     lines: list[str] = []
     said: set[str] = set()
     for message in results:
