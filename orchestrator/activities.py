@@ -126,6 +126,7 @@ class OrchestratorActivities:
                 "tool_endpoints": endpoints,
                 "missing_endpoints": missing,
                 "model": self._llm.resolved_model,
+                "models_in_list": len(self._llm.models),
                 "offline_model": self._llm.offline,
                 "llm_timeout_seconds": self._llm.timeout_seconds,
                 "awaiting_approval_attribute": await self._has_awaiting_attribute(),
@@ -199,13 +200,17 @@ class OrchestratorActivities:
         try:
             messages, compacted = await build_context(self._store, cid, self._window, summaries)
             try:
-                response, usage, passed_over = await self._complete(messages, tools, sink)
+                response, usage, passed_over = await self._complete(
+                    messages, tools, sink, request.model
+                )
             except litellm_errors.ContextWindowExceededError:
                 # The provider's count beat ours: fold older turns away and run the step again.
                 messages, compacted = await build_context(
                     self._store, cid, self._window, summaries, force_compaction=True
                 )
-                response, usage, passed_over = await self._complete(messages, tools, sink)
+                response, usage, passed_over = await self._complete(
+                    messages, tools, sink, request.model
+                )
             # The step's usage includes the summarising call compaction made, if any.
             usage = usage.add(summaries.usage) if summaries.calls else usage
             result = parse_response(response, reply_seq=request.reply_seq, usage=usage)
@@ -281,6 +286,7 @@ class OrchestratorActivities:
         messages: list[dict[str, Any]],
         tools: list[dict[str, Any]],
         sink: TokenSink | None = None,
+        model: str | None = None,
     ) -> tuple[Any, Usage, list[str]]:
         """Ask the model, or the next of LLM_FALLBACK_MODELS when it cannot answer now; the
         reply, its tokens and cost (priced once, here, under the model that answered), and one
@@ -299,7 +305,7 @@ class OrchestratorActivities:
             }
             if tools:
                 kwargs["tools"] = tools
-            if index > 0:
+            if choice != primary:
                 kwargs.update(provider_arguments(choice))
             else:
                 if self._llm.api_base:
@@ -321,7 +327,9 @@ class OrchestratorActivities:
                 record_response(span, response, usage, capture_content=self._capture_content)
             return response, usage
 
-        (response, usage), _, passed_over = await complete_with_fallback(self._llm.models, ask)
+        primary = self._llm.models[0]
+        models = self._llm.models_for(model)
+        (response, usage), _, passed_over = await complete_with_fallback(models, ask)
         return response, usage, passed_over
 
     async def _summarise(

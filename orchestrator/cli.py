@@ -49,7 +49,13 @@ from orchestrator.client import (
 )
 from orchestrator.key_commands import keys_app
 from orchestrator.live import LiveShown, open_feeds, send_streaming
-from orchestrator.models import ConversationStatus, PendingApproval, TurnResult, Usage
+from orchestrator.models import (
+    ConversationStatus,
+    PendingApproval,
+    TurnResult,
+    Usage,
+    model_problem,
+)
 from orchestrator.render import (
     OFFLINE_NOTICE,
     ApprovalHandler,
@@ -86,6 +92,14 @@ StreamOption = Annotated[
         help="Print the answer token by token and tool calls as they run. Default: in a terminal.",
     ),
 ]
+ModelOption = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        help="Operators: answer this turn with one of the deployment's models (LLM_MODEL or "
+        "LLM_FALLBACK_MODELS), first in the list; the others stay its fallbacks.",
+    ),
+]
 UserOption = Annotated[
     str | None,
     typer.Option(
@@ -114,10 +128,14 @@ KeyFileOption = Annotated[
 ]
 
 
-def _via_gateway(url: str | None, key_file: Path | None) -> TypeGuard[str]:
+def _via_gateway(
+    url: str | None, key_file: Path | None, model: str | None = None
+) -> TypeGuard[str]:
     """Whether the command talks to the gateway (`--gateway`/$AGENT_GATEWAY_URL) instead."""
     if key_file is not None and not url:
         fail("--api-key-file goes with --gateway URL (or AGENT_GATEWAY_URL)")
+    if url and model is not None:
+        fail("--model is for operators, straight to Temporal: leave out --gateway")
     return bool(url)
 
 
@@ -161,16 +179,23 @@ def ask(
     stream: StreamOption = None,
     gateway: GatewayOption = None,
     api_key_file: KeyFileOption = None,
+    model: ModelOption = None,
 ) -> None:
     """Start a new conversation with one message and print the answer."""
-    if _via_gateway(gateway, api_key_file):  # imported here: the direct mode does without
+    if _via_gateway(gateway, api_key_file, model):  # imported here: the direct mode does without
         from orchestrator.gateway_client import ask_or_send
 
         live = _live(stream, as_json)
         ask_or_send(gateway, api_key_file, None, message, as_json=as_json, live=live, user=user)
         return
     _check_and_send(
-        _new_conversation_id(), message, as_json=as_json, new=True, user=user, stream=stream
+        _new_conversation_id(),
+        message,
+        as_json=as_json,
+        new=True,
+        user=user,
+        stream=stream,
+        model=model,
     )
 
 
@@ -183,10 +208,11 @@ def send(
     stream: StreamOption = None,
     gateway: GatewayOption = None,
     api_key_file: KeyFileOption = None,
+    model: ModelOption = None,
 ) -> None:
     """Continue a conversation (it is started if it does not exist yet; with --gateway, one
     of yours)."""
-    if _via_gateway(gateway, api_key_file):
+    if _via_gateway(gateway, api_key_file, model):
         from orchestrator.gateway_client import ask_or_send
 
         live = _live(stream, as_json)
@@ -194,7 +220,15 @@ def send(
             gateway, api_key_file, conversation_id, message, as_json=as_json, live=live, user=user
         )
         return
-    _check_and_send(conversation_id, message, as_json=as_json, new=False, user=user, stream=stream)
+    _check_and_send(
+        conversation_id,
+        message,
+        as_json=as_json,
+        new=False,
+        user=user,
+        stream=stream,
+        model=model,
+    )
 
 
 def _live(stream: bool | None, as_json: bool) -> bool:
@@ -235,13 +269,18 @@ def _check_and_send(
     new: bool,
     user: str | None,
     stream: bool | None = None,
+    model: str | None = None,
 ) -> None:
     async def work() -> tuple[TurnResult, LiveShown]:
         # Before connecting: a message the client would refuse needs no server to be refused.
         check_conversation_id(conversation_id)
         check_message(message)
         check_user(user or "")
-        conversations, _ = await open_conversations()
+        problem = model_problem(model)
+        if problem:
+            fail(f"--model: {problem}")
+        direct, _ = await open_conversations()
+        conversations = direct.with_model(model)
         # In a terminal, a call that waits for approval is named with the command that decides
         # it; no prompt: `send` may run in a script, and `agent chat` is the interactive way.
         result, shown = await _send(

@@ -6,6 +6,7 @@ Imports no litellm and no workflow code: it talks to the workflow by name.
 from __future__ import annotations
 
 import asyncio
+import copy
 import itertools
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -155,6 +156,14 @@ class ConversationClient:
         # A message's span is the root of its turn's trace, when the client carries the trace on.
         self._traced = traces(client)
         self._task_queue = task_queue
+        self._model: str | None = None
+
+    def with_model(self, model: str | None) -> ConversationClient:
+        """This client, sending each message with an operator's choice of model for its turn
+        (one of the deployment's LLM_MODEL and LLM_FALLBACK_MODELS)."""
+        chosen = copy.copy(self)
+        chosen._model = model
+        return chosen
 
     @property
     def client(self) -> Client:
@@ -208,7 +217,8 @@ class ConversationClient:
             try:
                 result: TurnResult = await self._client.execute_update_with_start_workflow(
                     SEND_MESSAGE_UPDATE,
-                    text,
+                    # Without a choice, the one argument every version of the update takes.
+                    args=[text] if self._model is None else [text, self._model],
                     start_workflow_operation=start,
                     result_type=TurnResult,
                     id=message_id,

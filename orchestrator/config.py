@@ -7,9 +7,10 @@ from typing import Annotated, Any
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from temporalio.exceptions import ApplicationError
 
 from orchestrator.loop_settings import LoopSettings
-from shared.llm_names import OFFLINE_MODEL, ModelChoice
+from shared.llm_names import LLM_BAD_REQUEST, OFFLINE_MODEL, ModelChoice
 from shared.manifest import discovered_endpoints
 
 
@@ -58,6 +59,23 @@ class LLMSettings(BaseSettings):
     @property
     def resolved_model(self) -> str:
         return self.model or OFFLINE_MODEL
+
+    def models_for(self, chosen: str | None) -> list[ModelChoice]:
+        """The list with an operator's choice for a turn first; a name that is not one of the
+        deployment's models is refused (LlmBadRequest), not asked of a provider."""
+        models = self.models
+        if chosen is None:
+            return models
+        picked = [m for m in models if m.model == chosen]
+        if not picked:
+            names = ", ".join(m.model for m in models)
+            raise ApplicationError(
+                f"model '{chosen}' is not one of this deployment's models ({names}): set it in "
+                "LLM_MODEL or LLM_FALLBACK_MODELS first",
+                type=LLM_BAD_REQUEST,
+                non_retryable=True,
+            )
+        return [*picked, *(m for m in models if m.model != chosen)]
 
     @property
     def models(self) -> list[ModelChoice]:

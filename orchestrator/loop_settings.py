@@ -154,6 +154,7 @@ class AgentConfig(LoopSettings):
     tool_endpoints: list[str]
     missing_endpoints: list[str] = Field(default_factory=list)
     model: str
+    models_in_list: int = Field(default=1, description="The model and its fallbacks.")
     offline_model: bool
     llm_timeout_seconds: float
     awaiting_approval_attribute: bool = Field(

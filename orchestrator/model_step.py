@@ -50,7 +50,13 @@ LLM_RETRY_POLICY = RetryPolicy(
 
 
 async def ask_model(
-    conversation_id: str, config: AgentConfig, memory: CarriedState, turn: int = 0, step: int = 0
+    conversation_id: str,
+    config: AgentConfig,
+    memory: CarriedState,
+    turn: int = 0,
+    step: int = 0,
+    *,
+    model: str | None = None,
 ) -> LlmStepResult:
     """Store `memory.pending`, ask the model, and advance the sequence numbers past its reply."""
     # Named afresh each step: loading tools on demand changes the list, and so may this run's
@@ -59,12 +65,12 @@ async def ask_model(
     digest = memory.catalog_digest = catalog_digest(tools)
     try:
         unsent = tools if memory.catalog_stored != digest else None
-        reply = await _step(conversation_id, config, memory, unsent, turn, step)
+        reply = await _step(conversation_id, config, memory, unsent, turn, step, model)
     except MODEL_STEP_FAILURES as err:
         cause = err.cause if isinstance(err, ActivityError) else err
         if not (isinstance(cause, ApplicationError) and cause.type == TOOL_CATALOG_MISSING_ERROR):
             raise
-        reply = await _step(conversation_id, config, memory, tools, turn, step)
+        reply = await _step(conversation_id, config, memory, tools, turn, step, model)
     memory.catalog_stored = digest
     # The activity stored the delta and the reply under these sequence numbers.
     memory.pending = []
@@ -79,6 +85,7 @@ async def _step(
     tools: list[dict[str, Any]] | None,
     turn: int,
     step: int,
+    model: str | None,
 ) -> LlmStepResult:
     request = LlmRequest(
         conversation_id=conversation_id,
@@ -89,9 +96,10 @@ async def _step(
         user=memory.user,
         turn=turn,
         step=step,
+        model=model,
     )
-    # Compaction may add a summarising model call to the step.
-    timeout = timedelta(seconds=2 * config.llm_timeout_seconds + 10)
+    # Each model of the list may be asked once, and compaction may add a summarising call.
+    timeout = timedelta(seconds=(config.models_in_list + 1) * config.llm_timeout_seconds + 10)
     if config.model_step == "local" and workflow.patched(LOCAL_MODEL_STEP_PATCH):
         local: LlmStepResult = await workflow.execute_local_activity(
             LLM_STEP_ACTIVITY,

@@ -5,6 +5,7 @@ Imported by workflow code and by the CLI, so it must stay free of I/O and of lit
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, Field
@@ -255,6 +256,7 @@ class QueuedMessage(BaseModel):
     message_id: str
     text: str
     direct: DirectCall | None = Field(default=None, description="A direct tool call, not text.")
+    model: str | None = Field(default=None, description="The turn's model, chosen by an operator.")
 
 
 class PlannedCall(BaseModel):
@@ -278,6 +280,9 @@ class TurnState(BaseModel):
     text: str
     turn: int
     step: int = 0
+    model: str | None = Field(
+        default=None, description="An operator's choice among the deployment's models."
+    )
     records: list[ToolCallRecord] = Field(default_factory=list)
     notes: list[str] = Field(default_factory=list)
     usage: Usage = Field(default_factory=Usage)
@@ -387,6 +392,9 @@ class LlmRequest(BaseModel):
     )
     tools_digest: str = ""
     user: str = Field(default="", description="Who the conversation is for (budgets, usage).")
+    model: str | None = Field(
+        default=None, description="This turn's model, first of the list (one of its models)."
+    )
     # Where the step's token deltas are filed for readers (orchestrator.events). A local
     # activity's input is not recorded in history, so these cost no history bytes.
     turn: int = 0
@@ -424,3 +432,13 @@ class RecordTurnInput(BaseModel):
 class RecordApprovalInput(BaseModel):
     conversation_id: str
     record: ApprovalRecord
+
+
+MODEL_NAME = re.compile(r"\S{1,200}")
+
+
+def model_problem(model: str | None) -> str | None:
+    """Why a turn's model override cannot be used; which models exist, the model step knows."""
+    if model is None or (isinstance(model, str) and MODEL_NAME.fullmatch(model)):
+        return None
+    return "the model name must be 1 to 200 characters without spaces"

@@ -150,6 +150,8 @@ class TurnRunner:
         if state.step == 0 and state.step_calls is None:
             stage(memory, ChatMessage(role="user", content=state.text))
             self._emit("turn_started", text=state.text)
+            if state.model is not None:
+                state.notes.append(f"model chosen for this turn: {state.model}")
             await rediscover_unavailable(config, memory)
             if memory.unavailable:
                 state.notes.append("tool services unavailable: " + ", ".join(memory.unavailable))
@@ -171,7 +173,12 @@ class TurnRunner:
                         f"model step {state.step}", **{"gen_ai.request.model": config.model}
                     ):
                         reply = await ask_model(
-                            self._conversation_id, config, memory, state.turn, state.step
+                            self._conversation_id,
+                            config,
+                            memory,
+                            state.turn,
+                            state.step,
+                            model=state.model,
                         )
                 except MODEL_STEP_FAILURES as err:
                     telemetry.model_step_failed(config.model, err, workflow.time() - asked)

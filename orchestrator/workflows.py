@@ -54,11 +54,14 @@ with workflow.unsafe.imports_passed_through():
         TurnResult,
         TurnState,
         Usage,
+        model_problem,
     )
     from orchestrator.turn import TurnRunner, stage
     from shared.config import AWAITING_APPROVAL_ATTRIBUTE
 
 RECENT_TURNS_KEPT = 10
+
+
 ANSWERS_KEPT = 20
 CARRIED_ANSWERS_BYTES = 512 * 1024
 DEFAULT_MAX_MESSAGE_CHARS = 8000
@@ -174,6 +177,7 @@ class ConversationWorkflow(DirectCallUpdates):
                 text=queued.text,
                 turn=memory.turns,
                 direct=queued.direct,
+                model=queued.model,
             )
         runner = runner_for(
             self._conversation_id,
@@ -288,7 +292,7 @@ class ConversationWorkflow(DirectCallUpdates):
 
     # ---- updates ------------------------------------------------------------------------------
     @workflow.update(name=SEND_MESSAGE_UPDATE)
-    async def send_message(self, text: str) -> TurnResult:
+    async def send_message(self, text: str, model: str | None = None) -> TurnResult:
         message_id = workflow.current_update_info().id  # type: ignore[union-attr]
         memory = self._memory
         if message_id in memory.answered:
@@ -297,7 +301,7 @@ class ConversationWorkflow(DirectCallUpdates):
         if not self._knows(message_id):
             # The first message of a conversation is validated before the worker's settings
             # are loaded; check it again against them before it is accepted.
-            problem = self._problem_with(text)
+            problem = self._problem_with(text) or model_problem(model)
             if problem:
                 raise ApplicationError(problem, type="InvalidMessage", non_retryable=True)
             if self._busy() and (
@@ -311,7 +315,7 @@ class ConversationWorkflow(DirectCallUpdates):
                 )
                 if self._runner is not None:
                     self._runner.cancel("interrupted by a newer message")
-            memory.inbox.append(QueuedMessage(message_id=message_id, text=text))
+            memory.inbox.append(QueuedMessage(message_id=message_id, text=text, model=model))
             self._trace_contexts[message_id] = telemetry.current_context()
         return await self._answer_of(message_id)
 
@@ -328,11 +332,11 @@ class ConversationWorkflow(DirectCallUpdates):
         )
 
     @send_message.validator
-    def _validate_message(self, text: str) -> None:
+    def _validate_message(self, text: str, model: str | None = None) -> None:
         info = workflow.current_update_info()
         if info is not None and (info.id in self._memory.answered or self._knows(info.id)):
             return  # a retry: the handler returns or waits for the message's answer
-        problem = self._problem_with(text)
+        problem = self._problem_with(text) or model_problem(model)
         if problem:
             raise ValueError(problem)
         if self._double_texting == "reject" and self._busy():

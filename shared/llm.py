@@ -68,6 +68,8 @@ def classify_llm_error(err: Exception, *, trying_since: datetime | None = None) 
     `trying_since` is when the step's first attempt was scheduled: an unreachable provider is
     given up on once UNREACHABLE_GIVE_UP_AFTER has passed since then.
     """
+    if isinstance(err, ApplicationError):
+        return err  # classified where it was raised (a model the deployment does not have)
     provider = getattr(err, "llm_provider", "") or "the model provider"
     detail = _short(getattr(err, "message", None) or str(err))
     unreachable = connection_failure(err)

@@ -481,3 +481,30 @@ async def test_core_warnings_during_a_server_restart_go_to_stderr(
     assert "warning" in stderr.lower() and "Traceback" not in stderr
     payload = json.loads(stdout)  # nothing but the answer on stdout
     assert payload["answer"] == "Yes, back after the restart."
+
+
+async def test_an_operator_chooses_the_turn_s_model_among_the_deployment_s(
+    stack: Stack, orchestrator: Orchestrator, fake_model: FakeModelServer
+) -> None:
+    fake_model.script(completion("chosen model here"))
+    chosen = await _agent(stack, "ask", "--json", "--model", "openai/fake-model", "hello")
+    assert chosen.returncode == 0, chosen.stderr
+    turn = json.loads(chosen.stdout)
+    assert turn["answer"] == "chosen model here"
+    assert "model chosen for this turn: openai/fake-model" in turn["notes"]
+    # A model the deployment does not have fails the turn with the list it has; nothing is asked.
+    asked = len(fake_model.chat_requests())
+    unknown = await _agent(stack, "ask", "--model", "openai/not-ours", "hello")
+    assert unknown.returncode == 1 and _no_traceback(unknown)
+    assert "model 'openai/not-ours' is not one of this deployment's models" in (
+        unknown.stdout + unknown.stderr
+    )
+    assert len(fake_model.chat_requests()) == asked
+    spaced = await _agent(stack, "ask", "--model", "two words", "hello")
+    assert _error_lines(spaced) == [
+        "error: --model: the model name must be 1 to 200 characters without spaces"
+    ]
+    gateway = await _agent(stack, "ask", "--gateway", "http://127.0.0.1:9", "--model", "m", "hi")
+    assert _error_lines(gateway) == [
+        "error: --model is for operators, straight to Temporal: leave out --gateway"
+    ]

@@ -136,3 +136,21 @@ def test_fallback_models_read_from_the_environment(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("LLM_FALLBACK_MODELS", '[{"modle": "x"}]')
     with pytest.raises(ValueError, match="model"):
         LLMSettings()
+
+
+async def test_a_turn_s_chosen_model_goes_first_and_the_others_stay_its_fallbacks(
+    with_fallback: ConversationClient, fake_model: FakeModelServer, backup_model: FakeModelServer
+) -> None:
+    cid = f"fallback-{uuid.uuid4()}"
+    backup_model.script(error(503, "down for a moment"))
+    fake_model.script(completion("the primary stood in"))
+    result = await with_fallback.with_model("openai/backup").send(cid, "hello")
+    assert result.answer == "the primary stood in"
+    assert result.notes == [
+        "model chosen for this turn: openai/backup",
+        "model openai/backup unavailable; fell back to openai/primary",
+    ]
+    # The next message, with no choice, is the deployment's order again.
+    fake_model.script(completion("primary again"))
+    assert (await with_fallback.send(cid, "and now")).answer == "primary again"
+    assert len(backup_model.requests) == 1
