@@ -89,6 +89,7 @@ async def play() -> int:
             if status.offline_model:
                 console.print(OFFLINE_NOTICE)
         print_turn(result)
+        _describe_delegations(result)
         failures += 0 if _as_scripted(result, verdict) else 1
     usage = await conversations.end(conversation_id)
     console.rule("[bold]done")
@@ -197,6 +198,21 @@ async def _first_pending(
             return status.pending_approvals[0]
         await asyncio.wait({turn}, timeout=POLL_SECONDS)
     return None
+
+
+def _describe_delegations(result: TurnResult) -> None:
+    """Where a team agent's turn ran: its own loop, in its team's namespace."""
+    for call in result.tool_calls:
+        if call.usage is None or not isinstance(call.result, dict):
+            continue
+        proposed = [p.get("tool") for p in call.result.get("proposed_calls") or []]
+        console.print(
+            f"[dim]{call.name} ran its own loop in the {call.service} namespace "
+            f"(TeamAgentWorkflow): {call.usage.model_steps} model steps, tools "
+            f"{', '.join(c.get('tool', '?') for c in call.result.get('tool_calls') or [])}"
+            + (f"; proposed for approval: {', '.join(map(str, proposed))}" if proposed else "")
+            + "[/]"
+        )
 
 
 def _as_scripted(result: TurnResult, verdict: Verdict | None) -> bool:
