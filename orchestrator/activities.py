@@ -353,6 +353,7 @@ class OrchestratorActivities:
     @activity.defn(name=RECORD_TURN_ACTIVITY)
     async def record_turn(self, request: RecordTurnInput) -> None:
         await self._store.put_turn(request.conversation_id, request.turn, request.result)
+        await self._spending.record_agents(request)
 
     @activity.defn(name=RECORD_APPROVAL_ACTIVITY)
     async def record_approval(self, request: RecordApprovalInput) -> None:

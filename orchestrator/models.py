@@ -427,6 +427,7 @@ class RecordTurnInput(BaseModel):
     conversation_id: str
     turn: int
     result: TurnResult
+    user: str = Field(default="", description="Whose usage the turn's team agents spent.")
 
 
 class RecordApprovalInput(BaseModel):

@@ -16,9 +16,16 @@ from orchestrator.models import (
     ChatMessage,
     LlmRequest,
     LlmToolCall,
+    RecordTurnInput,
     Usage,
 )
-from orchestrator.store import ConversationStore, ToolUse, UsageStep, UsageTotal
+from orchestrator.store import (
+    AGENT_MODEL_PREFIX,
+    ConversationStore,
+    ToolUse,
+    UsageStep,
+    UsageTotal,
+)
 from orchestrator.tools import LOCAL_SERVICE
 from orchestrator.tools import registry as local_registry
 from shared.llm import price
@@ -112,6 +119,34 @@ class Spending:
                 tool_calls=_tool_uses(kept.tool_calls, tools),
             )
         )
+
+    async def record_agents(self, request: RecordTurnInput) -> None:
+        """A usage row for each team agent the turn called: what its own model steps spent
+        counts against the same budgets, and `agent usage` puts it on the agent's team and name.
+        Keyed by turn and call (negative, apart from the model steps' sequence numbers), so a
+        retried record counts once."""
+        now = _utc_now()
+        for index, call in enumerate(request.result.tool_calls):
+            if call.usage is None:
+                continue
+            await self._store.put_usage_step(
+                UsageStep(
+                    conversation_id=request.conversation_id,
+                    reply_seq=-(request.turn * AGENT_ROWS_PER_TURN + index + 1),
+                    day=now.date().isoformat(),
+                    recorded_at=now.isoformat(timespec="seconds"),
+                    user=request.user,
+                    model=f"{AGENT_MODEL_PREFIX}{call.service}.{call.name}",
+                    prompt_tokens=call.usage.prompt_tokens,
+                    completion_tokens=call.usage.completion_tokens,
+                    cost_usd=None if call.usage.unpriced_steps else call.usage.cost_usd,
+                    tool_calls=[ToolUse(tool=call.name, service=call.service)],
+                )
+            )
+
+
+# A turn records at most this many calls (orchestrator.dispatch bounds a step's calls far below).
+AGENT_ROWS_PER_TURN = 100_000
 
 
 def _utc_now() -> datetime:

@@ -89,6 +89,10 @@ class ToolUse(BaseModel):
     tool: str
 
 
+# The `model` of a team agent's usage row: `agent usage` attributes it to the agent, not a call.
+AGENT_MODEL_PREFIX = "agent "
+
+
 class UsageStep(BaseModel):
     """One model step's usage row (table `usage_steps`)."""
 

@@ -22,7 +22,7 @@ from rich.table import Table
 from orchestrator.client import utf8_problem
 from orchestrator.config import OrchestratorSettings
 from orchestrator.render import describe_cost, out, print_error
-from orchestrator.store import ConversationStore, UsageStep, open_store
+from orchestrator.store import AGENT_MODEL_PREFIX, ConversationStore, UsageStep, open_store
 from shared.config import ConfigError, load_settings
 
 DIMENSIONS = ("day", "user", "team", "tool", "model")
@@ -138,6 +138,9 @@ def attribution(step: UsageStep, services: dict[str, str]) -> list[tuple[str, st
     calls the step could not place itself."""
     if not step.tool_calls:
         return [(ANSWER_TEAM, ANSWER_TOOL, 1.0, 0)]
+    if step.model.startswith(AGENT_MODEL_PREFIX):  # the agent's own steps; its call is counted
+        agent = step.tool_calls[0]  # with the step that asked for it
+        return [(agent.service or UNKNOWN_TEAM, agent.tool, 1.0, 0)]
     share = 1.0 / len(step.tool_calls)
     merged: dict[tuple[str, str], tuple[float, int]] = {}
     for use in step.tool_calls:

@@ -222,7 +222,10 @@ class ConversationWorkflow(DirectCallUpdates):
             await workflow.execute_local_activity(
                 RECORD_TURN_ACTIVITY,
                 RecordTurnInput(
-                    conversation_id=self._conversation_id, turn=state.turn, result=result
+                    conversation_id=self._conversation_id,
+                    turn=state.turn,
+                    result=result,
+                    user=self._memory.user,
                 ),
                 start_to_close_timeout=timedelta(seconds=30),
             )

@@ -22,11 +22,12 @@ from temporalio.client import Client, WorkflowExecutionStatus
 
 from infrastructure.setup import EndpointDefinition, ensure_endpoint
 from orchestrator.models import CancelRequest, TurnResult
+from orchestrator.store import open_store
 from shared.agents import AGENT_WORKFLOW_NAME
 from shared.contract import MAX_AGENT_DEPTH, ToolCall
 from shared.manifest import ManifestError, load_manifest
 from shared.worker import build_manifest_worker
-from tests.conftest import Orchestrator, Stack, custom_orchestrator, eventually
+from tests.conftest import STORE_URL, Orchestrator, Stack, custom_orchestrator, eventually
 from tests.support.fake_llm import FakeModelServer, completion
 from tests.support.gateway import dev_server_address
 from tests.support.team_process import SUPPORT, serving, start_team_worker, wait_for_file
@@ -141,6 +142,15 @@ async def test_a_conversation_delegates_to_it_triage_and_its_usage_rolls_up(
     assert _count(child, EventType.EVENT_TYPE_START_CHILD_WORKFLOW_EXECUTION_INITIATED) == len(
         answer["tool_calls"]
     )
+    # The agent's spending is a usage row of its own: budgets and `agent usage` count it.
+    store = open_store(STORE_URL)
+    try:
+        rows = [r for r in await store.usage_steps() if r.conversation_id == cid]
+    finally:
+        await store.close()
+    [agent_row] = [r for r in rows if r.model == "agent it.it_triage"]
+    assert agent_row.prompt_tokens == call.usage.prompt_tokens and agent_row.cost_usd is None
+    assert len(rows) == 3  # the conversation's two model steps, and the agent's
     # Whoever watched the turn saw the agent's run in its tool_finished event.
     events = await orchestrator.conversations.events(cid)
     finished = [e for e in events.events if e.kind == "tool_finished" and e.tool == "it_triage"]
