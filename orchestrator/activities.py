@@ -296,6 +296,13 @@ class OrchestratorActivities:
         readers) as they arrive, and the reply is assembled from the chunks when it ends."""
 
         async def ask(choice: ModelChoice, index: int) -> tuple[Any, Usage]:
+            if sink is not None and sink.started:
+                # Readers already have part of a failed model's answer: the step's next
+                # attempt starts a new stream instead of appending another model's text.
+                raise ApplicationError(
+                    "the model failed after streaming part of its answer; asking again",
+                    type="LlmUnavailable",
+                )
             kwargs: dict[str, Any] = {
                 "model": choice.model,
                 "messages": messages,

@@ -201,7 +201,8 @@ def load(
     before = list(state.loaded_tools)
     for name in known:
         remember(settings, state, name)
-    dropped = [name for name in before if name not in state.loaded_tools]
+    # Names loaded and dropped again by this same call count as dropped too.
+    dropped = [name for name in [*before, *known] if name not in state.loaded_tools]
     loaded = [name for name in known if name in state.loaded_tools]
     return LoadResult(requested=names, loaded=loaded, unknown=unknown, dropped=dropped)
 
@@ -220,5 +221,11 @@ def route_name(routes: dict[str, ToolRoute], given: str) -> str | None:
     if name in routes:
         return name
     service, slash, bare = name.partition("/")
-    route = routes.get(bare) if slash else None
-    return bare if route is not None and route.spec.service == service else None
+    if not slash:
+        return None
+    # A name two teams share is routed qualified (`netops__inspect_vlan`).
+    for candidate in (bare, f"{service}__{bare}"):
+        route = routes.get(candidate)
+        if route is not None and route.spec.service == service:
+            return candidate
+    return None

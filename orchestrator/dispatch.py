@@ -42,7 +42,9 @@ with workflow.unsafe.imports_passed_through():
     )
     from orchestrator.tools import LOCAL_SERVICE
     from orchestrator.tools import registry as local_registry
+    from shared.arguments import MAX_ARGUMENT_DEPTH, nesting_depth
     from shared.caller import (
+        NO_ANSWER,
         ToolErrorKind,
         ToolOutcome,
         classify_activity_error,
@@ -60,8 +62,8 @@ RECORD_RESULT_CHARS = 2000
 # them replay unchanged.
 BOUNDED_FAN_OUT_PATCH = "bounded-tool-fan-out"  # fan-out, calls per step, argument size
 REDISCOVERY_PATCH = "rediscover-unavailable-endpoints"
+RESERVED_LOADER_PATCH = "reserved-load-tools-name"
 
-MAX_ARGUMENT_DEPTH = 32
 StepResult = tuple[ToolCallRecord, Any]  # the turn's record, and the content the model reads
 
 
@@ -113,6 +115,8 @@ async def discover(config: AgentConfig, state: CarriedState, only: list[str] | N
         unavailable += [e for e in state.unavailable if e not in only]
     state.unavailable = unavailable
     state.routes = build_routes(sources)
+    # Tools no longer published do not hold loaded slots (orchestrator.disclosure).
+    state.loaded_tools = [name for name in state.loaded_tools if name in state.routes]
     state.catalog_digest = catalog_digest(visible_tools(config, state))
 
 
@@ -128,7 +132,7 @@ async def rediscover_unavailable(config: AgentConfig, state: CarriedState) -> No
 def build_routes(sources: list[tuple[str | None, ToolSpec]]) -> dict[str, ToolRoute]:
     """Name each tool for the model; names that collide are qualified by service (`it__status`),
     and so is a tool named like the reserved meta-tool (`load_tools`, orchestrator.disclosure)."""
-    counts: dict[str, int] = {LOAD_TOOLS: 1}
+    counts: dict[str, int] = {LOAD_TOOLS: 1} if _loader_reserved(sources) else {}
     for _, spec in sources:
         counts[spec.name] = counts.get(spec.name, 0) + 1
     routes: dict[str, ToolRoute] = {}
@@ -137,6 +141,14 @@ def build_routes(sources: list[tuple[str | None, ToolSpec]]) -> dict[str, ToolRo
         if name not in routes:  # the same service published twice: first endpoint wins
             routes[name] = ToolRoute(model_name=name, spec=spec, endpoint=endpoint)
     return routes
+
+
+def _loader_reserved(sources: list[tuple[str | None, ToolSpec]]) -> bool:
+    """Whether a team tool named `load_tools` is renamed: in conversations recorded before the
+    meta-tool it kept its name, and their replays must call it by that name."""
+    if not any(spec.name == LOAD_TOOLS for _, spec in sources):
+        return True  # nothing to rename: no marker in history
+    return not workflow.in_workflow() or workflow.patched(RESERVED_LOADER_PATCH)
 
 
 # ---- dispatch ----------------------------------------------------------------------------------
@@ -199,6 +211,15 @@ class ToolDispatcher:
         if deployment is not None:
             policies.append(deployment)
         applying = [(p, r) for p in policies if (r := p.reason(resolved.call.args)) is not None]
+        for tool in spec.agent_tools:
+            # The agent calls these inside its team, out of this deployment's sight: a rule
+            # this deployment has for one of them gates the delegation itself (its conditions
+            # read the tool's arguments, which the agent has not chosen yet: closed).
+            gated = self._config.deployment_policy(spec.service, tool)
+            if gated is not None and gated.gated:
+                applying.append(
+                    (gated, f"agent {spec.name} may call {tool}, which needs approval here")
+                )
         if not applying:
             return None
         reasons = [reason for _, reason in applying]
@@ -219,7 +240,7 @@ class ToolDispatcher:
             if route.endpoint is None:
                 outcome = await self._run_local(tool_call)
             else:
-                outcome = await self._run_remote(route.endpoint, route.spec.service, tool_call)
+                outcome = await self._run_remote(route.endpoint, route.spec, tool_call)
         finally:
             self._running.remove(running)
         return settled(call, route.spec.service, tool_call.args, outcome)
@@ -246,8 +267,9 @@ class ToolDispatcher:
             )
         return args, ""
 
-    async def _run_remote(self, endpoint: str, service: str, call: ToolCall) -> ToolOutcome:
+    async def _run_remote(self, endpoint: str, spec: ToolSpec, call: ToolCall) -> ToolOutcome:
         """Call a team's tool, unless its endpoint's circuit breaker is open."""
+        service = spec.service
         breaker = self._state.breakers.setdefault(endpoint, CircuitBreaker())
         now = workflow.time()
         if breaker.open_until > now:
@@ -260,6 +282,9 @@ class ToolDispatcher:
                 f"not calling it for another {breaker.open_until - now:.0f} s",
             )
         timeout = timedelta(seconds=self._config.tool_timeout_seconds)
+        if spec.kind == "agent":
+            # An agent's loop takes model steps: the team's own limit for it bounds the wait.
+            timeout = max(timeout, timedelta(seconds=spec.timeout_seconds))
         with telemetry.span(
             f"tool {service}.{call.tool}",
             **{"agent.tool": call.tool, "agent.service": service, "agent.call_id": call.call_id},
@@ -267,7 +292,9 @@ class ToolDispatcher:
             outcome = await execute_tool(endpoint, call, timeout=timeout)
             current.set_attribute("agent.tool.outcome", outcome_label(outcome))
         telemetry.tool_call(service, call.tool, outcome_label(outcome))
-        if outcome.error_kind == "unavailable":
+        # An agent that ran out of time answered nothing, yet its team is up.
+        slow_agent = spec.kind == "agent" and (outcome.error or "").startswith(NO_ANSWER)
+        if outcome.error_kind == "unavailable" and not slow_agent:
             breaker.failures += 1
             if breaker.failures >= self._config.breaker_failures:
                 if breaker.open_until <= now:
@@ -367,21 +394,6 @@ def preview(value: Any, limit: int = RECORD_RESULT_CHARS) -> Any:
         # Deeply nested values stay text: the record must decode wherever it goes.
         return value if nesting_depth(value) <= MAX_ARGUMENT_DEPTH else text
     return text[:limit] + f"…[truncated {len(text) - limit} characters]"
-
-
-def nesting_depth(value: Any) -> int:
-    """How deeply lists and objects nest in a JSON value (iteratively: deep input is the point)."""
-    deepest = 0
-    pending: list[tuple[Any, int]] = [(value, 1)]
-    while pending:
-        item, depth = pending.pop()
-        if isinstance(item, dict):
-            deepest = max(deepest, depth)
-            pending.extend((child, depth + 1) for child in item.values())
-        elif isinstance(item, list):
-            deepest = max(deepest, depth)
-            pending.extend((child, depth + 1) for child in item)
-    return deepest
 
 
 def signature(call: LlmToolCall) -> str:

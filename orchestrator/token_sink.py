@@ -34,6 +34,11 @@ class TokenSink:
         self._writer: asyncio.Task[None] | None = None
         self._failed = False
 
+    @property
+    def started(self) -> bool:
+        """Whether any text was handed to readers' way: a stream never mixes two replies."""
+        return self._index > 0 or bool(self._waiting)
+
     def add(self, text: str) -> None:
         # PostgreSQL text cannot hold NUL; a reader is shown the replacement character.
         self._waiting.append(text.replace("\x00", "\ufffd"))

@@ -12,18 +12,22 @@ Nexus operation cancels this run, and with it the model step and the tool runs i
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from datetime import timedelta
 from typing import Any
 
+from pydantic import ValidationError
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError, ChildWorkflowError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
     from shared.agents import (
+        AGENT_ARGUMENT_CHARS,
         AGENT_MODEL_STEP_ACTIVITY,
         AGENT_TOOL_RESULT_CHARS,
+        AGENT_TRANSCRIPT_CHARS,
         AGENT_WORKFLOW_NAME,
         AgentAnswer,
         AgentModelReply,
@@ -35,6 +39,8 @@ with workflow.unsafe.imports_passed_through():
         AgentToolRequest,
         ProposedCall,
     )
+    from shared.arguments import read_arguments
+    from shared.caller import innermost_message
     from shared.contract import (
         MAX_AGENT_DEPTH,
         TOOL_NEEDS_APPROVAL,
@@ -75,17 +81,20 @@ class TeamAgentWorkflow:
             {"role": "user", "content": _task_text(agent.task_template, request.task)},
         ]
         while True:
-            stop = self._limit_reached(request)
+            stop = self._limit_reached(request, messages)
             if stop is not None:
                 answer.notes.append(stop)
                 answer.answer = stop
                 break
             answer.steps += 1
+            # The last allowed step gets no tools: its answer is the agent's, and no call is
+            # made whose result nobody would read.
+            last = answer.steps == agent.max_steps
             reply: AgentModelReply = await workflow.execute_activity(
                 AGENT_MODEL_STEP_ACTIVITY,
                 AgentModelRequest(
                     messages=messages,
-                    tools=model_tools,
+                    tools=[] if last else model_tools,
                     models=agent.models,
                     timeout_seconds=agent.model_timeout_seconds,
                     temperature=agent.temperature,
@@ -123,9 +132,13 @@ class TeamAgentWorkflow:
             usage=answer.usage,
         )
 
-    def _limit_reached(self, request: AgentRunInput) -> str | None:
+    def _limit_reached(self, request: AgentRunInput, messages: list[dict[str, Any]]) -> str | None:
         agent, answer = request.agent, self._answer
         used = answer.usage
+        # Every step's input carries the transcript: it must stay far below Temporal's 2 MB.
+        size = len(json.dumps(messages, ensure_ascii=False, default=str))
+        if size > AGENT_TRANSCRIPT_CHARS:
+            return f"stopped: the agent's transcript reached {size} characters"
         if answer.steps >= agent.max_steps:
             return f"stopped after {agent.max_steps} model steps without a final answer"
         if used.prompt_tokens + used.completion_tokens >= agent.budget.max_tokens:
@@ -148,20 +161,20 @@ class TeamAgentWorkflow:
         if limits is None:
             names = ", ".join(t.spec.name for t in allowed) or "none"
             return _error(f"unknown tool '{asked.name}' (this agent's tools: {names})")
+        args, problem = read_arguments(asked.arguments, AGENT_ARGUMENT_CHARS)
+        if args is None:
+            return _error(f"'{asked.name}' was not called: {problem}")
         try:
-            args = json.loads(asked.arguments or "{}")
-        except json.JSONDecodeError as err:
-            return _error(f"arguments of '{asked.name}' are not JSON: {err.msg}")
-        if not isinstance(args, dict):
-            return _error(f"arguments of '{asked.name}' must be a JSON object")
-        call = ToolCall(
-            call_id=f"{request.call.call_id}.{step}.{index}",
-            tool=asked.name,
-            args=args,
-            conversation_id=request.call.conversation_id,
-            user=request.call.user,
-            depth=request.call.depth + 1,
-        )
+            call = ToolCall(
+                call_id=_child_call_id(request.call.call_id, step, index),
+                tool=asked.name,
+                args=args,
+                conversation_id=request.call.conversation_id,
+                user=request.call.user,
+                depth=request.call.depth + 1,
+            )
+        except ValidationError as err:
+            return _error(f"'{asked.name}' was not called: {err.errors()[0]['msg']}")
         record = AgentToolCall(tool=asked.name, args=args)
         self._answer.tool_calls.append(record)
         try:
@@ -170,7 +183,7 @@ class TeamAgentWorkflow:
             if is_cancelled_exception(err):
                 raise
             cause = err.cause
-            message = cause.message if isinstance(cause, ApplicationError) else str(cause or err)
+            message = innermost_message(err)
             record.ok, record.output = False, message
             if isinstance(cause, ApplicationError) and cause.type == TOOL_NEEDS_APPROVAL:
                 self._answer.proposed_calls.append(
@@ -186,14 +199,17 @@ class TeamAgentWorkflow:
         except ApplicationError as err:  # refused before anything started (the depth bound)
             record.ok, record.output = False, err.message
             return _error(err.message)
-        record.output = output
-        return _bounded(output)
+        text = _bounded(output)
+        record.output = output if len(text) <= AGENT_TOOL_RESULT_CHARS else text
+        return text
 
     async def _run(self, request: AgentRunInput, limits: AgentToolLimits, call: ToolCall) -> Any:
         spec = limits.spec
         if spec.kind == "agent":
             nested = request.agents.get(spec.name)
-            if nested is None or call.depth >= MAX_AGENT_DEPTH:
+            if nested is None:
+                raise ApplicationError(f"not run: agent '{spec.name}' is not published any more")
+            if call.depth >= MAX_AGENT_DEPTH:
                 raise ApplicationError(
                     f"not run: delegating to agent '{spec.name}' would go {call.depth + 1} "
                     f"agents deep (at most {MAX_AGENT_DEPTH})"
@@ -208,6 +224,7 @@ class TeamAgentWorkflow:
                 TeamAgentWorkflow.run,
                 request.model_copy(update={"call": call, "agent": nested, "task": task}),
                 id=call.workflow_id,
+                execution_timeout=timedelta(seconds=nested.timeout_seconds),
                 static_summary=f"agent {spec.name} for {request.agent.name}",
             )
             if result.usage is not None:
@@ -226,6 +243,13 @@ class TeamAgentWorkflow:
             static_summary=f"{spec.name} for agent {request.agent.name}",
         )
         return tool_result.output
+
+
+def _child_call_id(parent: str, step: int, index: int) -> str:
+    """A call id per step and call, stable across replays; a long parent id is hashed, so
+    nested agents never outgrow the 200 characters a call id may have."""
+    base = parent if len(parent) <= 120 else "h" + hashlib.sha256(parent.encode()).hexdigest()[:40]
+    return f"{base}.{step}.{index}"
 
 
 def _task_text(template: str, task: AgentTask) -> str:

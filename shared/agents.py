@@ -40,6 +40,9 @@ AGENT_MODEL_STEP_ACTIVITY = "agent_model_step"
 # What one tool result may add to an agent's transcript, which lives in workflow history.
 AGENT_TOOL_RESULT_CHARS = 4_000
 AGENT_ANSWER_CHARS = 8_000
+AGENT_ARGUMENT_CHARS = 16_000
+# The transcript travels in every model step's input: the loop stops, saying so, past this.
+AGENT_TRANSCRIPT_CHARS = 400_000
 
 
 class AgentBudget(BaseModel):
@@ -201,6 +204,7 @@ def agent_spec(declaration: AgentDeclaration, service: str) -> ToolSpec:
         service=service,
         kind="agent",
         output_schema=output,
+        agent_tools=list(declaration.tools),
     )
 
 

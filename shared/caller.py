@@ -31,6 +31,7 @@ with workflow.unsafe.imports_passed_through():
         ToolService,
     )
 
+NO_ANSWER = "service unavailable: no answer within the timeout"
 ToolErrorKind = Literal[
     "bad_request", "not_found", "unauthenticated", "unavailable", "failed", "cancelled"
 ]
@@ -116,7 +117,7 @@ def classify_nexus_error(err: NexusOperationError) -> tuple[ToolErrorKind, str]:
         }
         return handler_kinds.get(cause.type, "unavailable"), innermost_message(cause)
     if isinstance(cause, TimeoutError):
-        return "unavailable", f"service unavailable: no answer within the timeout ({cause})"
+        return "unavailable", f"{NO_ANSWER} ({cause})"
     if isinstance(cause, CancelledError):
         return "cancelled", "the tool call was cancelled"
     if isinstance(cause, ApplicationError):

@@ -79,6 +79,11 @@ class ToolSpec(BaseModel):
     output_schema: dict[str, Any] | None = Field(
         default=None, description="JSON schema of the output, where the team publishes one."
     )
+    agent_tools: list[str] = Field(
+        default_factory=list,
+        description="An agent's: the team's tools it may call (a caller's rules for them apply "
+        "to the agent's call).",
+    )
 
     @model_validator(mode="after")
     def _flag_follows_policy(self) -> ToolSpec:

@@ -284,7 +284,11 @@ def _expanded(text: str) -> str:
     def value(match: re.Match[str]) -> str:
         name = match.group(1)
         if name not in os.environ:
-            raise ValueError(f"the model address names ${{{name}}}, which is not set")
+            raise ApplicationError(
+                f"the model address names ${{{name}}}, which is not set in this worker",
+                type=LLM_BAD_REQUEST,
+                non_retryable=True,
+            )
         return os.environ[name]
 
     return re.sub(r"\$\{([A-Z][A-Z0-9_]*)\}", value, text)

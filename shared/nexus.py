@@ -103,8 +103,13 @@ class ExecuteToolHandler(TemporalOperationHandler[ToolCall, ToolResult]):
                 # caller's cancel reaches the run from its first moment.
                 agent_run = agent_run_input(call, registered, self._registry)
                 try:
+                    # Bounded here, in the team: a caller that stopped waiting does not keep
+                    # the team's models busy past the agent's own limit.
                     return await client.start_workflow(
-                        TeamAgentWorkflow.run, agent_run, **start_options
+                        TeamAgentWorkflow.run,
+                        agent_run,
+                        execution_timeout=timedelta(seconds=agent_run.agent.timeout_seconds),
+                        **start_options,
                     )
                 except WorkflowAlreadyStartedError:
                     return TemporalOperationResult.sync(await self._closed_run_result(client, call))

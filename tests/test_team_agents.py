@@ -265,6 +265,7 @@ async def test_a_team_agent_falls_back_to_its_next_model(
     lab_model.script(completion("hi"))
     async with custom_orchestrator(stack, fake_model, tool_endpoints=[LAB.endpoint]) as client:
         result = await client.send(cid, "say hi")
+    assert result.ok, result.error
     answer = result.tool_calls[0].result
     assert answer["answer"] == "hi"
     assert answer["models"] == ["openai/agent-lab"]
@@ -339,3 +340,58 @@ async def test_the_agent_finishes_once_after_its_worker_is_killed_mid_loop(
         if worker.poll() is None:
             os.killpg(worker.pid, signal.SIGTERM)
             worker.wait(timeout=30)
+
+
+async def test_what_the_agent_s_model_gets_wrong_is_told_to_it_and_nothing_jams(
+    stack: Stack, lab: Path, lab_model: FakeModelServer, fake_model: FakeModelServer
+) -> None:
+    """Broken JSON, an unknown tool, arguments nested past the limit: each is a tool message
+    the agent's model reads, and the run goes on; the last allowed step is offered no tools."""
+    cid = _conversation()
+    deep: object = "x"
+    for _ in range(40):
+        deep = [deep]
+    fake_model.script(
+        completion(tool_calls=[("researcher", {"task": "try things"})]), completion("ok")
+    )
+    lab_model.script(
+        completion(tool_calls=[("lookup", "{oops"), ("nope", {}), ("lookup", {"topic": deep})]),
+        completion(tool_calls=[("lookup", {"topic": "gamma"})]),
+        completion(tool_calls=[("lookup", {"topic": "delta"})]),
+        completion("four steps were enough"),
+    )
+    async with custom_orchestrator(stack, fake_model, tool_endpoints=[LAB.endpoint]) as client:
+        result = await client.send(cid, "try things")
+    assert result.ok, result.error
+    answer = result.tool_calls[0].result
+    assert answer["answer"] == "four steps were enough" and answer["steps"] == 4
+    told = [m["content"] for m in lab_model.chat_requests()[1]["messages"] if m["role"] == "tool"]
+    assert "not valid JSON" in told[0]
+    assert "unknown tool 'nope'" in told[1]
+    assert "nested 41 levels deep; the limit is 32" in told[2]
+    # researcher's max_steps is 4: the fourth step could only answer.
+    assert "tools" in lab_model.chat_requests()[2]
+    assert "tools" not in lab_model.chat_requests()[3]
+    assert [c["tool"] for c in answer["tool_calls"]] == ["lookup", "lookup"]
+
+
+async def test_this_deployment_s_rule_for_an_agent_s_tool_gates_the_delegation(
+    stack: Stack, lab: Path, lab_model: FakeModelServer, fake_model: FakeModelServer
+) -> None:
+    """ORCHESTRATOR_APPROVAL_POLICIES gates lookup here; researcher may call it inside its team,
+    out of this deployment's sight, so calling researcher waits for a person (here: in vain)."""
+    fake_model.script(
+        completion(tool_calls=[("researcher", {"task": "look"})]), completion("not allowed")
+    )
+    async with custom_orchestrator(
+        stack,
+        fake_model,
+        tool_endpoints=[LAB.endpoint],
+        approval_policies={"agentlab.lookup": {"mode": "always"}},
+        approval_timeout_seconds=0.5,
+    ) as client:
+        result = await client.send(_conversation(), "look")
+    [call] = result.tool_calls
+    assert not call.ok and call.approval is not None and call.approval.timed_out
+    assert "agent researcher may call lookup" in call.approval.policy_reason
+    assert lab_model.chat_requests() == []
