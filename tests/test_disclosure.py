@@ -43,6 +43,7 @@ from tests.support.catalog_lab import (
 )
 from tests.support.catalog_lab_model import OfflineRouterServer
 from tests.support.fake_llm import FakeModelServer, completion
+from tests.support.histories import record_if_requested
 
 TICKET = change_ticket(TARGET_SERVICE, TARGET_TOOL, TARGET_ASSET)
 OFF = {"disclose_tools_over_count": 0, "disclose_tools_over_tokens": 0}
@@ -127,6 +128,7 @@ async def test_a_large_catalog_is_loaded_on_demand_and_the_prompt_is_much_smalle
         workflows=[ConversationWorkflow], data_converter=pydantic_data_converter
     ).replay_workflow(await client.handle(cid).fetch_history())
     assert replayed.replay_failure is None
+    await record_if_requested(client.handle(cid), "conversation_disclosure")
     router.reset()
     async with conversations(stack, router, **OFF) as client:
         whole = await client.send(_conversation(), TARGET_REQUEST)

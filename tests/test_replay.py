@@ -20,6 +20,7 @@ from temporalio.worker import Replayer
 from orchestrator.client import ConversationClient
 from orchestrator.models import Decision, PendingApproval
 from orchestrator.workflows import ConversationWorkflow
+from shared.agent_workflow import TeamAgentWorkflow
 from tests.conftest import Orchestrator
 from tests.support.fake_http import Reply
 from tests.support.fake_llm import FakeModelServer, completion
@@ -29,7 +30,11 @@ HISTORIES = Path(__file__).parent / "histories"
 
 
 def _replayer() -> Replayer:
-    return Replayer(workflows=[ConversationWorkflow], data_converter=pydantic_data_converter)
+    # A team agent's run (team_agent_*.json) replays against the team side's workflow.
+    return Replayer(
+        workflows=[ConversationWorkflow, TeamAgentWorkflow],
+        data_converter=pydantic_data_converter,
+    )
 
 
 async def test_live_conversation_replays(

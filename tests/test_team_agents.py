@@ -30,6 +30,7 @@ from shared.worker import build_manifest_worker
 from tests.conftest import STORE_URL, Orchestrator, Stack, custom_orchestrator, eventually
 from tests.support.fake_llm import FakeModelServer, completion
 from tests.support.gateway import dev_server_address
+from tests.support.histories import record_if_requested
 from tests.support.team_process import SUPPORT, serving, start_team_worker, wait_for_file
 
 LAB = load_manifest(SUPPORT / "agent_lab" / "team.toml")
@@ -137,6 +138,12 @@ async def test_a_conversation_delegates_to_it_triage_and_its_usage_rolls_up(
     # The child's: its own loop, model steps and tool workflows, in the team's namespace.
     [(execution, child)] = await eventually(lambda: _agent_runs(stack.client("it"), cid))
     assert execution.status == WorkflowExecutionStatus.COMPLETED
+    await record_if_requested(
+        stack.client("it").get_workflow_handle(execution.id), "team_agent_triage"
+    )
+    await record_if_requested(
+        stack.client("orchestrator").get_workflow_handle(cid), "conversation_team_agent"
+    )
     steps = _count(child, EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED, "agent_model_step")
     assert steps == answer["steps"]
     assert _count(child, EventType.EVENT_TYPE_START_CHILD_WORKFLOW_EXECUTION_INITIATED) == len(
