@@ -21,19 +21,28 @@ from typing import Annotated, NoReturn, TypeGuard
 
 import typer
 from rich.markup import escape
-from rich.table import Table
-from temporalio.client import WorkflowExecutionStatus, WorkflowQueryFailedError
 from temporalio.service import RPCError
 
-from orchestrator import approval_commands, mcp_commands, trace_commands, usage_commands
+from orchestrator import (
+    approval_commands,
+    conversation_commands,
+    mcp_commands,
+    trace_commands,
+    usage_commands,
+)
 from orchestrator.approval_commands import (
     announce_approval,
     current_user,
-    pending_json,
     prompt_for_approval,
 )
 from orchestrator.chat_loop import chat_loop
 from orchestrator.cli_support import (
+    GatewayOption,
+    JsonOption,
+    KeyFileOption,
+    ModelOption,
+    StreamOption,
+    UserOption,
     fail,
     first_line,
     open_conversations,
@@ -50,21 +59,15 @@ from orchestrator.client import (
 from orchestrator.key_commands import keys_app
 from orchestrator.live import LiveShown, open_feeds, send_streaming
 from orchestrator.models import (
-    ConversationStatus,
-    PendingApproval,
     TurnResult,
-    Usage,
     model_problem,
 )
 from orchestrator.render import (
     OFFLINE_NOTICE,
     ApprovalHandler,
-    call_json,
-    describe_usage_cost,
     err,
     out,
     print_error,
-    print_pending,
     print_turn,
     send_with_status,
     turn_json,
@@ -83,49 +86,6 @@ app = typer.Typer(
 )
 app.add_typer(store_app)
 app.add_typer(keys_app)
-
-JsonOption = Annotated[bool, typer.Option("--json", help="Print a JSON object instead of text.")]
-StreamOption = Annotated[
-    bool | None,
-    typer.Option(
-        "--stream/--no-stream",
-        help="Print the answer token by token and tool calls as they run. Default: in a terminal.",
-    ),
-]
-ModelOption = Annotated[
-    str | None,
-    typer.Option(
-        "--model",
-        help="Operators: answer this turn with one of the deployment's models (LLM_MODEL or "
-        "LLM_FALLBACK_MODELS), first in the list; the others stay its fallbacks.",
-    ),
-]
-UserOption = Annotated[
-    str | None,
-    typer.Option(
-        "--as",
-        help="Who the conversation is for when this starts it (per-user budgets, "
-        "`agent usage`; in `chat` also who decides approvals). Default: $AGENT_USER, else "
-        "your user name.",
-    ),
-]
-
-GatewayOption = Annotated[
-    str | None,
-    typer.Option(
-        "--gateway",
-        envvar="AGENT_GATEWAY_URL",
-        help="Talk to the HTTP gateway at this URL, as the user of the API key in "
-        "$AGENT_API_KEY, instead of to Temporal directly.",
-    ),
-]
-KeyFileOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--api-key-file",
-        help="With --gateway: read the API key from this file, not $AGENT_API_KEY.",
-    ),
-]
 
 
 def _via_gateway(
@@ -154,20 +114,6 @@ async def _announce_model(conversations: ConversationClient, conversation_id: st
         err.print(
             "[yellow]tool services unavailable:[/] " + ", ".join(status.unavailable_endpoints)
         )
-
-
-async def _pending(
-    conversations: ConversationClient, conversation_id: str
-) -> list[PendingApproval]:
-    """The calls a running conversation waits on; none for an ended one (asking it would replay
-    its whole history on a worker for nothing)."""
-    handle = conversations.handle(conversation_id)
-    try:
-        if (await handle.describe()).status != WorkflowExecutionStatus.RUNNING:
-            return []
-        return (await conversations.status(conversation_id)).pending_approvals
-    except (RPCError, WorkflowQueryFailedError):  # a courtesy: the history itself was read
-        return []
 
 
 # ---- commands ----------------------------------------------------------------------------------
@@ -387,127 +333,8 @@ def chat(
     run(work)
 
 
-@app.command()
-def history(
-    conversation_id: Annotated[str, typer.Argument(help="Conversation id.")],
-    as_json: JsonOption = False,
-) -> None:
-    """Show a conversation's turns, tool calls and usage."""
-
-    async def work() -> tuple[list[TurnResult], list[PendingApproval]]:
-        check_conversation_id(conversation_id)
-        conversations, _ = await open_conversations()
-        turns = await conversations.turns(conversation_id)
-        return turns, await _pending(conversations, conversation_id)
-
-    turns, pending = run(work)
-    usage = Usage()
-    for turn in turns:
-        usage = usage.add(turn.usage)
-    if as_json:
-        payload = {
-            "conversation_id": conversation_id,
-            "answer": turns[-1].answer if turns else "",
-            "tool_calls": [call_json(call) for turn in turns for call in turn.tool_calls],
-            "usage": usage.model_dump(mode="json"),
-            "turns": [{"message": t.message, **turn_json(t)} for t in turns],
-            "pending_approvals": [pending_json(conversation_id, p) for p in pending],
-        }
-        print(json.dumps(payload, ensure_ascii=False))
-        return
-    if not turns and not pending:
-        out.print(f"conversation {conversation_id} has no messages yet")
-    for index, turn in enumerate(turns, start=1):
-        out.rule(f"turn {index}")
-        out.print(f"[bold green]you:[/] {escape(turn.message)}")
-        print_turn(turn)
-    if pending:
-        out.rule("waiting for approval")
-        for call in pending:
-            print_pending(conversation_id, call)
-    out.print(
-        f"[dim]usage: {usage.prompt_tokens} prompt + {usage.completion_tokens} completion "
-        f"tokens, {describe_usage_cost(usage)}[/]"
-    )
-
-
-@app.command()
-def end(conversation_id: Annotated[str, typer.Argument(help="Conversation id.")]) -> None:
-    """Close a conversation. Its history stays readable. Ending it again is not an error."""
-
-    async def work() -> tuple[Usage | None, bool]:
-        check_conversation_id(conversation_id)
-        conversations, _ = await open_conversations()
-        try:
-            return await conversations.end(conversation_id), False
-        except ConversationEndedError as ended:
-            return ended.usage, True
-
-    usage, already = run(work)
-    # Exit 0 when it had already ended, like `rm -f` or `systemctl stop`: the state asked for
-    # holds, and a script that retries `end` after a timeout (the first one may have landed)
-    # must not see a failure. An unknown id is still an error (exit 1).
-    verb = "has already ended" if already else "ended"
-    totals = (
-        f" · {usage.prompt_tokens + usage.completion_tokens} tokens, {describe_usage_cost(usage)}"
-        if usage is not None
-        else ""
-    )
-    out.print(f"conversation {conversation_id} {verb}{totals}")
-
-
-@app.command()
-def refresh(
-    conversation_id: Annotated[str, typer.Argument(help="Conversation id.")],
-    as_json: JsonOption = False,
-) -> None:
-    """Discover the conversation's tools again, e.g. after a team deployed new tools or an
-    unavailable tool service came back."""
-
-    async def work() -> ConversationStatus:
-        check_conversation_id(conversation_id)
-        conversations, _ = await open_conversations()
-        return await conversations.refresh_tools(conversation_id)
-
-    status = run(work)
-    if as_json:
-        payload = {
-            "conversation_id": conversation_id,
-            "tools": status.tools,
-            "unavailable_endpoints": status.unavailable_endpoints,
-        }
-        print(json.dumps(payload, ensure_ascii=False))
-        return
-    out.print(f"conversation {conversation_id}: {len(status.tools)} tools")
-    for tool in status.tools:
-        out.print(f"  {escape(tool)}")
-    if status.unavailable_endpoints:
-        out.print(
-            "[yellow]still unavailable:[/] " + escape(", ".join(status.unavailable_endpoints))
-        )
-
-
-@app.command("list")
-def list_conversations(
-    limit: Annotated[int, typer.Option(min=1, max=1000, help="How many to show.")] = 20,
-) -> None:
-    """Recent conversations, newest first."""
-
-    async def work() -> list[tuple[str, str, str]]:
-        conversations, _ = await open_conversations()
-        return [row async for row in conversations.list(limit)]
-
-    rows = run(work)
-    if not rows:
-        out.print('no conversations yet: try `agent ask "What is my IP address?"`')
-        return
-    table = Table("conversation", "status", "started")
-    for row in rows:
-        table.add_row(*row)
-    out.print(table)
-
-
 # After the commands above, so `agent --help` lists conversations first, then approvals.
+conversation_commands.register(app)
 approval_commands.register(app)
 usage_commands.register(app)
 trace_commands.register(app)

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import NoReturn, TypeVar
+from pathlib import Path
+from typing import Annotated, NoReturn, TypeVar
 
 import typer
 from temporalio.client import (
@@ -90,3 +91,48 @@ def first_line(error: BaseException) -> str:
 def fail(message: str) -> NoReturn:
     print_error(message)
     raise typer.Exit(1)
+
+
+# ---- options the conversation commands share ----------------------------------------------
+JsonOption = Annotated[bool, typer.Option("--json", help="Print a JSON object instead of text.")]
+StreamOption = Annotated[
+    bool | None,
+    typer.Option(
+        "--stream/--no-stream",
+        help="Print the answer token by token and tool calls as they run. Default: in a terminal.",
+    ),
+]
+ModelOption = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        help="Operators: answer this turn with one of the deployment's models (LLM_MODEL or "
+        "LLM_FALLBACK_MODELS), first in the list; the others stay its fallbacks.",
+    ),
+]
+UserOption = Annotated[
+    str | None,
+    typer.Option(
+        "--as",
+        help="Who the conversation is for when this starts it (per-user budgets, "
+        "`agent usage`; in `chat` also who decides approvals). Default: $AGENT_USER, else "
+        "your user name.",
+    ),
+]
+
+GatewayOption = Annotated[
+    str | None,
+    typer.Option(
+        "--gateway",
+        envvar="AGENT_GATEWAY_URL",
+        help="Talk to the HTTP gateway at this URL, as the user of the API key in "
+        "$AGENT_API_KEY, instead of to Temporal directly.",
+    ),
+]
+KeyFileOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--api-key-file",
+        help="With --gateway: read the API key from this file, not $AGENT_API_KEY.",
+    ),
+]

@@ -52,11 +52,14 @@ def printable(text: str) -> str:
 
 
 def call_json(call: ToolCallRecord) -> dict[str, Any]:
-    """A tool call for `--json`: `approval` only on a call that needed one, like `error` and
-    `notes` on a turn, so the shape of an ungated call does not change."""
-    payload = call.model_dump(mode="json", exclude={"approval"})
+    """A tool call for `--json`: `approval` only on a call that needed one and `usage` only on a
+    team agent's, like `error` and `notes` on a turn, so the shape of a plain call does not
+    change."""
+    payload = call.model_dump(mode="json", exclude={"approval", "usage"})
     if call.approval is not None:
         payload["approval"] = call.approval.model_dump(mode="json")
+    if call.usage is not None:
+        payload["usage"] = call.usage.model_dump(mode="json")
     return payload
 
 
