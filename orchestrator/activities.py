@@ -200,7 +200,7 @@ class OrchestratorActivities:
         try:
             messages, compacted = await build_context(self._store, cid, self._window, summaries)
             try:
-                response, usage, passed_over = await self._complete(
+                response, usage, passed_over, answered_by = await self._complete(
                     messages, tools, sink, request.model
                 )
             except litellm_errors.ContextWindowExceededError:
@@ -208,7 +208,7 @@ class OrchestratorActivities:
                 messages, compacted = await build_context(
                     self._store, cid, self._window, summaries, force_compaction=True
                 )
-                response, usage, passed_over = await self._complete(
+                response, usage, passed_over, answered_by = await self._complete(
                     messages, tools, sink, request.model
                 )
             # The step's usage includes the summarising call compaction made, if any.
@@ -221,7 +221,7 @@ class OrchestratorActivities:
             raise failure from None
         reply = ChatMessage(role="assistant", content=result.content, tool_calls=result.tool_calls)
         kept = await self._store.put_reply(cid, request.reply_seq, reply)
-        await self._spending.record(request, result.usage, kept, tools)
+        await self._spending.record(request, result.usage, kept, tools, model=answered_by)
         if kept != reply:
             # Another attempt of this step (its worker presumed dead) stored its reply first: the
             # workflow must act on the stored one, or its tool calls would not be the transcript's.
@@ -287,10 +287,10 @@ class OrchestratorActivities:
         tools: list[dict[str, Any]],
         sink: TokenSink | None = None,
         model: str | None = None,
-    ) -> tuple[Any, Usage, list[str]]:
+    ) -> tuple[Any, Usage, list[str], str]:
         """Ask the model, or the next of LLM_FALLBACK_MODELS when it cannot answer now; the
-        reply, its tokens and cost (priced once, here, under the model that answered), and one
-        line per model passed over.
+        reply, its tokens and cost (priced once, here, under the model that answered), one line
+        per model passed over, and the model that answered.
 
         With a `sink`, the reply is streamed: its text deltas go to the sink (the store, for live
         readers) as they arrive, and the reply is assembled from the chunks when it ends."""
@@ -336,8 +336,8 @@ class OrchestratorActivities:
 
         primary = self._llm.models[0]
         models = self._llm.models_for(model)
-        (response, usage), _, passed_over = await complete_with_fallback(models, ask)
-        return response, usage, passed_over
+        (response, usage), answered, passed_over = await complete_with_fallback(models, ask)
+        return response, usage, passed_over, answered.model
 
     async def _summarise(
         self, older: list[dict[str, Any]], previous: str | None
@@ -348,7 +348,7 @@ class OrchestratorActivities:
             return extractive_summary(older, previous), None
         transcript = json.dumps(older, ensure_ascii=False, default=str)
         prompt = f"Earlier summary:\n{previous}\n\n" if previous else ""
-        response, usage, _ = await self._complete(
+        response, usage, _, _ = await self._complete(
             [
                 {"role": "system", "content": SUMMARY_PROMPT},
                 {"role": "user", "content": f"{prompt}Conversation:\n{transcript}"},

@@ -98,8 +98,9 @@ async def _step(
         step=step,
         model=model,
     )
-    # Each model of the list may be asked once, and compaction may add a summarising call.
-    timeout = timedelta(seconds=(config.models_in_list + 1) * config.llm_timeout_seconds + 10)
+    # Each model of the list may be asked twice (the step, then again after compaction) and
+    # the summary once more each.
+    timeout = timedelta(seconds=3 * config.models_in_list * config.llm_timeout_seconds + 10)
     if config.model_step == "local" and workflow.patched(LOCAL_MODEL_STEP_PATCH):
         local: LlmStepResult = await workflow.execute_local_activity(
             LLM_STEP_ACTIVITY,

@@ -98,7 +98,13 @@ class Spending:
                 _refuse(problem, "user")
 
     async def record(
-        self, request: LlmRequest, usage: Usage, kept: ChatMessage, tools: list[dict[str, Any]]
+        self,
+        request: LlmRequest,
+        usage: Usage,
+        kept: ChatMessage,
+        tools: list[dict[str, Any]],
+        *,
+        model: str | None = None,
     ) -> None:
         """One usage row for the step, describing the reply the store kept (an earlier attempt's
         when it won the race: its tool calls are the ones that run). The row is keyed like the
@@ -111,8 +117,9 @@ class Spending:
                 day=now.date().isoformat(),
                 recorded_at=now.isoformat(timespec="seconds"),
                 user=request.user,
-                # The model asked for (and priced as): the provider may answer with a dated name.
-                model=self._model,
+                # The model asked (and priced as): the provider may answer with a dated name. A
+                # fallback or a turn's chosen model is the one that answered, not the first.
+                model=model or self._model,
                 prompt_tokens=usage.prompt_tokens,
                 completion_tokens=usage.completion_tokens,
                 cost_usd=None if usage.unpriced_steps else usage.cost_usd,

@@ -16,9 +16,10 @@ from temporalio.api.enums.v1 import EventType
 
 from orchestrator.client import ConversationClient
 from orchestrator.config import LLMSettings
+from orchestrator.store import open_store
 from orchestrator.worker import build_orchestrator_worker
 from shared.llm_names import ModelChoice
-from tests.conftest import Stack, orchestrator_settings
+from tests.conftest import STORE_URL, Stack, orchestrator_settings
 from tests.support.fake_http import Reply
 from tests.support.fake_llm import FakeModelServer, completion, error
 
@@ -98,6 +99,13 @@ async def test_a_failing_model_falls_back_to_the_next_and_the_turn_says_so(
     # The backup was asked with its own key, read from its variable.
     [asked] = backup_model.requests
     assert asked.headers.get("authorization") == "Bearer sk-backup"
+    # Its usage row names the model that answered, not the first of the list.
+    store = open_store(STORE_URL)
+    try:
+        [row] = [r for r in await store.usage_steps() if r.conversation_id == cid]
+    finally:
+        await store.close()
+    assert row.model == "openai/backup"
     # The next step starts again from the first model, which answers now.
     second = await with_fallback.send(cid, "again")
     assert second.answer == "the primary is back" and second.notes == []
