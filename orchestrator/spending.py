@@ -28,7 +28,7 @@ from orchestrator.store import (
 )
 from orchestrator.tools import LOCAL_SERVICE
 from orchestrator.tools import registry as local_registry
-from shared.llm import price
+from shared.llm import usage_of
 from shared.log import get_logger
 
 log = get_logger(__name__)
@@ -226,11 +226,4 @@ def _tool_uses(calls: list[LlmToolCall], tools: list[dict[str, Any]]) -> list[To
 
 def response_usage(response: Any, model: str | None) -> Usage:
     """The reply's tokens, and its cost from LiteLLM's price map (or unpriced)."""
-    usage = getattr(response, "usage", None)
-    cost = price(response, model)
-    return Usage(
-        prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
-        completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
-        cost_usd=cost or 0.0,
-        unpriced_steps=0 if cost is not None else 1,
-    )
+    return Usage.of_agent(usage_of(response, model))

@@ -53,6 +53,7 @@ with workflow.unsafe.imports_passed_through():
         Usage,
     )
     from orchestrator.tools import LOCAL_SERVICE
+    from shared.agents import describe_agent_run
     from shared.caller import innermost_message
 
 # Gated calls wait for a decision; conversations recorded before the gate never waited.
@@ -446,7 +447,7 @@ class TurnRunner:
             tool=record.name,
             service=record.service,
             ok=record.ok,
-            detail=agent_summary(content) if record.usage else _failure_detail(record),
+            detail=describe_agent_run(content) if record.usage else _failure(record),
         )
         # Kept as the tool message the model will read, already cut to its share of the step's
         # budget: a step paused on approvals is carried across continue-as-new with its results.
@@ -479,23 +480,8 @@ class TurnRunner:
         )
 
 
-def _failure_detail(record: ToolCallRecord) -> str | None:
+def _failure(record: ToolCallRecord) -> str | None:
     return None if record.ok else str(record.result)[:300]
-
-
-def agent_summary(output: Any) -> str:
-    """One line on a team agent's run, for the people watching the parent's turn."""
-    if not isinstance(output, dict):
-        return "agent answered"
-    calls = output.get("tool_calls") or []
-    proposed = output.get("proposed_calls") or []
-    names = ", ".join(str(c.get("tool")) for c in calls if isinstance(c, dict))
-    line = (
-        f"agent: {output.get('steps', 0)} model steps, {len(calls)} tool calls ({names or 'none'})"
-    )
-    if proposed:
-        line += f", {len(proposed)} proposed for approval"
-    return line[:300]
 
 
 def _as_tool_message(planned: PlannedCall) -> ChatMessage:

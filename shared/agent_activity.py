@@ -1,7 +1,9 @@
 """A team agent's model step: LiteLLM, the agent's model list with fallbacks, its reply parsed.
 
-Imported only by the worker of a team that declares agents: it needs the `agents` dependency
-group (LiteLLM). The transcript travels with the step (it lives in the agent workflow, bounded
+Importing this module imports LiteLLM (~5 s): the worker loads it in a thread beside its start
+(shared.agents.AgentModelActivities), not before it polls.
+
+It needs the `agents` dependency group (LiteLLM). The transcript travels with the step (it lives in the agent workflow, bounded
 by the agent's step limit), so the activity keeps no state and a retry asks again.
 """
 
@@ -14,19 +16,17 @@ from temporalio import activity
 
 from shared.agents import (
     AGENT_ANSWER_CHARS,
-    AGENT_MODEL_STEP_ACTIVITY,
     AgentModelReply,
     AgentModelRequest,
     AgentToolRequest,
 )
-from shared.contract import AgentUsage
 from shared.heartbeat import heartbeating
 from shared.llm import (
     classify_llm_error,
     complete_with_fallback,
     litellm,
-    price,
     provider_arguments,
+    usage_of,
 )
 from shared.llm_names import ModelChoice
 from shared.log import bound_context, get_logger
@@ -37,37 +37,37 @@ log = get_logger(__name__)
 MAX_AGENT_REPLY_TOOL_CALLS = 16
 
 
-class AgentModelActivities:
-    def __init__(self) -> None:
-        register_offline_model()
+register_offline_model()
 
-    @activity.defn(name=AGENT_MODEL_STEP_ACTIVITY)
-    async def agent_model_step(self, request: AgentModelRequest) -> AgentModelReply:
-        info = activity.info()
-        with bound_context(workflow_id=info.workflow_id, attempt=info.attempt):
-            async with heartbeating():
-                try:
-                    response, choice, passed_over = await complete_with_fallback(
-                        request.models, lambda choice, _: self._complete(request, choice)
-                    )
-                except Exception as err:
-                    failure = classify_llm_error(err, trying_since=info.scheduled_time)
-                    log.warning("agent model call failed", error=failure.message)
-                    raise failure from None
-                return _reply(response, choice, passed_over)
 
-    async def _complete(self, request: AgentModelRequest, choice: ModelChoice) -> Any:
-        arguments: dict[str, Any] = {
-            "model": choice.model,
-            "messages": request.messages,
-            "num_retries": 0,  # Temporal owns retries
-            "timeout": request.timeout_seconds,
-            "temperature": request.temperature,
-            **provider_arguments(choice),
-        }
-        if request.tools:
-            arguments["tools"] = request.tools
-        return await litellm.acompletion(**arguments)
+async def model_step(request: AgentModelRequest) -> AgentModelReply:
+    """The `agent_model_step` activity's work (shared.agents.AgentModelActivities runs it)."""
+    info = activity.info()
+    with bound_context(workflow_id=info.workflow_id, attempt=info.attempt):
+        async with heartbeating():
+            try:
+                response, choice, passed_over = await complete_with_fallback(
+                    request.models, lambda choice, _: _complete(request, choice)
+                )
+            except Exception as err:
+                failure = classify_llm_error(err, trying_since=info.scheduled_time)
+                log.warning("agent model call failed", error=failure.message)
+                raise failure from None
+            return _reply(response, choice, passed_over)
+
+
+async def _complete(request: AgentModelRequest, choice: ModelChoice) -> Any:
+    arguments: dict[str, Any] = {
+        "model": choice.model,
+        "messages": request.messages,
+        "num_retries": 0,  # Temporal owns retries
+        "timeout": request.timeout_seconds,
+        "temperature": request.temperature,
+        **provider_arguments(choice),
+    }
+    if request.tools:
+        arguments["tools"] = request.tools
+    return await litellm.acompletion(**arguments)
 
 
 def _reply(response: Any, choice: ModelChoice, passed_over: list[str]) -> AgentModelReply:
@@ -87,21 +87,13 @@ def _reply(response: Any, choice: ModelChoice, passed_over: list[str]) -> AgentM
                 arguments=arguments if isinstance(arguments, str) else json.dumps(arguments),
             )
         )
-    usage = getattr(response, "usage", None)
-    cost = price(response, choice.model)
     content = message.content
     if isinstance(content, str) and len(content) > AGENT_ANSWER_CHARS:
         content = content[:AGENT_ANSWER_CHARS] + "…"
     return AgentModelReply(
         content=content,
         tool_calls=requests,
-        usage=AgentUsage(
-            prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
-            completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
-            cost_usd=cost or 0.0,
-            unpriced_steps=0 if cost is not None else 1,
-            model_steps=1,
-        ),
+        usage=usage_of(response, choice.model),
         model=choice.model,
         fallbacks=passed_over,
     )

@@ -22,10 +22,14 @@ only; it imports no LiteLLM, so the orchestrator and tool-only teams can read th
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from temporalio import activity
 
 from shared.config import ConfigError
 from shared.contract import TOOL_NAME_PATTERN, AgentUsage, ToolCall, ToolSpec
@@ -191,6 +195,19 @@ class AgentModelReply(BaseModel):
     )
 
 
+def describe_agent_run(output: Any) -> str:
+    """One line on a team agent's run (its tool's output), for the people watching its caller."""
+    try:
+        run = AgentAnswer.model_validate(output)
+    except ValueError:  # not an agent's answer after all: say no more than that
+        return "agent answered"
+    names = ", ".join(call.tool for call in run.tool_calls) or "none"
+    line = f"agent: {run.steps} model steps, {len(run.tool_calls)} tool calls ({names})"
+    if run.proposed_calls:
+        line += f", {len(run.proposed_calls)} proposed for approval"
+    return line[:300]
+
+
 def agent_spec(declaration: AgentDeclaration, service: str) -> ToolSpec:
     """How callers discover an agent: a tool with the task as input and the answer as output."""
     parameters = AgentTask.model_json_schema()
@@ -283,3 +300,25 @@ def agent_run_input(
         tools=list(tools.values()),
         agents=agents,
     )
+
+
+class AgentModelActivities:
+    """The team worker's `agent_model_step` activity. LiteLLM takes seconds to import, so the
+    step's module (shared.agent_activity) is loaded in a thread as the worker starts, and a
+    restarted worker polls for its tools' calls at once; the first model step waits for it."""
+
+    def __init__(self) -> None:
+        loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="litellm-import")
+        self._step = loader.submit(_import_model_step)
+        loader.shutdown(wait=False)
+
+    @activity.defn(name=AGENT_MODEL_STEP_ACTIVITY)
+    async def agent_model_step(self, request: AgentModelRequest) -> AgentModelReply:
+        step = await asyncio.wrap_future(self._step)
+        return await step(request)
+
+
+def _import_model_step() -> Callable[[AgentModelRequest], Awaitable[AgentModelReply]]:
+    from shared.agent_activity import model_step
+
+    return model_step

@@ -25,6 +25,7 @@ import litellm
 import litellm.exceptions as litellm_errors
 from temporalio.exceptions import ApplicationError
 
+from shared.contract import AgentUsage
 from shared.llm_names import (
     LLM_AUTH_ERROR,
     LLM_BAD_REQUEST,
@@ -182,6 +183,19 @@ def _status(err: Exception) -> Any:
 def _short(text: str, limit: int = 300) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def usage_of(response: Any, model: str | None) -> AgentUsage:
+    """One model step's tokens, and its cost from LiteLLM's price map (or unpriced)."""
+    usage = getattr(response, "usage", None)
+    cost = price(response, model)
+    return AgentUsage(
+        prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
+        completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
+        cost_usd=cost or 0.0,
+        unpriced_steps=0 if cost is not None else 1,
+        model_steps=1,
+    )
 
 
 def price(response: Any, model: str | None) -> float | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import importlib.util
 import inspect
 import signal
 import sys
@@ -137,15 +138,13 @@ async def _with_mcp_servers(team: TeamManifest, code: TeamCode) -> TeamCode:
 def _with_agents(team: TeamManifest, code: TeamCode) -> TeamCode:
     """The manifest's agents in the registry, and what runs them: their workflow, and the model
     step, which needs LiteLLM (the `agents` dependency group), imported only here."""
-    try:
-        from shared.agent_activity import AgentModelActivities
-    except ModuleNotFoundError as err:
+    if importlib.util.find_spec("litellm") is None:
         raise ManifestError(
             f"{team.package} declares agents, which need the 'agents' dependency group "
-            f"(no module named '{err.name}'): uv sync --group agents"
-        ) from None
+            "(no module named 'litellm'): uv sync --group agents"
+        )
     from shared.agent_workflow import TeamAgentWorkflow
-    from shared.agents import publish_agents
+    from shared.agents import AgentModelActivities, publish_agents
 
     registry = code.registry if team.mcp_servers else code.registry.copy()
     publish_agents(team.package, team.agents, registry, later=bool(team.mcp_servers))

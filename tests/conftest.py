@@ -173,11 +173,8 @@ def fake_llm_settings(server: FakeModelServer) -> LLMSettings:
 
 @pytest.fixture(scope="session")
 def fake_model_server() -> Iterator[FakeModelServer]:
-    server = FakeModelServer().start()
-    try:
+    with FakeModelServer() as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

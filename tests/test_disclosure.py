@@ -60,11 +60,8 @@ async def catalog(stack: Stack) -> AsyncIterator[None]:
 
 @pytest.fixture(scope="module")
 def router_server() -> Iterator[OfflineRouterServer]:
-    server = OfflineRouterServer().start()
-    try:
+    with OfflineRouterServer() as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

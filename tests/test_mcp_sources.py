@@ -35,7 +35,7 @@ from tests.conftest import (
 )
 from tests.support.fake_llm import FakeModelServer, completion
 from tests.support.gateway import dev_server_address
-from tests.support.team_process import serving, start_team_worker, wait_for_file
+from tests.support.team_process import serving, start_team_worker, stop_team_worker, wait_for_file
 
 ROOT = Path(__file__).resolve().parents[1]
 LAB_DIR = ROOT / "tests" / "support" / "mcp_lab"
@@ -294,9 +294,7 @@ async def test_a_stateful_session_is_rebuilt_and_exactly_once_across_a_worker_ki
         journal = await _journal(stack.client(LAB.namespace), conversation)
         assert [entry.arguments["item"] for entry in journal] == ["first", "second"]
     finally:
-        if worker.poll() is None:
-            os.killpg(worker.pid, signal.SIGTERM)
-            worker.wait(timeout=30)
+        stop_team_worker(worker)
 
 
 async def _journal(client: Client, conversation: str) -> list[JournalEntry]:

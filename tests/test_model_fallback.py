@@ -28,12 +28,8 @@ FALLBACK_KEY_VARIABLE = "FALLBACK_TEST_KEY"
 
 @pytest.fixture(scope="module")
 def backup_model() -> Iterator[FakeModelServer]:
-    server = FakeModelServer()
-    server.start()
-    try:
+    with FakeModelServer() as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

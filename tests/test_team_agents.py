@@ -31,7 +31,13 @@ from tests.conftest import STORE_URL, Orchestrator, Stack, custom_orchestrator, 
 from tests.support.fake_llm import FakeModelServer, completion
 from tests.support.gateway import dev_server_address
 from tests.support.histories import record_if_requested
-from tests.support.team_process import SUPPORT, serving, start_team_worker, wait_for_file
+from tests.support.team_process import (
+    SUPPORT,
+    serving,
+    start_team_worker,
+    stop_team_worker,
+    wait_for_file,
+)
 
 LAB = load_manifest(SUPPORT / "agent_lab" / "team.toml")
 
@@ -43,12 +49,8 @@ def _conversation() -> str:
 @pytest.fixture(scope="module")
 def agent_model() -> Iterator[FakeModelServer]:
     """The lab agents' own provider, separate from the conversation's."""
-    server = FakeModelServer()
-    server.start()
-    try:
+    with FakeModelServer() as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -344,9 +346,7 @@ async def test_the_agent_finishes_once_after_its_worker_is_killed_mid_loop(
         assert len(lab_model.chat_requests()) == 3
         assert (tmp_path / "lookups").read_text().count(f"{cid} beta") == 1
     finally:
-        if worker.poll() is None:
-            os.killpg(worker.pid, signal.SIGTERM)
-            worker.wait(timeout=30)
+        stop_team_worker(worker)
 
 
 async def test_what_the_agent_s_model_gets_wrong_is_told_to_it_and_nothing_jams(

@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 
 HOST = "127.0.0.1"
 UNSCRIPTED_STATUS = 418
@@ -102,10 +102,16 @@ class FakeHttpServer:
             self._script.extend(replies)
         return self
 
-    def start(self) -> FakeHttpServer:
+    def start(self) -> Self:
         self._thread.start()
         self._started = True
         return self
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
 
     def stop(self) -> None:
         self._stopping.set()  # wakes handlers sleeping in a delay

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -35,6 +36,13 @@ def start_team_worker(
         stderr=(log_dir / "worker.log").open("ab"),
         start_new_session=True,
     )
+
+
+def stop_team_worker(worker: subprocess.Popen[bytes]) -> None:
+    """SIGTERM a worker still running (it finishes its tasks), and wait for it."""
+    if worker.poll() is None:
+        os.killpg(worker.pid, signal.SIGTERM)
+        worker.wait(timeout=30)
 
 
 async def serving(stack: Stack, endpoint: str) -> None:
